@@ -1,1 +1,12 @@
+//! The crated core: config, loader, dependency graph, router and
+//! introspection. Everything that does container work is a plugin; the core
+//! only finds plugins, starts them in order and routes calls to them.
 
+pub mod config;
+pub mod daemon;
+pub mod graph;
+pub mod introspection;
+pub mod loader;
+pub mod plugins;
+pub mod router;
+pub mod server;

@@ -1,1 +1,132 @@
-fn main() {}
+//! `crated`: the daemon's command line, shaped like containerd's.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crated_core::{config, daemon, loader};
+
+const DEFAULT_CONFIG: &str = "/etc/containerd/config.toml";
+
+#[derive(Parser)]
+#[command(name = "crated", version, about = "A containerd-compatible container runtime daemon built from .so plugins")]
+struct Cli {
+    /// Path to the configuration file
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    /// Address for the gRPC socket
+    #[arg(short = 'a', long = "address")]
+    address: Option<String>,
+    /// Root directory for persistent data
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// State directory for runtime data
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level (trace, debug, info, warn, error, fatal, panic)
+    #[arg(short = 'l', long = "log-level")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Information about the daemon's configuration
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the default configuration, with every loadable plugin's defaults
+    Default,
+    /// Print the effective configuration after merging imports
+    Dump,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<config::Config> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    if !explicit && !path.exists() {
+        return Ok(config::Config::default_v2());
+    }
+    let loaded = config::load(&path)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded.config)
+}
+
+/// Every plugin's default config table, keyed `type.id`, from the libraries
+/// in `plugin_dir` (no plugin is initialised).
+fn plugin_defaults(cfg: &config::Config) -> Vec<(String, toml::Table)> {
+    let Some(dir) = daemon::plugin_dir(cfg) else { return vec![] };
+    let scan = loader::scan(dir);
+    scan.libraries
+        .iter()
+        .flat_map(|l| l.registrations.iter())
+        .map(|r| {
+            let table = r.config_defaults.parse::<toml::Table>().unwrap_or_default();
+            (format!("{}.{}", r.plugin_type, r.id), table)
+        })
+        .collect()
+}
+
+fn level_filter(level: &str) -> &str {
+    match level {
+        "" => "info",
+        "fatal" | "panic" => "error",
+        "warning" => "warn",
+        l => l,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = load_config(&cli)?;
+    if let Some(a) = &cli.address {
+        cfg.grpc.address = a.clone();
+    }
+    if let Some(r) = &cli.root {
+        cfg.root = r.clone();
+    }
+    if let Some(s) = &cli.state {
+        cfg.state = s.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.debug.level = l.clone();
+    }
+    match cli.command {
+        Some(Command::Config { action: ConfigAction::Default }) => {
+            let mut base = config::Config::default_v2();
+            base.plugin_dir = cfg.plugin_dir.clone();
+            let defaults = plugin_defaults(&base);
+            print!("{}", base.with_plugin_defaults(defaults).to_toml());
+            return Ok(());
+        }
+        Some(Command::Config { action: ConfigAction::Dump }) => {
+            let defaults = plugin_defaults(&cfg);
+            print!("{}", cfg.with_plugin_defaults(defaults).to_toml());
+            return Ok(());
+        }
+        None => {}
+    }
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(level_filter(&cfg.debug.level))
+                .with_context(|| format!("invalid log level {:?}", cfg.debug.level))?,
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(daemon::run(cfg))?;
+    Ok(())
+}

@@ -57,7 +57,10 @@ impl Client {
     pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Self> {
         let namespace = AsciiMetadataValue::try_from(opts.namespace.as_str())
             .with_context(|| format!("invalid namespace {:?}", opts.namespace))?;
-        let connect_timeout = opts.connect_timeout.positive().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = opts
+            .connect_timeout
+            .positive()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let connect_deadline = Instant::now() + connect_timeout;
         let channel = connect_channel(&opts.address, connect_deadline)
             .await
@@ -90,7 +93,8 @@ impl Client {
     /// command timeout.
     pub fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
-        req.metadata_mut().insert(NAMESPACE_HEADER, self.namespace.clone());
+        req.metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
         if let Some(deadline) = self.deadline {
             req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }
@@ -187,7 +191,10 @@ async fn connect_channel(address: &str, deadline: Instant) -> Result<Channel, St
     let endpoint = Endpoint::from_static("http://[::]:0");
     match tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector)).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(format!("connection error: desc = \"transport: {}\"", error_chain(&e))),
+        Ok(Err(e)) => Err(format!(
+            "connection error: desc = \"transport: {}\"",
+            error_chain(&e)
+        )),
         Err(_) => Err("context deadline exceeded".to_string()),
     }
 }
@@ -225,7 +232,9 @@ mod tests {
     async fn missing_socket_times_out_like_stock() {
         let dir = std::env::temp_dir().join(format!("ctr-test-{}", std::process::id()));
         let addr = dir.join("nope.sock").display().to_string();
-        let err = dial(&addr, Instant::now() + Duration::from_millis(50)).await.unwrap_err();
+        let err = dial(&addr, Instant::now() + Duration::from_millis(50))
+            .await
+            .unwrap_err();
         assert_eq!(
             err,
             format!("context deadline exceeded: connection error: desc = \"transport: error while dialing: dial unix://{addr}: timeout\"")

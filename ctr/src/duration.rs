@@ -12,7 +12,10 @@ impl GoDuration {
     /// The duration if it is positive; zero and negative mean "none", as in
     /// ctr's `if timeout > 0`.
     pub fn positive(self) -> Option<Duration> {
-        u64::try_from(self.0).ok().filter(|&n| n > 0).map(Duration::from_nanos)
+        u64::try_from(self.0)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Duration::from_nanos)
     }
 }
 
@@ -198,13 +201,25 @@ mod tests {
         assert_eq!(p("1.5h"), 90 * MIN as i64);
         assert_eq!(p(".5s"), 500 * MS as i64);
         assert_eq!(p("-2s"), -2 * SEC as i64);
-        assert_eq!(p("1h2m3s4ms5us6ns"), (HOUR + 2 * MIN + 3 * SEC + 4 * MS + 5 * US + 6) as i64);
+        assert_eq!(
+            p("1h2m3s4ms5us6ns"),
+            (HOUR + 2 * MIN + 3 * SEC + 4 * MS + 5 * US + 6) as i64
+        );
         assert_eq!(p("3µs"), 3000);
     }
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in ["", "10", "s", "1x", "1.s.", "-", "1m30", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1x",
+            "1.s.",
+            "-",
+            "1m30",
+            "99999999999999999999s",
+        ] {
             assert!(bad.parse::<GoDuration>().is_err(), "{bad:?} should fail");
         }
         assert_eq!(

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn raw_matches_grpc_go() {
         let e = raw(&Status::unimplemented("unknown service x"));
-        assert_eq!(e.to_string(), "rpc error: code = Unimplemented desc = unknown service x");
+        assert_eq!(
+            e.to_string(),
+            "rpc error: code = Unimplemented desc = unknown service x"
+        );
         assert_eq!(code_name(1), "Canceled");
         assert_eq!(code_name(42), "Code(42)");
     }

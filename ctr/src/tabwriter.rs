@@ -72,6 +72,7 @@ impl<W: Write> TabWriter<W> {
 
     /// Consume the writer, returning the underlying output. Unflushed text is
     /// discarded; call [`TabWriter::flush`] first.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn into_inner(self) -> W {
         self.out
     }
@@ -216,7 +217,13 @@ impl<W: Write> Write for TabWriter<W> {
 mod tests {
     use super::*;
 
-    fn render(minwidth: usize, tabwidth: usize, padding: usize, padchar: char, text: &str) -> String {
+    fn render(
+        minwidth: usize,
+        tabwidth: usize,
+        padding: usize,
+        padchar: char,
+        text: &str,
+    ) -> String {
         let mut w = TabWriter::new(Vec::new(), minwidth, tabwidth, padding, padchar);
         w.write_all(text.as_bytes()).unwrap();
         w.flush().unwrap();
@@ -240,10 +247,16 @@ mod tests {
         };
         let want = row("TYPE", "ID", "PLATFORMS", "STATUS")
             + &row("io.containerd.content.v1", "content", "-", "ok")
-            + &row("io.containerd.snapshotter.v1", "btrfs", "linux/amd64", "skip");
+            + &row(
+                "io.containerd.snapshotter.v1",
+                "btrfs",
+                "linux/amd64",
+                "skip",
+            );
         assert_eq!(render(4, 8, 4, ' ', text), want);
         // Spot-check one line literally, in case `pad` itself were wrong.
-        assert!(want.starts_with("TYPE                            ID         PLATFORMS      STATUS    \n"));
+        assert!(want
+            .starts_with("TYPE                            ID         PLATFORMS      STATUS    \n"));
     }
 
     #[test]
@@ -255,7 +268,10 @@ mod tests {
     #[test]
     fn last_cell_is_not_a_column() {
         // Trailing text after the last tab is not padded.
-        assert_eq!(render(1, 8, 2, ' ', "a\tlong\nbbb\tx\n"), "a    long\nbbb  x\n");
+        assert_eq!(
+            render(1, 8, 2, ' ', "a\tlong\nbbb\tx\n"),
+            "a    long\nbbb  x\n"
+        );
     }
 
     #[test]

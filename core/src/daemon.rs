@@ -1,0 +1,106 @@
+//! One run of the daemon: config in, plugins up, socket served, plugins
+//! down. `main` is a thin command line over [`run`].
+
+use std::{path::Path, sync::Arc};
+
+use crate::{
+    config::Config,
+    introspection::{core_services, server_uuid, Records},
+    loader,
+    plugins::{self, StartError},
+    router::GrpcRouter,
+    server::{self, SocketError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid proxy plugin {name:?}: {reason}")]
+    ProxyPlugin { name: String, reason: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Checks the `[proxy_plugins]` tables; serving them comes later.
+pub fn validate_proxy_plugins(config: &Config) -> Result<(), DaemonError> {
+    for (name, p) in &config.proxy_plugins {
+        let bad = |reason: &str| DaemonError::ProxyPlugin { name: name.clone(), reason: reason.into() };
+        if p.r#type.is_empty() {
+            return Err(bad("`type` is required (e.g. \"snapshot\" or \"content\")"));
+        }
+        if !matches!(p.r#type.as_str(), "snapshot" | "content" | "sandbox" | "diff") {
+            return Err(bad("`type` must be one of snapshot, content, sandbox, diff"));
+        }
+        if p.address.is_empty() {
+            return Err(bad("`address` is required"));
+        }
+    }
+    Ok(())
+}
+
+/// The directory plugins are loaded from.
+pub fn plugin_dir(config: &Config) -> Option<&Path> {
+    (!config.plugin_dir.is_empty()).then(|| Path::new(&config.plugin_dir))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    validate_proxy_plugins(&config)?;
+    let address = Path::new(&config.grpc.address).to_path_buf();
+    // Refuse a live socket before doing any work.
+    server::clear_stale(&address)?;
+    for (what, dir) in [("root", &config.root), ("state", &config.state)] {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Io { what, path: dir.clone(), source })?;
+    }
+    let uuid = server_uuid(&config.root).map_err(|source| DaemonError::Io {
+        what: "server uuid under",
+        path: config.root.clone(),
+        source,
+    })?;
+
+    let dir = plugin_dir(&config).map(Path::to_path_buf);
+    let scan = match dir {
+        Some(dir) => tokio::task::spawn_blocking(move || loader::scan(&dir)).await.unwrap_or_default(),
+        None => {
+            tracing::warn!("no plugin_dir configured: only the core's services are served");
+            loader::Scan::default()
+        }
+    };
+    let records: Records = Arc::new(std::sync::OnceLock::new());
+    let set = plugins::start(&config, scan, core_services(records.clone(), uuid)).await?;
+    let _ = records.set(set.records.clone());
+
+    let listener = match server::bind(&address, config.grpc.uid, config.grpc.gid) {
+        Ok(l) => l,
+        Err(e) => {
+            set.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!(address = %address.display(), "serving");
+    let router = GrpcRouter::new(
+        Arc::new(set.routes.clone()),
+        config.grpc.max_recv_message_size,
+        config.grpc.max_send_message_size,
+    );
+    server::serve(listener, router, shutdown_signal()).await;
+    tracing::info!("shutting down");
+    set.shutdown().await;
+    let _ = std::fs::remove_file(&address);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,350 @@
+//! The set of plugins of one daemon run: what was found, what was refused,
+//! what was initialised (in dependency order) and what each one serves.
+//!
+//! Every plugin ends in one of three states, which introspection reports as
+//! containerd does: running (`ok`), declined to load (`skip`), or failed
+//! (`error`, with the reason). Only a failing plugin listed in
+//! `required_plugins` stops the daemon.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, RString},
+};
+use crated_plugin_api::abi::{
+    HandlerBox, InitContext, InitErrorKind, PluginRef, Registration, ServiceHost_TO, ABI_VERSION,
+};
+use futures::FutureExt;
+
+use crate::{
+    config::Config,
+    graph::{self, Node},
+    loader::Scan,
+    router::{DependencyHost, Route, RouteTable, Target},
+};
+
+/// The type under which a library that failed to load is listed.
+pub const LIBRARY_PLUGIN_TYPE: &str = "io.crated.library.v1";
+/// Export keys that say where a plugin came from.
+pub const EXPORT_LIBRARY: &str = "io.crated.plugin.library";
+pub const EXPORT_ABI: &str = "io.crated.plugin.abi";
+pub const EXPORT_SDK: &str = "io.crated.plugin.sdk";
+
+/// The outcome of a plugin's life so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginState {
+    Running,
+    /// Declined to load; the message ends with containerd's "skip plugin".
+    Skipped(String),
+    Failed(String),
+}
+
+/// One line of `ctr plugins ls`.
+#[derive(Debug, Clone)]
+pub struct PluginRecord {
+    pub plugin_type: String,
+    pub id: String,
+    pub requires: Vec<String>,
+    pub platforms: Vec<String>,
+    pub exports: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    pub state: PluginState,
+}
+
+impl PluginRecord {
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.plugin_type, self.id)
+    }
+}
+
+/// The plugins of a running daemon.
+pub struct PluginSet {
+    pub records: Vec<PluginRecord>,
+    /// Initialised plugins, in init order, for shutdown in reverse.
+    pub running: Vec<(String, Arc<Route>)>,
+    pub routes: RouteTable,
+}
+
+/// A failure that must stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("required plugin {key} failed to start: {reason}")]
+    RequiredFailed { key: String, reason: String },
+    #[error("required plugin {0} is not registered by any plugin library")]
+    RequiredMissing(String),
+}
+
+struct Candidate {
+    reg: Registration,
+    library: PathBuf,
+    sdk: String,
+    abi: u32,
+}
+
+/// A core service that appears in introspection like any plugin.
+pub struct CoreService {
+    pub plugin_type: &'static str,
+    pub id: &'static str,
+    pub services: Vec<String>,
+    pub router: crated_plugin_api::ServiceRouter,
+}
+
+/// Where a plugin's data lives: `<base>/<type>.<id>`.
+fn plugin_dir(base: &Path, key: &str) -> PathBuf {
+    base.join(key)
+}
+
+/// Loads, orders and initialises every plugin.
+pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Result<PluginSet, StartError> {
+    let mut records = Vec::new();
+    let mut routes = RouteTable::default();
+    let mut running = Vec::new();
+
+    for e in &scan.errors {
+        let name = e.path.file_name().map_or_else(|| e.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        tracing::error!(library = %e.path.display(), "{}", e.message);
+        records.push(PluginRecord {
+            plugin_type: LIBRARY_PLUGIN_TYPE.into(),
+            id: name,
+            requires: vec![],
+            platforms: vec![],
+            exports: BTreeMap::from([(EXPORT_LIBRARY.to_string(), e.path.display().to_string())]),
+            capabilities: vec![],
+            state: PluginState::Failed(e.message.clone()),
+        });
+    }
+
+    let mut candidates = Vec::new();
+    for lib in scan.libraries {
+        for reg in lib.registrations {
+            let key = format!("{}.{}", reg.plugin_type, reg.id);
+            if config.disabled_plugins.iter().any(|d| *d == key) {
+                tracing::info!(plugin = %key, "disabled by config");
+                continue;
+            }
+            candidates.push(Candidate { reg, library: lib.path.clone(), sdk: lib.sdk_version.clone(), abi: lib.abi_version });
+        }
+    }
+
+    for c in core {
+        let route = Arc::new(Route {
+            owner: format!("{}.{}", c.plugin_type, c.id),
+            target: Target::Core(c.router),
+            streaming: HashMap::new(),
+        });
+        if let Err(e) = routes.insert(&c.services, route.clone()) {
+            tracing::error!("{e}");
+        }
+        records.push(PluginRecord {
+            plugin_type: c.plugin_type.into(),
+            id: c.id.into(),
+            requires: vec![],
+            platforms: vec![],
+            exports: BTreeMap::new(),
+            capabilities: vec![],
+            state: PluginState::Running,
+        });
+    }
+
+    let nodes: Vec<Node> = candidates
+        .iter()
+        .map(|c| Node {
+            plugin_type: c.reg.plugin_type.to_string(),
+            id: c.reg.id.to_string(),
+            requires: c.reg.requires.iter().map(|r| r.to_string()).collect(),
+        })
+        .collect();
+    let plan = graph::plan(&nodes);
+
+    let mut slot: Vec<Option<PluginRecord>> = candidates.iter().map(|c| Some(record_of(c))).collect();
+    for (i, reason) in &plan.refused {
+        if let Some(r) = slot[*i].as_mut() {
+            tracing::error!(plugin = %r.key(), "{reason}");
+            r.state = PluginState::Failed(reason.clone());
+        }
+    }
+
+    // Type -> keys of running plugins of that type, filled as init goes.
+    let mut running_by_type: HashMap<String, Vec<(String, PluginRef)>> = HashMap::new();
+    for i in plan.order {
+        let c = &candidates[i];
+        let mut record = slot[i].take().unwrap_or_else(|| record_of(c));
+        let key = record.key();
+        match init_one(config, c, &record, &running_by_type, &routes).await {
+            Ok((services, handler, streaming, exports)) => {
+                let route = Arc::new(Route { owner: key.clone(), target: Target::Plugin(handler), streaming });
+                match routes.insert(&services, route.clone()) {
+                    Ok(()) => {
+                        record.exports.extend(exports);
+                        record.state = PluginState::Running;
+                        tracing::info!(plugin = %key, services = ?services, "plugin started");
+                        running_by_type.entry(record.plugin_type.clone()).or_default().push((
+                            key.clone(),
+                            PluginRef {
+                                plugin_type: record.plugin_type.as_str().into(),
+                                id: record.id.as_str().into(),
+                                services: services.iter().map(|s| RString::from(s.as_str())).collect(),
+                                exports: record
+                                    .exports
+                                    .iter()
+                                    .map(|(k, v)| (RString::from(k.as_str()), RString::from(v.as_str())).into())
+                                    .collect(),
+                            },
+                        ));
+                        running.push((key.clone(), route));
+                    }
+                    Err(e) => {
+                        tracing::error!(plugin = %key, "{e}");
+                        shutdown_route(&key, &route).await;
+                        record.state = PluginState::Failed(e);
+                    }
+                }
+            }
+            Err(state) => {
+                match &state {
+                    PluginState::Skipped(m) => tracing::info!(plugin = %key, "{m}"),
+                    PluginState::Failed(m) => tracing::error!(plugin = %key, "failed to start: {m}"),
+                    PluginState::Running => {}
+                }
+                record.state = state;
+            }
+        }
+        slot[i] = Some(record);
+    }
+    records.extend(slot.into_iter().flatten());
+
+    let set = PluginSet { records, running, routes };
+    for key in &config.required_plugins {
+        match set.records.iter().find(|r| r.key() == *key) {
+            None => {
+                set.shutdown().await;
+                return Err(StartError::RequiredMissing(key.clone()));
+            }
+            Some(r) => match &r.state {
+                PluginState::Running => {}
+                PluginState::Skipped(m) | PluginState::Failed(m) => {
+                    let reason = m.clone();
+                    set.shutdown().await;
+                    return Err(StartError::RequiredFailed { key: key.clone(), reason });
+                }
+            },
+        }
+    }
+    Ok(set)
+}
+
+fn record_of(c: &Candidate) -> PluginRecord {
+    let mut exports: BTreeMap<String, String> =
+        c.reg.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
+    exports.insert(EXPORT_LIBRARY.into(), c.library.display().to_string());
+    exports.insert(EXPORT_ABI.into(), c.abi.to_string());
+    exports.insert(EXPORT_SDK.into(), c.sdk.clone());
+    debug_assert_eq!(c.abi, ABI_VERSION);
+    PluginRecord {
+        plugin_type: c.reg.plugin_type.to_string(),
+        id: c.reg.id.to_string(),
+        requires: c.reg.requires.iter().map(|r| r.to_string()).collect(),
+        platforms: c.reg.platforms.iter().map(|r| r.to_string()).collect(),
+        exports,
+        capabilities: c.reg.capabilities.iter().map(|r| r.to_string()).collect(),
+        state: PluginState::Failed("not initialised".into()),
+    }
+}
+
+type Started = (Vec<String>, HandlerBox, HashMap<String, crated_plugin_api::abi::CallKind>, Vec<(String, String)>);
+
+/// Initialises one plugin whose dependencies have all been through init.
+async fn init_one(
+    config: &Config,
+    c: &Candidate,
+    record: &PluginRecord,
+    running_by_type: &HashMap<String, Vec<(String, PluginRef)>>,
+    routes: &RouteTable,
+) -> Result<Started, PluginState> {
+    let key = record.key();
+    let mut deps: Vec<(String, PluginRef)> = Vec::new();
+    for req in &record.requires {
+        if req == "*" {
+            deps.extend(running_by_type.values().flatten().cloned());
+            continue;
+        }
+        match running_by_type.get(req) {
+            Some(v) if !v.is_empty() => deps.extend(v.iter().cloned()),
+            _ => {
+                return Err(PluginState::Failed(format!(
+                    "dependency not available: no plugin of type {req} started"
+                )))
+            }
+        }
+    }
+
+    let defaults: toml::Table = if c.reg.config_defaults.trim().is_empty() {
+        toml::Table::new()
+    } else {
+        c.reg
+            .config_defaults
+            .parse()
+            .map_err(|e| PluginState::Failed(format!("the plugin's default config is not valid TOML: {e}")))?
+    };
+    let plugin_config = config.plugin_config(&key, &defaults);
+    let root = plugin_dir(&config.root, &key);
+    let state = plugin_dir(&config.state, &key);
+    for dir in [&root, &state] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PluginState::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+
+    let owners: Vec<String> = deps.iter().map(|(k, _)| k.clone()).collect();
+    let host = DependencyHost { table: routes.restricted_to(&owners), dependencies: deps.into_iter().map(|(_, p)| p).collect() };
+    let ctx = InitContext {
+        plugin_type: record.plugin_type.as_str().into(),
+        id: record.id.as_str().into(),
+        config_toml: toml::to_string(&plugin_config).unwrap_or_default().into(),
+        root: root.display().to_string().into(),
+        state: state.display().to_string().into(),
+        grpc_address: config.grpc.address.as_str().into(),
+        ttrpc_address: config.ttrpc.address.as_str().into(),
+        log_level: config.debug.level.as_str().into(),
+        host: ServiceHost_TO::from_ptr(abi_stable::std_types::RArc::new(host), TD_Opaque),
+    };
+    match AssertUnwindSafe((c.reg.init)(ctx)).catch_unwind().await {
+        Ok(ROk(inst)) => Ok((
+            inst.services.iter().map(|s| s.to_string()).collect(),
+            inst.handler,
+            inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
+            inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
+        )),
+        Ok(RErr(e)) => Err(match e.kind {
+            InitErrorKind::Skip => PluginState::Skipped(format!("{}: skip plugin", e.message)),
+            InitErrorKind::Failed => PluginState::Failed(e.message.into_string()),
+        }),
+        Err(_) => Err(PluginState::Failed("plugin panicked during init".into())),
+    }
+}
+
+async fn shutdown_route(key: &str, route: &Route) {
+    if let Target::Plugin(h) = &route.target {
+        let fut = AssertUnwindSafe(h.shutdown()).catch_unwind();
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+            Ok(Ok(())) => tracing::debug!(plugin = %key, "stopped"),
+            Ok(Err(_)) => tracing::warn!(plugin = %key, "panicked while stopping"),
+            Err(_) => tracing::warn!(plugin = %key, "did not stop within 10s"),
+        }
+    }
+}
+
+impl PluginSet {
+    /// Stops the running plugins in reverse init order.
+    pub async fn shutdown(&self) {
+        for (key, route) in self.running.iter().rev() {
+            shutdown_route(key, route).await;
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Shared pieces of crated's test plugins: the messages of the test
+//! service `crated.test.Echo`, written with prost derives so no protoc run
+//! is needed. The integration tests use the same types as clients.
+
+/// The test service's name.
+pub const ECHO_SERVICE: &str = "crated.test.Echo";
+/// The service of the plugin that calls Echo in process.
+pub const RELAY_SERVICE: &str = "crated.test.Relay";
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoRequest {
+    #[prost(string, tag = "1")]
+    pub text: String,
+    /// For `Repeat`: how many responses to send.
+    #[prost(uint32, tag = "2")]
+    pub count: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoResponse {
+    #[prost(string, tag = "1")]
+    pub text: String,
+    /// The `containerd-namespace` the call carried.
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+}
+
+/// The path of a method of the echo service.
+pub fn echo_method(name: &str) -> String {
+    format!("/{ECHO_SERVICE}/{name}")
+}
