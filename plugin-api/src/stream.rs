@@ -12,7 +12,7 @@ use abi_stable::{
     std_types::{RNone, ROption, RSome, RVec},
 };
 use async_ffi::{FfiFuture, FutureExt as _};
-use futures::{stream::BoxStream, Stream, StreamExt};
+use futures::{stream::BoxStream, FutureExt as _, Stream, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::{
@@ -66,7 +66,17 @@ where
     let (tx, rx) = mpsc::channel::<Frame>(STREAM_BUFFER);
     let pump = runtime().spawn(async move {
         futures::pin_mut!(stream);
-        while let Some(item) = stream.next().await {
+        loop {
+            // A panic while producing an item ends the stream with Internal
+            // instead of silently closing it, which would look like success.
+            let item = match std::panic::AssertUnwindSafe(stream.next()).catch_unwind().await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(p) => Err(Status::internal(format!(
+                    "plugin panicked while streaming: {}",
+                    crate::runtime::panic_message(&*p)
+                ))),
+            };
             let last = item.is_err();
             let frame: Frame = match item {
                 Ok(bytes) => abi_stable::std_types::ROk(RVec::from(bytes)),

@@ -1,0 +1,361 @@
+//! The integration tests' harness: starts the real `crated` binary on a
+//! temporary root, state and socket, with a chosen set of test plugins, and
+//! talks to it with tonic, our `ctr` and the stock `ctr`.
+//!
+//! A daemon is stopped by its pid (SIGTERM, then SIGKILL in `Drop`), never
+//! by name, and its directory is removed with it.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use tonic::transport::{Channel, Endpoint};
+
+/// `target/<profile>`, found from the test binary's own path.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+}
+
+pub fn crated_bin() -> PathBuf {
+    target_dir().join("crated")
+}
+
+pub fn ctr_bin() -> PathBuf {
+    target_dir().join("ctr")
+}
+
+/// A test plugin library built from `tests/examples/<name>.rs`.
+pub fn example_so(name: &str) -> PathBuf {
+    let p = target_dir().join("examples").join(format!("lib{name}.so"));
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --examples` first", p.display());
+    p
+}
+
+/// The stock containerd 1.6 `ctr` (Debian's `containerd` package).
+pub fn stock_ctr_bin() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/ctr");
+    assert!(p.exists(), "the stock ctr is missing: install Debian's containerd package (.ci/run does)");
+    p
+}
+
+/// A config for a test daemon, written into a fresh temporary directory.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    /// Top-level keys and `[plugins...]` tables, added to the config.
+    pub extra: String,
+    /// Lines added to the `[grpc]` table.
+    pub grpc_extra: String,
+}
+
+impl Setup {
+    /// A directory with `plugins/` holding copies of the named test plugins.
+    pub fn new(plugins: &[&str]) -> Setup {
+        let tmp = tempfile::Builder::new().prefix("crated-test").tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("plugins")).unwrap();
+        let s = Setup { tmp, extra: String::new(), grpc_extra: String::new() };
+        for p in plugins {
+            s.add_plugin(p);
+        }
+        s
+    }
+
+    pub fn add_plugin(&self, name: &str) {
+        let src = example_so(name);
+        std::fs::copy(&src, self.plugin_dir().join(src.file_name().unwrap())).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.path().join("plugins")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("crated.sock")
+    }
+    pub fn root(&self) -> PathBuf {
+        self.path().join("root")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.path().join("crated.log")
+    }
+
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn grpc(mut self, lines: &str) -> Self {
+        self.grpc_extra.push_str(lines);
+        self.grpc_extra.push('\n');
+        self
+    }
+
+    pub fn config_text(&self) -> String {
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\nplugin_dir = {:?}\n{}\n[grpc]\naddress = {:?}\n{}",
+            self.root().display().to_string(),
+            self.state().display().to_string(),
+            self.plugin_dir().display().to_string(),
+            self.extra,
+            self.socket().display().to_string(),
+            self.grpc_extra
+        )
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        std::fs::write(self.config_path(), self.config_text()).unwrap();
+        self.config_path()
+    }
+
+    /// Runs `crated` with these args to completion (for failures and
+    /// `config` subcommands), with a time limit.
+    pub fn run_crated(&self, args: &[&str]) -> Output {
+        let mut child = Command::new(crated_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn crated");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("crated {args:?} did not exit within 30s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub fn start(self) -> Daemon {
+        let config = self.write_config();
+        Daemon::spawn(self, &["-c", config.to_str().unwrap()])
+    }
+}
+
+/// A running test daemon.
+pub struct Daemon {
+    pub setup: Setup,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn spawn(setup: Setup, args: &[&str]) -> Daemon {
+        let log = std::fs::File::create(setup.log_path()).unwrap();
+        let child = Command::new(crated_bin())
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn crated");
+        let mut d = Daemon { setup, child: Some(child) };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("crated exited with {status} before serving:\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!("crated did not serve within 30s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon running")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.setup.socket()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.setup.log_path()).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. "TERM") to this daemon's pid and waits for it.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+        assert!(ok.success(), "kill -{signal} {} failed", child.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("crated did not stop within 30s after SIG{signal}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the daemon with SIGTERM.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal_and_wait("TERM")
+    }
+
+    /// Our `ctr` against this daemon.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        run_client(&ctr_bin(), &self.socket(), args)
+    }
+
+    /// The stock `ctr` against this daemon.
+    pub fn stock_ctr(&self, args: &[&str]) -> Output {
+        run_client(&stock_ctr_bin(), &self.socket(), args)
+    }
+
+    /// A gRPC channel to this daemon.
+    pub async fn channel(&self) -> Channel {
+        channel(&self.socket()).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run_client(bin: &Path, socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin)
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .env_remove("CONTAINERD_ADDRESS")
+        .env_remove("CONTAINERD_NAMESPACE")
+        .output()
+        .expect("run ctr")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A tonic channel over a unix socket.
+pub async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::]:0")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .expect("connect to crated")
+}
+
+fn request<T>(msg: T, namespace: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(ns) = namespace {
+        req.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
+    }
+    req
+}
+
+fn path(p: &str) -> http::uri::PathAndQuery {
+    p.parse().unwrap()
+}
+
+type Codec<Req, Resp> = tonic_prost::ProstCodec<Req, Resp>;
+
+/// A unary call by method path.
+pub async fn unary<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, req: Req) -> Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(request(req, namespace), path(method), Codec::<Req, Resp>::default()).await.map(|r| r.into_inner())
+}
+
+/// A server-streaming call, collected.
+pub async fn server_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, req: Req) -> Result<Vec<Result<Resp, tonic::Status>>, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut stream = grpc
+        .server_streaming(request(req, namespace), path(method), Codec::<Req, Resp>::default())
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(m)) => out.push(Ok(m)),
+            Ok(None) => break,
+            Err(s) => {
+                out.push(Err(s));
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A client-streaming call.
+pub async fn client_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, reqs: Vec<Req>) -> Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let stream = tokio_stream::iter(reqs);
+    grpc.client_streaming(request(stream, namespace), path(method), Codec::<Req, Resp>::default())
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A bidi-streaming call: sends `reqs`, collects every response.
+pub async fn bidi_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, reqs: Vec<Req>) -> Result<Vec<Resp>, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let stream = tokio_stream::iter(reqs);
+    let mut out = grpc
+        .streaming(request(stream, namespace), path(method), Codec::<Req, Resp>::default())
+        .await?
+        .into_inner();
+    let mut v = Vec::new();
+    while let Some(m) = out.message().await? {
+        v.push(m);
+    }
+    Ok(v)
+}
