@@ -107,12 +107,7 @@ fn describe(e: &LibraryError) -> String {
              the library was built against {actual_version}"
         ),
         LibraryError::AbiInstability(err) => {
-            let text = err.to_string();
-            let mut lines: Vec<&str> =
-                text.lines().map(str::trim).filter(|l| l.starts_with("Error:") || l.contains("Error:")).collect();
-            lines.dedup();
-            lines.truncate(8);
-            let detail = if lines.is_empty() { text.lines().take(8).collect::<Vec<_>>().join("; ") } else { lines.join("; ") };
+            let detail = error_paragraphs(&err.to_string());
             format!(
                 "incompatible plugin-api ABI: the library's types do not match this daemon's \
                  crated-plugin-api {}: {detail}",
@@ -124,5 +119,47 @@ fn describe(e: &LibraryError) -> String {
             let first: Vec<&str> = text.lines().take(6).collect();
             format!("cannot load plugin library: {}", first.join("; "))
         }
+    }
+}
+
+/// The `Error:` paragraphs of an abi_stable layout report, each on one line
+/// ("Error:mismatched type Expected: PluginLibrary Found: OldLibrary").
+fn error_paragraphs(report: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in report.lines().map(str::trim) {
+        if line.starts_with("Error:") {
+            if let Some(p) = current.take() {
+                out.push(p.join(" "));
+            }
+            current = Some(vec![line]);
+        } else if line.is_empty() {
+            if let Some(p) = current.take() {
+                out.push(p.join(" "));
+            }
+        } else if let Some(p) = current.as_mut() {
+            p.push(line);
+        }
+    }
+    if let Some(p) = current.take() {
+        out.push(p.join(" "));
+    }
+    out.dedup();
+    out.truncate(5);
+    if out.is_empty() {
+        report.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect::<Vec<_>>().join(" ")
+    } else {
+        out.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_paragraphs;
+
+    #[test]
+    fn layout_reports_shrink_to_their_error_lines() {
+        let report = "Compared <this>:\n  --- Type Layout ---\n  lots\n\nError:mismatched type\nExpected:\n    A\nFound:\n    B\n\n";
+        assert_eq!(error_paragraphs(report), "Error:mismatched type Expected: A Found: B");
     }
 }
