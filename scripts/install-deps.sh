@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs the system packages crated's build and tests need, if missing:
+#   protobuf-compiler  protoc, for containerd-client's generated messages
+#   runc               the OCI runtime the runtime plugin drives
+#   containerd         the stock `ctr` of containerd 1.6, the reference client in tests
+#   busybox-static     the binary test images are built from
+#   docker-registry    a real registry on 127.0.0.1 for pull/push tests
+# The packages' own services are not used: tests start what they need on
+# temporary sockets and ports.
+set -euo pipefail
+
+packages=(protobuf-compiler runc containerd busybox-static docker-registry)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    # Never start the packaged daemons (containerd, registry) on install.
+    policy=/usr/sbin/policy-rc.d
+    created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod +x "$policy"
+        created_policy=1
+    fi
+    $sudo apt-get update -q || true
+    $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+    [ "$created_policy" -eq 0 ] || $sudo rm -f "$policy"
+fi
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
