@@ -48,6 +48,10 @@ pub fn plugin_dir(config: &Config) -> Option<&Path> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Installed before anything else: a SIGTERM that arrives while plugins
+    // start, or just after the socket is bound, must still stop the daemon
+    // cleanly instead of killing it with the default action.
+    let shutdown = shutdown_signal();
     validate_proxy_plugins(&config)?;
     let address = Path::new(&config.grpc.address).to_path_buf();
     // Refuse a live socket before doing any work.
@@ -86,21 +90,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.grpc.max_recv_message_size,
         config.grpc.max_send_message_size,
     );
-    server::serve(listener, router, shutdown_signal()).await;
+    server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
     set.shutdown().await;
     let _ = std::fs::remove_file(&address);
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (not when first polled) and
+/// returns a future that resolves when either signal has arrived.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -88,7 +88,8 @@ fn level_filter(level: &str) -> &str {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut cfg = load_config(&cli)?;
+    let default_only = matches!(cli.command, Some(Command::Config { action: ConfigAction::Default })) && cli.config.is_none();
+    let mut cfg = if default_only { config::Config::default_v2() } else { load_config(&cli)? };
     if let Some(a) = &cli.address {
         cfg.grpc.address = a.clone();
     }
@@ -103,8 +104,12 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Config { action: ConfigAction::Default }) => {
+            // Like containerd, ignore the installed config file; only an
+            // explicit -c says where plugins are, to include their defaults.
             let mut base = config::Config::default_v2();
-            base.plugin_dir = cfg.plugin_dir.clone();
+            if cli.config.is_some() {
+                base.plugin_dir = cfg.plugin_dir.clone();
+            }
             let defaults = plugin_defaults(&base);
             print!("{}", base.with_plugin_defaults(defaults).to_toml());
             return Ok(());

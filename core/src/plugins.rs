@@ -125,7 +125,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     for lib in scan.libraries {
         for reg in lib.registrations {
             let key = format!("{}.{}", reg.plugin_type, reg.id);
-            if config.disabled_plugins.iter().any(|d| *d == key) {
+            if config.disabled_plugins.contains(&key) {
                 tracing::info!(plugin = %key, "disabled by config");
                 continue;
             }

@@ -44,8 +44,11 @@ impl Plugin for Echo {
         Ok(ServiceRouter::new()
             .on_shutdown(move || record_shutdown(order_file.clone(), "echo"))
             .unary(&echo_method("Echo"), |call: Call, req: EchoRequest| async move {
-                // A sleep needs this library's reactor: proves calls run on it.
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                // `count` > 0 sleeps that many ms: a timer needs this
+                // library's reactor, so this proves calls run on it.
+                if req.count > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(req.count))).await;
+                }
                 Ok(reply(&call, req.text))
             })
             .unary(&echo_method("Greeting"), move |call: Call, _req: EchoRequest| {

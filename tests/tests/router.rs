@@ -22,6 +22,9 @@ async fn unary_call_reaches_the_plugin_with_its_namespace() {
     assert_eq!(r.namespace, "team-a", "containerd-namespace must reach the plugin");
     let r: EchoResponse = unary(&ch, &echo_method("Echo"), None, req("x", 0)).await.unwrap();
     assert_eq!(r.namespace, "");
+    // A handler that uses a tokio timer: it runs on the plugin's own runtime.
+    let r: EchoResponse = unary(&ch, &echo_method("Echo"), None, req("slept", 2)).await.unwrap();
+    assert_eq!(r.text, "slept");
 }
 
 #[tokio::test]

@@ -359,3 +359,22 @@ where
     }
     Ok(v)
 }
+
+impl Daemon {
+    /// Starts this daemon again after [`Daemon::stop`], with the same setup
+    /// and config file (`-c <config_path>`); the log is appended to.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: the daemon is still running");
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(self.setup.log_path()).unwrap();
+        let child = Command::new(crated_bin())
+            .arg("-c")
+            .arg(self.setup.config_path())
+            .env("RUST_BACKTRACE", "0")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn crated");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+}

@@ -1,0 +1,96 @@
+//! Benchmark: the cost of one unary gRPC round trip on the unix socket,
+//! crated against containerd 1.6 on the same machine in the same run.
+//!
+//! `cargo build --release --workspace --bins --examples && cargo bench -p crated-tests
+//! --bench roundtrip` (needs root and Debian's containerd package). Measures `Version.Version` (served by each daemon's
+//! core) and, for crated, `crated.test.Echo/Echo` (a plugin call through the
+//! ABI and the plugin's own runtime). Prints mean µs per call and the ratio.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use containerd_client::services::v1::VersionResponse;
+use crated_tests::{echo_method, EchoRequest, EchoResponse};
+
+const CALLS: u32 = 5000;
+const VERSION: &str = "/containerd.services.version.v1.Version/Version";
+
+async fn mean_call<F, Fut>(mut call: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..200 {
+        call().await;
+    }
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        call().await;
+    }
+    start.elapsed() / CALLS
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let crated = common::Setup::new(&["echo"]).start();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("containerd.sock");
+    let cfg = tmp.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\naddress = {:?}\n",
+            tmp.path().join("root").display().to_string(),
+            tmp.path().join("state").display().to_string(),
+            sock.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut containerd = Command::new("containerd")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start containerd (Debian package `containerd`)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "containerd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    rt.block_on(async {
+        let ours = crated.channel().await;
+        let theirs = common::channel(&sock).await;
+        let crated_version = mean_call(|| async {
+            let _: VersionResponse = common::unary(&ours, VERSION, None, ()).await.unwrap();
+        })
+        .await;
+        let containerd_version = mean_call(|| async {
+            let _: VersionResponse = common::unary(&theirs, VERSION, None, ()).await.unwrap();
+        })
+        .await;
+        let crated_plugin = mean_call(|| async {
+            let req = EchoRequest { text: "x".into(), count: 0 };
+            let _: EchoResponse = common::unary(&ours, &echo_method("Echo"), Some("default"), req).await.unwrap();
+        })
+        .await;
+        println!("unary round trip, mean of {CALLS} sequential calls on one connection:");
+        println!("  containerd Version.Version      {:>8.1} µs", containerd_version.as_secs_f64() * 1e6);
+        println!("  crated     Version.Version      {:>8.1} µs", crated_version.as_secs_f64() * 1e6);
+        println!("  crated     plugin Echo.Echo         {:>8.1} µs", crated_plugin.as_secs_f64() * 1e6);
+        println!(
+            "  ratio crated/containerd (Version): {:.2}",
+            crated_version.as_secs_f64() / containerd_version.as_secs_f64()
+        );
+    });
+
+    let _ = containerd.kill();
+    let _ = containerd.wait();
+}

@@ -1,0 +1,162 @@
+//! The third-party plugin story: `examples/hello-plugin` is a crate outside
+//! the workspace with its own lockfile. It is built here the way its author
+//! would build it (`--locked` proves that its own Cargo.lock is used), its
+//! `.so` is dropped into a daemon's plugin dir, and the daemon lists it,
+//! describes it, and routes calls to its own gRPC service.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Instant,
+};
+
+use common::{stderr, stdout, unary, Setup};
+use tonic::Code;
+
+// The client side of `example.hello.v1`, defined again here as a client in
+// another repository would: the messages are all it needs.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    message: String,
+}
+
+const SAY_HELLO: &str = "/example.hello.v1.Greeter/SayHello";
+const LIBRARY: &str = "libhello_plugin.so";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds the example with its own lockfile, once per test process (cargo's
+/// own lock serialises concurrent test processes), into
+/// `target/out-of-tree` so it neither waits on the workspace's target dir
+/// nor rebuilds from scratch on every run.
+fn hello_so() -> &'static Path {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let root = repo_root();
+        let manifest = root.join("examples/hello-plugin/Cargo.toml");
+        let target = root.join("target/out-of-tree");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!(
+            "building {} with its own Cargo.lock into {} (a cold build takes a minute or two)",
+            manifest.display(),
+            target.display()
+        );
+        let started = Instant::now();
+        let out = Command::new(cargo)
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--locked")
+            // rustup picks the pinned toolchain from the directory.
+            .current_dir(manifest.parent().unwrap())
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("run cargo");
+        eprintln!("cargo build of hello-plugin took {:.1?}", started.elapsed());
+        assert!(
+            out.status.success(),
+            "building the out-of-tree example failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let so = target.join("debug").join(LIBRARY);
+        assert!(so.exists(), "{} is missing after the build", so.display());
+        so
+    })
+}
+
+/// A daemon with the freshly built example as its only plugin library.
+fn setup_with_hello() -> Setup {
+    let so = hello_so();
+    let setup = Setup::new(&[]);
+    std::fs::copy(so, setup.plugin_dir().join(LIBRARY)).expect("copy the plugin into plugin_dir");
+    setup
+}
+
+/// The `plugins ls` row of `hello`, as its whitespace-separated columns.
+fn hello_row(listing: &str) -> Option<Vec<&str>> {
+    listing
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.len() >= 3 && cols[0] == "io.example.hello.v1" && cols[1] == "hello")
+}
+
+/// The value of export `key` in `plugins ls -d` output.
+fn export<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
+    detail.lines().find_map(|l| {
+        let mut cols = l.split_whitespace();
+        (cols.next() == Some(key)).then(|| cols.next().unwrap_or_default())
+    })
+}
+
+fn say_hello(name: &str) -> HelloRequest {
+    HelloRequest { name: name.into() }
+}
+
+#[tokio::test]
+async fn out_of_tree_plugin_loads_lists_and_serves() {
+    let setup = setup_with_hello();
+    let copied = setup.plugin_dir().join(LIBRARY);
+    let d = setup.start();
+
+    // (a) Both clients list it, and it is ok.
+    for (who, out) in [("our ctr", d.ctr(&["plugins", "ls"])), ("stock ctr", d.stock_ctr(&["plugins", "ls"]))] {
+        assert!(out.status.success(), "{who} plugins ls failed: {}", stderr(&out));
+        let text = stdout(&out);
+        let row = hello_row(&text).unwrap_or_else(|| panic!("{who} does not list hello:\n{text}\n{}", d.log()));
+        assert_eq!(row.last(), Some(&"ok"), "{who}: hello is not ok:\n{text}\n{}", d.log());
+    }
+
+    // (b) The detailed view tells where it came from and which ABI it has.
+    for (who, out) in [
+        ("our ctr", d.ctr(&["plugins", "ls", "-d", "id==hello"])),
+        ("stock ctr", d.stock_ctr(&["plugins", "ls", "-d", "id==hello"])),
+    ] {
+        assert!(out.status.success(), "{who} plugins ls -d failed: {}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("io.example.hello.v1"), "{who}:\n{text}");
+        let library = export(&text, "io.crated.plugin.library")
+            .unwrap_or_else(|| panic!("{who}: no io.crated.plugin.library export:\n{text}"));
+        assert_eq!(
+            std::fs::canonicalize(library).unwrap(),
+            std::fs::canonicalize(&copied).unwrap(),
+            "{who}: the library export must point at the copy in plugin_dir:\n{text}"
+        );
+        assert_eq!(export(&text, "io.crated.plugin.abi"), Some("1"), "{who}:\n{text}");
+        assert_eq!(export(&text, "greeting_source"), Some("config"), "{who}: the plugin's own export:\n{text}");
+    }
+
+    // (c) Its own gRPC service answers through the daemon's socket, with
+    // the call's namespace.
+    let ch = d.channel().await;
+    let r: HelloReply = unary(&ch, SAY_HELLO, Some("third-party"), say_hello("world")).await.unwrap();
+    assert_eq!(r.message, "Hello, world! (namespace third-party)");
+
+    // Its errors keep their codes.
+    let e = unary::<_, HelloReply>(&ch, SAY_HELLO, None, say_hello("world")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = unary::<_, HelloReply>(&ch, SAY_HELLO, Some("third-party"), say_hello("")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+#[tokio::test]
+async fn out_of_tree_plugin_reads_its_config_table() {
+    let d = setup_with_hello()
+        .extra("[plugins.\"io.example.hello.v1.hello\"]\ngreeting = \"Howdy\"")
+        .start();
+    let ch = d.channel().await;
+    let r: HelloReply = unary(&ch, SAY_HELLO, Some("third-party"), say_hello("partner")).await.unwrap();
+    assert_eq!(r.message, "Howdy, partner! (namespace third-party)", "{}", d.log());
+}
