@@ -7,7 +7,7 @@
 //! `required_plugins` stops the daemon.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::Arc,
@@ -139,7 +139,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             target: Target::Core(c.router),
             streaming: HashMap::new(),
         });
-        if let Err(e) = routes.insert(&c.services, route.clone()) {
+        if let Err(e) = routes.insert(&c.services, route.clone(), &HashSet::new()) {
             tracing::error!("{e}");
         }
         records.push(PluginRecord {
@@ -173,14 +173,23 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
 
     // Type -> keys of running plugins of that type, filled as init goes.
     let mut running_by_type: HashMap<String, Vec<(String, PluginRef)>> = HashMap::new();
+    // Plugin key -> every plugin it depends on, directly or not.
+    let mut closure: HashMap<String, HashSet<String>> = HashMap::new();
     for i in plan.order {
         let c = &candidates[i];
         let mut record = slot[i].take().unwrap_or_else(|| record_of(c));
         let key = record.key();
         match init_one(config, c, &record, &running_by_type, &routes).await {
-            Ok((services, handler, streaming, exports)) => {
+            Ok((services, handler, streaming, exports, direct)) => {
                 let route = Arc::new(Route { owner: key.clone(), target: Target::Plugin(handler), streaming });
-                match routes.insert(&services, route.clone()) {
+                let mut wrapped: HashSet<String> = HashSet::new();
+                for d in direct {
+                    wrapped.extend(closure.get(&d).into_iter().flatten().cloned());
+                    wrapped.insert(d);
+                }
+                let inserted = routes.insert(&services, route.clone(), &wrapped);
+                closure.insert(key.clone(), wrapped);
+                match inserted {
                     Ok(()) => {
                         record.exports.extend(exports);
                         record.state = PluginState::Running;
@@ -258,7 +267,14 @@ fn record_of(c: &Candidate) -> PluginRecord {
     }
 }
 
-type Started = (Vec<String>, HandlerBox, HashMap<String, crated_plugin_api::abi::CallKind>, Vec<(String, String)>);
+/// Services, handler, streaming methods, exports, and direct dependencies.
+type Started = (
+    Vec<String>,
+    HandlerBox,
+    HashMap<String, crated_plugin_api::abi::CallKind>,
+    Vec<(String, String)>,
+    Vec<String>,
+);
 
 /// Initialises one plugin whose dependencies have all been through init.
 async fn init_one(
@@ -302,7 +318,10 @@ async fn init_one(
     }
 
     let owners: Vec<String> = deps.iter().map(|(k, _)| k.clone()).collect();
-    let host = DependencyHost { table: routes.restricted_to(&owners), dependencies: deps.into_iter().map(|(_, p)| p).collect() };
+    let host = DependencyHost {
+        table: routes.restricted_to(&owners),
+        dependencies: deps.into_iter().map(|(_, p)| p).collect(),
+    };
     let ctx = InitContext {
         plugin_type: record.plugin_type.as_str().into(),
         id: record.id.as_str().into(),
@@ -320,6 +339,7 @@ async fn init_one(
             inst.handler,
             inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
             inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
+            owners,
         )),
         Ok(RErr(e)) => Err(match e.kind {
             InitErrorKind::Skip => PluginState::Skipped(format!("{}: skip plugin", e.message)),

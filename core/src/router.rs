@@ -65,9 +65,23 @@ pub fn service_of(path: &str) -> &str {
 }
 
 impl RouteTable {
-    /// Adds the route for `services`; refuses a service already served.
-    pub fn insert(&mut self, services: &[String], route: Arc<Route>) -> Result<(), String> {
-        if let Some((s, other)) = services.iter().find_map(|s| self.services.get(s).map(|r| (s, r))) {
+    /// Adds the route for `services`. A service already served is refused,
+    /// unless its owner is one of `wrapped`: the new plugin's (transitive)
+    /// dependencies. That is how a wrapper takes over the socket for a service
+    /// while still reaching the wrapped plugin in process, as containerd's
+    /// metadata store wraps the raw content store and exposes the
+    /// namespaced Content service.
+    pub fn insert(
+        &mut self,
+        services: &[String],
+        route: Arc<Route>,
+        wrapped: &std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        if let Some((s, other)) = services
+            .iter()
+            .find_map(|s| self.services.get(s).map(|r| (s, r)))
+            .filter(|(_, r)| !wrapped.contains(&r.owner))
+        {
             return Err(format!("service {s} is already served by {}", other.owner));
         }
         for s in services {

@@ -159,3 +159,30 @@ async fn messages_over_the_size_limit_are_refused() {
     let r: EchoResponse = unary(&ch, &echo_method("Echo"), None, req("small", 0)).await.unwrap();
     assert_eq!(r.text, "small");
 }
+
+#[tokio::test]
+async fn a_wrapper_takes_over_the_service_it_depends_on() {
+    let d = Setup::new(&["echo", "wrapper"]).start();
+    let ch = d.channel().await;
+    let r: EchoResponse = unary(&ch, &echo_method("Echo"), Some("w"), req("hi", 0)).await.unwrap();
+    assert_eq!(r.text, "wrapped: hi", "the socket reaches the wrapper, which reaches echo in process");
+    assert_eq!(r.namespace, "w");
+    // The wrapper owns the whole service on the socket now.
+    let e = unary::<_, EchoResponse>(&ch, &echo_method("Fail"), None, req("", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_second_plugin_serving_the_same_service_without_depending_on_it_is_refused() {
+    let d = Setup::new(&["echo", "intruder"]).start();
+    let detail = common::stdout(&d.ctr(&["plugins", "ls", "-d", "id~=^(intruder|echo)$"]));
+    let refused: Vec<&str> = ["io.crated.test.v1.echo", "io.crated.intruder.v1.intruder"]
+        .into_iter()
+        .filter(|owner| detail.contains(&format!("service crated.test.Echo is already served by {owner}")))
+        .collect();
+    assert_eq!(refused.len(), 1, "exactly one of echo and intruder is refused, naming the other:\n{detail}");
+    let ch = d.channel().await;
+    let r: EchoResponse = unary(&ch, &echo_method("Echo"), None, req("hi", 0)).await.unwrap();
+    let expected = if refused[0] == "io.crated.test.v1.echo" { "hi" } else { "intruder" };
+    assert_eq!(r.text, expected, "the socket keeps the first owner");
+}
