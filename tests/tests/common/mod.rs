@@ -35,6 +35,13 @@ pub fn example_so(name: &str) -> PathBuf {
     p
 }
 
+/// A real plugin library built from `plugins/<name>` (e.g. "content").
+pub fn plugin_so(name: &str) -> PathBuf {
+    let p = target_dir().join(format!("libcrated_plugin_{name}.so"));
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
+    p
+}
+
 /// The stock containerd 1.6 `ctr` (Debian's `containerd` package).
 pub fn stock_ctr_bin() -> PathBuf {
     let p = PathBuf::from("/usr/bin/ctr");
@@ -61,6 +68,15 @@ impl Setup {
             s.add_plugin(p);
         }
         s
+    }
+
+    /// Adds real plugins from `plugins/<name>` (content, metadata, events...).
+    pub fn with_real_plugins(self, names: &[&str]) -> Self {
+        for n in names {
+            let src = plugin_so(n);
+            std::fs::copy(&src, self.plugin_dir().join(src.file_name().unwrap())).unwrap();
+        }
+        self
     }
 
     pub fn add_plugin(&self, name: &str) {

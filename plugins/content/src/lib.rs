@@ -1,0 +1,1 @@
+//! io.containerd.content.v1.content: the content-addressed blob store (work in progress).
