@@ -14,7 +14,7 @@ use futures::{future::BoxFuture, stream::BoxStream, FutureExt, Stream, StreamExt
 
 use crate::{
     abi::{ByteStream, CallHead, CallKind, Handler, HandlerBox, Handler_TO, MethodDecl, RpcStatus},
-    runtime::{catch_panic, on_runtime},
+    runtime::{catch_panic, in_context, on_runtime},
     stream::{byte_stream, frames, Streaming},
     Status,
 };
@@ -244,7 +244,7 @@ impl Handler for ServiceRouter {
         let Some(f) = self.unary.get(&call.method).cloned() else {
             return to_ffi(futures::future::ready(Err(unknown_method(&call.method))));
         };
-        to_ffi(on_runtime(async move { f(call, body.into_vec()).await.map(RVec::from) }))
+        to_ffi(in_context(async move { f(call, body.into_vec()).await.map(RVec::from) }))
     }
 
     fn streaming(&self, call: CallHead, input: ByteStream) -> FfiFuture<RResult<ByteStream, RpcStatus>> {

@@ -89,6 +89,10 @@ fn main() {
             "  ratio crated/containerd (Version): {:.2}",
             crated_version.as_secs_f64() / containerd_version.as_secs_f64()
         );
+        println!(
+            "  ratio crated plugin call / containerd Version: {:.2}",
+            crated_plugin.as_secs_f64() / containerd_version.as_secs_f64()
+        );
     });
 
     let _ = containerd.kill();
