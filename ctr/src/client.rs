@@ -15,14 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::duration::GoDuration;
 
@@ -87,6 +91,51 @@ impl Client {
         VersionClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn namespaces(&self) -> NamespacesClient<Channel> {
+        NamespacesClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The next message of a server stream, within the command deadline
+    /// (`Ok(None)` at the end of the stream).
+    pub async fn recv<T>(&self, stream: &mut Streaming<T>) -> Result<Option<T>, Status> {
+        let exceeded = || Status::deadline_exceeded("context deadline exceeded");
+        let res = match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .unwrap_or_else(|_| Err(exceeded())),
+            None => stream.message().await,
+        };
+        match res {
+            Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => Err(exceeded()),
+            other => other,
+        }
+    }
+
+    /// The command deadline (`--timeout`), if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Wrap a message in a request carrying the namespace and the remaining

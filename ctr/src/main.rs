@@ -2,10 +2,15 @@
 
 mod client;
 mod commands;
+mod digest;
 mod duration;
 mod errdefs;
+mod eventjson;
+mod golog;
+mod gotime;
 mod platforms;
 mod tabwriter;
+mod units;
 
 use std::process::ExitCode;
 

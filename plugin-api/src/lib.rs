@@ -47,6 +47,7 @@ pub mod runtime;
 pub mod service;
 pub mod status;
 pub mod stream;
+pub mod validate;
 
 pub use abi_stable;
 pub use host::{Dependency, Host};

@@ -3,8 +3,14 @@
 //! `Subcommand` type and an `async fn run(&GlobalArgs, ...)`, a variant in
 //! [`Command`], and a line in [`run`].
 
+pub mod content;
+pub mod events;
+pub mod leases;
+pub mod namespaces;
 pub mod plugins;
 pub mod version;
+
+use std::collections::{BTreeMap, HashMap};
 
 use clap::{ArgAction, Parser, Subcommand};
 
@@ -84,6 +90,31 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Manage content
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Content {
+        #[command(subcommand)]
+        command: content::ContentCommand,
+    },
+    /// Display containerd events
+    #[command(visible_alias = "event")]
+    Events(events::EventsArgs),
+    /// Manage leases
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Leases {
+        #[command(subcommand)]
+        command: leases::LeasesCommand,
+    },
+    /// Manage namespaces
+    #[command(
+        visible_aliases = ["namespace", "ns"],
+        subcommand_required = true,
+        arg_required_else_help = true
+    )]
+    Namespaces {
+        #[command(subcommand)]
+        command: namespaces::NamespacesCommand,
+    },
     /// Provides information about containerd plugins
     #[command(
         visible_alias = "plugin",
@@ -105,8 +136,90 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
+            Command::Content { command } => content::run(&cli.global, command).await,
+            Command::Events(args) => events::run(&cli.global, args).await,
+            Command::Leases { command } => leases::run(&cli.global, command).await,
+            Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
             Command::Version => version::run(&cli.global).await,
         }
     })
+}
+
+/// ctr's `commands.LabelArgs`: `key=value` pairs, a bare `key` meaning
+/// `key=true`; a later duplicate wins. Sorted by key (Go iterates its map in
+/// random order).
+pub fn label_args(args: &[String]) -> BTreeMap<String, String> {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (a.clone(), "true".to_string()),
+        })
+        .collect()
+}
+
+/// ctr's `commands.ObjectWithLabelArgs`: the first argument, and the labels
+/// given by the rest.
+pub fn object_with_label_args(args: &[String]) -> (String, BTreeMap<String, String>) {
+    match args.split_first() {
+        Some((first, rest)) => (first.clone(), label_args(rest)),
+        None => (String::new(), BTreeMap::new()),
+    }
+}
+
+/// Labels as `k=v` joined with `,`, sorted (stock ctr sorts them for
+/// `namespaces ls` and `leases ls`; where it prints Go's random map order,
+/// sorted is the stable choice).
+pub fn format_labels(labels: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+/// A protobuf timestamp's `(seconds, nanos)` as a
+/// [`crate::gotime::Timestamp`]. A missing one is Go's zero `time.Time`,
+/// which is what containerd 1.6's non-nullable `stdtime` fields hold then.
+pub fn proto_time(ts: Option<(i64, i32)>) -> crate::gotime::Timestamp {
+    match ts {
+        Some((s, n)) => crate::gotime::Timestamp::from_proto(s, n),
+        None => crate::gotime::Timestamp {
+            secs: crate::gotime::GO_ZERO_TIME_SECS,
+            nanos: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn label_args_like_ctr() {
+        let (obj, labels) =
+            object_with_label_args(&strings(&["foo", "a=b", "c", "d=", "e=x=y", "a=z"]));
+        assert_eq!(obj, "foo");
+        let want: BTreeMap<String, String> = [("a", "z"), ("c", "true"), ("d", ""), ("e", "x=y")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(labels, want);
+        assert_eq!(
+            object_with_label_args(&[]),
+            (String::new(), BTreeMap::new())
+        );
+    }
+
+    #[test]
+    fn labels_are_sorted_and_joined() {
+        let m: HashMap<String, String> = [("x", "y"), ("c", "true"), ("a.b", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(format_labels(&m), "a.b=1,c=true,x=y");
+        assert_eq!(format_labels(&HashMap::new()), "");
+    }
 }

@@ -21,28 +21,11 @@ pub struct DigestError {
     pub reason: &'static str,
 }
 
-fn hex_len(algorithm: &str) -> Option<usize> {
-    match algorithm {
-        "sha256" => Some(64),
-        "sha384" => Some(96),
-        "sha512" => Some(128),
-        _ => None,
-    }
-}
-
 impl Digest {
     /// Parses and validates `algorithm:hex` (lower-case hex of the right
     /// length for the algorithm).
     pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let err = |reason| DigestError { input: s.to_string(), reason };
-        let (alg, hex) = s.split_once(':').ok_or_else(|| err("invalid checksum digest format"))?;
-        let want = hex_len(alg).ok_or_else(|| err("unsupported digest algorithm"))?;
-        if hex.len() != want {
-            return Err(err("invalid checksum digest length"));
-        }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(err("invalid checksum digest format"));
-        }
+        crated_plugin_api::validate::digest(s).map_err(|reason| DigestError { input: s.to_string(), reason })?;
         Ok(Digest(s.to_string()))
     }
 

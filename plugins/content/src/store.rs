@@ -44,7 +44,7 @@ use sha2::{Digest as _, Sha256};
 pub use crate::digest::{Digest, DigestError};
 
 /// Largest key + value of one label, as containerd's metadata validates.
-pub const MAX_LABEL_SIZE: usize = 4096;
+pub const MAX_LABEL_SIZE: usize = crated_plugin_api::validate::MAX_LABEL;
 
 const HASH_BUFFER: usize = 1 << 20;
 
@@ -177,19 +177,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 fn validate_labels(labels: &HashMap<String, String>) -> Result<()> {
-    for (k, v) in labels {
-        if k.is_empty() {
-            return Err(ContentError::InvalidArgument("label key must not be empty".into()));
-        }
-        if k.len() + v.len() > MAX_LABEL_SIZE {
-            return Err(ContentError::InvalidArgument(format!(
-                "label key and value length ({} bytes) greater than maximum size ({MAX_LABEL_SIZE} bytes), key: {:.64}",
-                k.len() + v.len(),
-                k
-            )));
-        }
-    }
-    Ok(())
+    crated_plugin_api::validate::labels(labels).map_err(ContentError::InvalidArgument)
 }
 
 fn format_time(t: SystemTime) -> String {

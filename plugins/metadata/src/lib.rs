@@ -1,1 +1,83 @@
-//! io.containerd.metadata.v1.redb: namespaces, leases and namespaced content records on redb (work in progress).
+//! io.containerd.metadata.v1.redb: namespaces, leases and namespaced content
+//! records on redb, serving containerd's Namespaces, Leases and (namespaced)
+//! Content services.
+//!
+//! Like containerd, the stores are plain library modules ([`db`],
+//! [`namespaces`], [`leases`], [`content`]) and [`service`] maps gRPC to
+//! them; this file only registers the plugin.
+
+pub mod content;
+pub mod db;
+pub mod leases;
+pub mod namespaces;
+pub mod service;
+
+use std::time::Duration;
+
+use crated_plugin_api::{export_plugins, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+
+use crate::{
+    content::ContentStore, db::Db, leases::LeaseStore, namespaces::NamespaceStore, service::content::ContentService,
+    service::Events,
+};
+
+/// The plugin's database file, under its root directory.
+pub const DB_FILE: &str = "meta.redb";
+
+pub struct Metadata;
+
+impl Plugin for Metadata {
+    fn info() -> PluginInfo {
+        PluginInfo::new("io.containerd.metadata.v1", "redb")
+            .requires(&["io.containerd.content.v1", crated_events_api::PLUGIN_TYPE])
+            // How often leases past their `containerd.io/gc.expire` are removed.
+            .config_defaults("lease_expiry_interval_ms = 10000\n")
+    }
+
+    async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
+        let interval = ctx
+            .config
+            .get("lease_expiry_interval_ms")
+            .and_then(|v| v.as_integer())
+            .filter(|v| *v > 0)
+            .unwrap_or(10_000) as u64;
+        let path = ctx.root.join(DB_FILE);
+        let shown = path.display().to_string();
+        let db = tokio::task::spawn_blocking(move || Db::open(&path))
+            .await
+            .map_err(PluginError::failed)?
+            .map_err(|e| PluginError::failed(format!("{shown}: {e}")))?;
+
+        let leases = LeaseStore::new(db.clone());
+        let events = Events::new(ctx.host.clone());
+        let content = ContentService::new(ContentStore::new(db.clone()), ctx.host.clone(), events.clone());
+
+        let sweeper = leases.clone();
+        let expiry = tokio::spawn(async move {
+            loop {
+                let s = sweeper.clone();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default();
+                match tokio::task::spawn_blocking(move || s.expire(now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => eprintln!("io.containerd.metadata.v1.redb: expiring leases: {e}"),
+                    Err(e) => eprintln!("io.containerd.metadata.v1.redb: expiring leases: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(interval)).await;
+            }
+        });
+        let expiry = std::sync::Arc::new(expiry);
+
+        let router = ServiceRouter::new().on_shutdown(move || {
+            let expiry = expiry.clone();
+            async move { expiry.abort() }
+        });
+        let router = service::namespaces::routes(router, NamespaceStore::new(db.clone()), events);
+        let router = service::leases::routes(router, leases);
+        Ok(service::content::routes(router, content))
+    }
+}
+
+export_plugins!(Metadata);

@@ -285,7 +285,9 @@ pub async fn channel(socket: &Path) -> Channel {
         .unwrap()
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?))
+            }
         }))
         .await
         .expect("connect to crated")
@@ -306,7 +308,12 @@ fn path(p: &str) -> http::uri::PathAndQuery {
 type Codec<Req, Resp> = tonic_prost::ProstCodec<Req, Resp>;
 
 /// A unary call by method path.
-pub async fn unary<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, req: Req) -> Result<Resp, tonic::Status>
+pub async fn unary<Req, Resp>(
+    ch: &Channel,
+    method: &str,
+    namespace: Option<&str>,
+    req: Req,
+) -> Result<Resp, tonic::Status>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
@@ -317,17 +324,20 @@ where
 }
 
 /// A server-streaming call, collected.
-pub async fn server_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, req: Req) -> Result<Vec<Result<Resp, tonic::Status>>, tonic::Status>
+pub async fn server_streaming<Req, Resp>(
+    ch: &Channel,
+    method: &str,
+    namespace: Option<&str>,
+    req: Req,
+) -> Result<Vec<Result<Resp, tonic::Status>>, tonic::Status>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(ch.clone());
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let mut stream = grpc
-        .server_streaming(request(req, namespace), path(method), Codec::<Req, Resp>::default())
-        .await?
-        .into_inner();
+    let mut stream =
+        grpc.server_streaming(request(req, namespace), path(method), Codec::<Req, Resp>::default()).await?.into_inner();
     let mut out = Vec::new();
     loop {
         match stream.message().await {
@@ -343,7 +353,12 @@ where
 }
 
 /// A client-streaming call.
-pub async fn client_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, reqs: Vec<Req>) -> Result<Resp, tonic::Status>
+pub async fn client_streaming<Req, Resp>(
+    ch: &Channel,
+    method: &str,
+    namespace: Option<&str>,
+    reqs: Vec<Req>,
+) -> Result<Resp, tonic::Status>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
@@ -357,7 +372,12 @@ where
 }
 
 /// A bidi-streaming call: sends `reqs`, collects every response.
-pub async fn bidi_streaming<Req, Resp>(ch: &Channel, method: &str, namespace: Option<&str>, reqs: Vec<Req>) -> Result<Vec<Resp>, tonic::Status>
+pub async fn bidi_streaming<Req, Resp>(
+    ch: &Channel,
+    method: &str,
+    namespace: Option<&str>,
+    reqs: Vec<Req>,
+) -> Result<Vec<Resp>, tonic::Status>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
@@ -365,10 +385,8 @@ where
     let mut grpc = tonic::client::Grpc::new(ch.clone());
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let stream = tokio_stream::iter(reqs);
-    let mut out = grpc
-        .streaming(request(stream, namespace), path(method), Codec::<Req, Resp>::default())
-        .await?
-        .into_inner();
+    let mut out =
+        grpc.streaming(request(stream, namespace), path(method), Codec::<Req, Resp>::default()).await?.into_inner();
     let mut v = Vec::new();
     while let Some(m) = out.message().await? {
         v.push(m);

@@ -1,0 +1,112 @@
+//! gRPC services over the stores: containerd's Namespaces, Leases and the
+//! namespaced Content API. Each store error becomes a [`Status`] in exactly
+//! one `From` impl here.
+
+pub mod content;
+pub mod leases;
+pub mod namespaces;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crated_plugin_api::{Call, Code, Host, Status};
+
+use crate::{content::ContentError, db::DbError, leases::LeaseError, namespaces::NamespaceError};
+
+impl From<DbError> for Status {
+    fn from(e: DbError) -> Status {
+        Status::internal(e.to_string())
+    }
+}
+
+impl From<NamespaceError> for Status {
+    fn from(e: NamespaceError) -> Status {
+        let code = match &e {
+            NamespaceError::InvalidArgument(_) => Code::InvalidArgument,
+            NamespaceError::AlreadyExists(_) => Code::AlreadyExists,
+            NamespaceError::NotFound(_) => Code::NotFound,
+            NamespaceError::NotEmpty { .. } => Code::FailedPrecondition,
+            NamespaceError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+fn lease_code(e: &LeaseError) -> Code {
+    match e {
+        LeaseError::InvalidArgument(_) => Code::InvalidArgument,
+        LeaseError::AlreadyExists(_) => Code::AlreadyExists,
+        LeaseError::NotFound(_) => Code::NotFound,
+        LeaseError::Unsupported(_) => Code::Unimplemented,
+        LeaseError::Db(_) => Code::Internal,
+    }
+}
+
+impl From<LeaseError> for Status {
+    fn from(e: LeaseError) -> Status {
+        Status::new(lease_code(&e), e.to_string())
+    }
+}
+
+impl From<ContentError> for Status {
+    fn from(e: ContentError) -> Status {
+        let code = match &e {
+            ContentError::InvalidArgument(_) => Code::InvalidArgument,
+            ContentError::NotFound(_) => Code::NotFound,
+            ContentError::AlreadyExists(_) => Code::AlreadyExists,
+            ContentError::Lease(l) => lease_code(l),
+            ContentError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Runs blocking store work (redb) off the async threads.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("metadata store task failed: {e}")))?
+}
+
+/// The call's namespace, required and validated as containerd's
+/// `namespaces.NamespaceRequired` does.
+pub(crate) fn namespace(call: &Call) -> Result<String, Status> {
+    let ns = call.require_namespace()?;
+    crate::namespaces::validate_identifier(ns)
+        .map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
+    Ok(ns.to_string())
+}
+
+pub(crate) fn labels_in(m: HashMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+pub(crate) fn labels_out(m: BTreeMap<String, String>) -> HashMap<String, String> {
+    m.into_iter().collect()
+}
+
+pub(crate) fn timestamp(nanos: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: nanos.div_euclid(1_000_000_000), nanos: nanos.rem_euclid(1_000_000_000) as i32 }
+}
+
+/// Publishes containerd events through the events plugin, in process.
+/// A failure is logged and never fails the operation that published.
+#[derive(Clone)]
+pub struct Events {
+    host: Host,
+}
+
+impl Events {
+    pub fn new(host: Host) -> Self {
+        Events { host }
+    }
+
+    pub async fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, event: &M) {
+        if let Err(e) = crated_events_api::publish(&self.host, namespace, topic, event).await {
+            eprintln!("io.containerd.metadata.v1.redb: publishing {topic} in namespace {namespace} failed: {e}");
+        }
+    }
+}

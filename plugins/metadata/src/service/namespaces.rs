@@ -1,0 +1,94 @@
+//! `containerd.services.namespaces.v1.Namespaces` (containerd's
+//! services/namespaces/local.go): publishes /namespaces/create, update and
+//! delete.
+
+use crated_events_api::topics;
+use containerd_client::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
+use containerd_client::services::v1::{
+    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
+    GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace, UpdateNamespaceRequest,
+    UpdateNamespaceResponse,
+};
+use crated_plugin_api::{
+    filters::{labels_field, AnyFilter, Fields},
+    Call, ServiceRouter, Status,
+};
+
+use super::{blocking, labels_in, labels_out, Events};
+use crate::namespaces::{self as store, NamespaceStore};
+
+const SERVICE: &str = "/containerd.services.namespaces.v1.Namespaces";
+
+fn out(n: store::Namespace) -> Namespace {
+    Namespace { name: n.name, labels: labels_out(n.labels) }
+}
+
+impl Fields for store::Namespace {
+    fn field(&self, path: &[String]) -> Option<std::borrow::Cow<'_, str>> {
+        match path.first().map(String::as_str) {
+            Some("name") if path.len() == 1 => Some(std::borrow::Cow::Borrowed(&self.name)),
+            Some("labels") => labels_field(path, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            _ => None,
+        }
+    }
+}
+
+/// The namespace an event about `name` is published in: the caller's, as
+/// containerd does, or the namespace itself when the call has none.
+fn event_ns<'a>(call: &'a Call, name: &'a str) -> &'a str {
+    call.namespace().filter(|n| !n.is_empty()).unwrap_or(name)
+}
+
+pub fn routes(router: ServiceRouter, store: NamespaceStore, events: Events) -> ServiceRouter {
+    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
+    let (e1, e2, e3) = (events.clone(), events.clone(), events);
+    router
+        .unary(&format!("{SERVICE}/Get"), move |_call: Call, req: GetNamespaceRequest| {
+            let s = s1.clone();
+            async move {
+                let n = blocking(move || Ok(s.get(&req.name)?)).await?;
+                Ok(GetNamespaceResponse { namespace: Some(out(n)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/List"), move |_call: Call, req: ListNamespacesRequest| {
+            let s = s2.clone();
+            async move {
+                let filter = AnyFilter::parse(&[req.filter]).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let all = blocking(move || Ok(s.list()?)).await?;
+                Ok(ListNamespacesResponse {
+                    namespaces: all.into_iter().filter(|n| filter.matches(n)).map(out).collect(),
+                })
+            }
+        })
+        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateNamespaceRequest| {
+            let (s, events) = (s3.clone(), e1.clone());
+            async move {
+                let ns = req.namespace.unwrap_or_default();
+                let n = blocking(move || Ok(s.create(&ns.name, labels_in(ns.labels))?)).await?;
+                let ev = NamespaceCreate { name: n.name.clone(), labels: labels_out(n.labels.clone()) };
+                events.publish(event_ns(&call, &n.name), topics::NAMESPACE_CREATE, &ev).await;
+                Ok(CreateNamespaceResponse { namespace: Some(out(n)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateNamespaceRequest| {
+            let (s, events) = (s4.clone(), e2.clone());
+            async move {
+                let ns = req.namespace.unwrap_or_default();
+                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+                let n = blocking(move || Ok(s.update(&ns.name, labels_in(ns.labels), &paths)?)).await?;
+                let ev = NamespaceUpdate { name: n.name.clone(), labels: labels_out(n.labels.clone()) };
+                events.publish(event_ns(&call, &n.name), topics::NAMESPACE_UPDATE, &ev).await;
+                Ok(UpdateNamespaceResponse { namespace: Some(out(n)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteNamespaceRequest| {
+            let (s, events) = (s5.clone(), e3.clone());
+            async move {
+                let name = req.name.clone();
+                blocking(move || Ok(s.delete(&name)?)).await?;
+                let ev = NamespaceDelete { name: req.name.clone() };
+                events.publish(event_ns(&call, &req.name), topics::NAMESPACE_DELETE, &ev).await;
+                Ok(())
+            }
+        })
+}
