@@ -103,7 +103,7 @@ pub fn core_services(records: Records, uuid: String) -> Vec<CoreService> {
         .unary(&format!("/{INTROSPECTION_SERVICE}/Plugins"), move |_c: Call, req: PluginsRequest| {
             let records = plugins_records.clone();
             async move {
-                let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let filter = AnyFilter::parse(&req.filters)?;
                 let plugins = records
                     .get()
                     .map(|all| all.iter().filter(|r| filter.matches(&RecordFields(r))).map(to_proto).collect())

@@ -48,13 +48,32 @@ impl Selector {
     }
 }
 
-/// A malformed filter, with the position of the problem.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("filter {input:?}: {message} at position {position}")]
+/// A malformed filter, with the position of the problem. It reads like
+/// containerd's (`filters: parse error: [bad  >|f|< ilter]: expected an
+/// operator ...`), because clients show it verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterError {
     pub input: String,
+    /// Byte offset of the offending character in `input`.
     pub position: usize,
     pub message: String,
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (before, rest) = self.input.split_at(self.position.min(self.input.len()));
+        let mut chars = rest.chars();
+        let at = chars.next().map_or_else(|| "EOF".to_string(), String::from);
+        write!(f, "filters: parse error: [{before} >|{at}|< {}]: {}", chars.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for FilterError {}
+
+impl From<FilterError> for crate::Status {
+    fn from(e: FilterError) -> crate::Status {
+        crate::Status::invalid_argument(e.to_string())
+    }
 }
 
 /// One parsed filter string: a conjunction of selectors.
@@ -163,7 +182,7 @@ impl Parser<'_> {
             (Some('='), Some('=')) => "==",
             (Some('!'), Some('=')) => "!=",
             (Some('~'), Some('=')) => "~=",
-            (Some(c), _) => return Err(self.error(format!("unexpected {c:?}, expected an operator (==, !=, ~=)"))),
+            (Some(_), _) => return Err(self.error(r#"expected an operator ("=="|"!="|"~=")"#)),
         };
         self.pos += 2;
         self.skip_spaces();
@@ -325,5 +344,10 @@ mod tests {
             let e = parse(bad).expect_err(bad);
             assert!(!e.message.is_empty(), "{bad}");
         }
+        // containerd's rendering, which clients print verbatim.
+        assert_eq!(
+            parse("bad filter==").unwrap_err().to_string(),
+            r#"filters: parse error: [bad  >|f|< ilter==]: expected an operator ("=="|"!="|"~=")"#
+        );
     }
 }

@@ -267,7 +267,7 @@ async fn commit_with_a_wrong_digest_fails_and_stores_nothing() {
     r.unwrap();
     let e = w.send(commit(0, 0, "").with_data(&data, data.len() + 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("unexpected commit size 16, expected 17"), "{}", e.message());
+    assert!(e.message().contains("failed size validation: 16 != 17"), "{}", e.message());
     assert_eq!(info(&ch, &real).await.unwrap_err().code(), Code::NotFound);
 
     // A write at an offset other than the current one is OutOfRange.

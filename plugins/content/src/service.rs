@@ -45,7 +45,7 @@ fn parse_digest(s: &str) -> Result<Digest, Status> {
 }
 
 fn parse_filters(filters: &[String]) -> Result<AnyFilter, Status> {
-    AnyFilter::parse(filters).map_err(|e| Status::invalid_argument(e.to_string()))
+    Ok(AnyFilter::parse(filters)?)
 }
 
 fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {

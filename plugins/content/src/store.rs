@@ -830,7 +830,10 @@ fn commit_sync(
         )));
     }
     if size > 0 && size as u64 != on_disk {
-        return Err(ContentError::FailedPrecondition(format!("unexpected commit size {on_disk}, expected {size}")));
+        // containerd's wording, which clients match on.
+        return Err(ContentError::FailedPrecondition(format!(
+            "{reference:?} failed size validation: {on_disk} != {size}"
+        )));
     }
     let dgst = Digest::from_sha256(hasher);
     if let Some(exp) = &expected {
@@ -968,7 +971,7 @@ mod tests {
         w.write(vec![7; 100]).await.unwrap();
         let e = w.commit(99, None, None).await.unwrap_err();
         assert!(matches!(e, ContentError::FailedPrecondition(_)), "{e:?}");
-        assert!(e.to_string().contains("unexpected commit size 100, expected 99"), "{e}");
+        assert!(e.to_string().contains("failed size validation: 100 != 99"), "{e}");
         assert!(s.list(&AnyFilter::default()).await.unwrap().is_empty());
     }
 

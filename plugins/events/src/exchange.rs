@@ -56,7 +56,8 @@ pub enum ExchangeError {
     MissingTimestamp,
     #[error("forward request carries no envelope")]
     MissingEnvelope,
-    #[error("failed parsing subscription filters: {0}")]
+    /// Worded, and coded `Unknown`, as containerd's exchange answers.
+    #[error("subscription error: failed parsing subscription filters: {0}: invalid argument")]
     InvalidFilter(#[from] FilterError),
 }
 
@@ -65,6 +66,7 @@ impl From<ExchangeError> for crated_plugin_api::Status {
         use crated_plugin_api::Status;
         match e {
             ExchangeError::NamespaceRequired => Status::failed_precondition(e.to_string()),
+            ExchangeError::InvalidFilter(_) => Status::new(crated_plugin_api::Code::Unknown, e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         }
     }

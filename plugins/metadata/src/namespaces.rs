@@ -93,11 +93,14 @@ impl NamespaceStore {
                 return Err(NamespaceError::InvalidArgument(format!("cannot update {p:?} field")));
             }
         }
+        validate_identifier(name).map_err(|e| invalid_name(name, e))?;
         self.db.write(|txn| {
             let mut t = txn.open_table(NAMESPACES).map_err(DbError::from)?;
-            let mut rec: NamespaceRecord = {
-                let v = t.get(name).map_err(DbError::from)?.ok_or_else(|| NamespaceError::NotFound(name.into()))?;
-                decode("namespaces", v.value())?
+            // Like containerd (SetLabel creates the bucket), updating a
+            // namespace that does not exist creates it.
+            let mut rec: NamespaceRecord = match t.get(name).map_err(DbError::from)? {
+                Some(v) => decode("namespaces", v.value())?,
+                None => NamespaceRecord::default(),
             };
             apply_label_paths(&mut rec.labels, &labels, paths);
             t.insert(name, encode(&rec).as_slice()).map_err(DbError::from)?;
@@ -194,7 +197,10 @@ mod tests {
         let n = s.update("one", labels(&[("c", "3")]), &[]).unwrap();
         assert_eq!(n.labels, labels(&[("c", "3")]));
         assert!(matches!(s.update("one", Labels::new(), &["name".into()]), Err(NamespaceError::InvalidArgument(_))));
-        assert!(matches!(s.update("nope", Labels::new(), &[]), Err(NamespaceError::NotFound(_))));
+        // Updating a missing namespace creates it, as containerd does.
+        let n = s.update("fresh", labels(&[("k", "v")]), &["labels.k".into()]).unwrap();
+        assert_eq!(s.get("fresh").unwrap(), n);
+        assert!(matches!(s.update("bad name", Labels::new(), &[]), Err(NamespaceError::InvalidArgument(_))));
 
         s.delete("two").unwrap();
         assert!(matches!(s.get("two"), Err(NamespaceError::NotFound(_))));

@@ -21,7 +21,7 @@
 use crated_events_api::topics;
 use std::sync::Arc;
 
-use containerd_client::events::{ContentCreate, ContentDelete};
+use containerd_client::events::ContentDelete;
 use containerd_client::services::v1::{
     self as api, AbortRequest, DeleteContentRequest, InfoRequest, InfoResponse, ListContentRequest,
     ListContentResponse, ListStatusesRequest, ListStatusesResponse, ReadContentRequest, ReadContentResponse,
@@ -119,11 +119,9 @@ impl ContentService {
         let (s, n, d) = (self.store.clone(), ns.to_string(), digest.to_string());
         let done = blocking(move || Ok(s.commit(&n, &d, size, labels, lease.as_deref())?)).await?;
         match done {
-            Committed::Created(info) => {
-                let ev = ContentCreate { digest: info.digest.clone(), size: info.size };
-                self.events.publish(ns, topics::CONTENT_CREATE, &ev).await;
-                Ok(info)
-            }
+            // containerd 1.6 publishes no event for new content (2.x
+            // added /content/create, which 1.6 clients cannot decode).
+            Committed::Created(info) => Ok(info),
             Committed::Existing(_) => Err(ContentError::AlreadyExists(digest.to_string()).into()),
         }
     }
@@ -258,8 +256,18 @@ impl Writer {
         })
     }
 
-    /// One request to the raw store's Write, one response back.
+    /// One request to the raw store's Write, one response back. The raw
+    /// store names refs with our `<namespace>/` prefix; the client never
+    /// sees it, in errors either.
     async fn exchange(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
+        let prefixed = format!("\"{}/", self.ns);
+        self.exchange_raw(req).await.map_err(|mut s| {
+            s.message = s.message.replace(&prefixed, "\"");
+            s
+        })
+    }
+
+    async fn exchange_raw(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
         match &mut self.raw {
             Some((tx, _)) => {
                 tx.send(Ok(req)).await.map_err(|_| Status::internal("content store closed the write stream"))?;
@@ -376,7 +384,7 @@ pub fn routes(router: ServiceRouter, svc: ContentService) -> ServiceRouter {
             let svc = s3.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let filter = AnyFilter::parse(&req.filters)?;
                 let s = svc.store.clone();
                 let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 let batches: Vec<Result<ListContentResponse, Status>> = all
@@ -419,7 +427,7 @@ pub fn routes(router: ServiceRouter, svc: ContentService) -> ServiceRouter {
             let svc = s7.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let filter = AnyFilter::parse(&req.filters)?;
                 let all: ListStatusesResponse =
                     svc.host.unary(&raw("ListStatuses"), &ListStatusesRequest { filters: vec![] }).await?;
                 let prefix = format!("{ns}/");

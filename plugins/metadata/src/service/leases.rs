@@ -47,7 +47,9 @@ pub fn routes(router: ServiceRouter, store: LeaseStore) -> ServiceRouter {
             let s = s3.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let filter = AnyFilter::parse(&req.filters)
+                    // containerd's lease store wraps the error once more.
+                    .map_err(|e| Status::invalid_argument(format!("{e}: invalid argument: invalid argument")))?;
                 let leases = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 Ok(ListResponse { leases: leases.into_iter().map(out).collect() })
             }

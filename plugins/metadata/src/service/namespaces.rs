@@ -11,7 +11,7 @@ use containerd_client::services::v1::{
 };
 use crated_plugin_api::{
     filters::{labels_field, AnyFilter, Fields},
-    Call, ServiceRouter, Status,
+    Call, ServiceRouter,
 };
 
 use super::{blocking, labels_in, labels_out, Events};
@@ -53,7 +53,7 @@ pub fn routes(router: ServiceRouter, store: NamespaceStore, events: Events) -> S
         .unary(&format!("{SERVICE}/List"), move |_call: Call, req: ListNamespacesRequest| {
             let s = s2.clone();
             async move {
-                let filter = AnyFilter::parse(&[req.filter]).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let filter = AnyFilter::parse(&[req.filter])?;
                 let all = blocking(move || Ok(s.list()?)).await?;
                 Ok(ListNamespacesResponse {
                     namespaces: all.into_iter().filter(|n| filter.matches(n)).map(out).collect(),
@@ -75,19 +75,22 @@ pub fn routes(router: ServiceRouter, store: NamespaceStore, events: Events) -> S
             async move {
                 let ns = req.namespace.unwrap_or_default();
                 let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+                // containerd's event carries the labels of the request, not
+                // the namespace's labels after the update.
+                let ev = NamespaceUpdate { name: ns.name.clone(), labels: ns.labels.clone() };
                 let n = blocking(move || Ok(s.update(&ns.name, labels_in(ns.labels), &paths)?)).await?;
-                let ev = NamespaceUpdate { name: n.name.clone(), labels: labels_out(n.labels.clone()) };
                 events.publish(event_ns(&call, &n.name), topics::NAMESPACE_UPDATE, &ev).await;
                 Ok(UpdateNamespaceResponse { namespace: Some(out(n)) })
             }
         })
-        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteNamespaceRequest| {
+        .unary(&format!("{SERVICE}/Delete"), move |_call: Call, req: DeleteNamespaceRequest| {
             let (s, events) = (s5.clone(), e3.clone());
             async move {
                 let name = req.name.clone();
                 blocking(move || Ok(s.delete(&name)?)).await?;
                 let ev = NamespaceDelete { name: req.name.clone() };
-                events.publish(event_ns(&call, &req.name), topics::NAMESPACE_DELETE, &ev).await;
+                // containerd publishes a delete in the deleted namespace.
+                events.publish(&req.name, topics::NAMESPACE_DELETE, &ev).await;
                 Ok(())
             }
         })
