@@ -94,31 +94,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let crated = common::Setup::new(&[]).with_real_plugins(&["content", "metadata", "events"]).start();
 
-    let tmp = tempfile::tempdir().unwrap();
-    let sock = tmp.path().join("containerd.sock");
-    let cfg = tmp.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\naddress = {:?}\n",
-            tmp.path().join("root").display().to_string(),
-            tmp.path().join("state").display().to_string(),
-            sock.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut containerd = Command::new("containerd")
-        .arg("-c")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start containerd (Debian package `containerd`)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let containerd = common::StockContainerd::start();
+    let sock = containerd.socket();
 
     let (a, b) = (blob(1), blob(2));
     let (da, db) = (sha256_of(&a), sha256_of(&b));
@@ -143,6 +120,5 @@ fn main() {
             mbps(or) / mbps(cr)
         );
     });
-    let _ = containerd.kill();
-    let _ = containerd.wait();
+    drop(containerd);
 }

@@ -9,10 +9,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::VersionResponse;
 use crated_tests::{echo_method, EchoRequest, EchoResponse};
@@ -39,31 +36,8 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let crated = common::Setup::new(&["echo"]).start();
 
-    let tmp = tempfile::tempdir().unwrap();
-    let sock = tmp.path().join("containerd.sock");
-    let cfg = tmp.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\naddress = {:?}\n",
-            tmp.path().join("root").display().to_string(),
-            tmp.path().join("state").display().to_string(),
-            sock.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut containerd = Command::new("containerd")
-        .arg("-c")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start containerd (Debian package `containerd`)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let containerd = common::StockContainerd::start();
+    let sock = containerd.socket();
 
     rt.block_on(async {
         let ours = crated.channel().await;
@@ -95,6 +69,5 @@ fn main() {
         );
     });
 
-    let _ = containerd.kill();
-    let _ = containerd.wait();
+    drop(containerd);
 }

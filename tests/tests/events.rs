@@ -9,7 +9,6 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -279,57 +278,10 @@ async fn stock_ctr_events_prints_what_we_publish() {
     drop(child);
 }
 
-/// A stock containerd 1.6 on temporary directories, killed by its pid.
-struct StockContainerd {
-    dir: tempfile::TempDir,
-    child: KillOnDrop,
-}
-
-impl StockContainerd {
-    fn start() -> Option<StockContainerd> {
-        let bin = PathBuf::from("/usr/bin/containerd");
-        if !bin.exists() {
-            eprintln!("no stock containerd: skipped");
-            return None;
-        }
-        let dir = tempfile::Builder::new().prefix("stock-containerd").tempdir().unwrap();
-        let p = |s: &str| dir.path().join(s).display().to_string();
-        let cfg = format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = {:?}\n",
-            p("root"),
-            p("state"),
-            p("c.sock"),
-            p("c.sock.ttrpc"),
-            p("debug.sock")
-        );
-        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
-        let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(dir.path().join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn stock containerd");
-        let s = StockContainerd { dir, child: KillOnDrop(child) };
-        let deadline = Instant::now() + Duration::from_secs(4);
-        while std::os::unix::net::UnixStream::connect(s.socket()).is_err() {
-            assert!(Instant::now() < deadline, "stock containerd did not serve");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Some(s)
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
-    }
-}
-
 /// The form our publishers use is the one containerd 1.6 itself emits.
 #[tokio::test]
 async fn stock_containerd_events_carry_bare_type_urls() {
-    let Some(c) = StockContainerd::start() else { return };
+    let c = common::StockContainerd::start();
     // containerd sends the response headers of Subscribe only with the
     // first event, so subscribe in a task and create namespaces until one
     // arrives.
@@ -355,5 +307,5 @@ async fn stock_containerd_events_carry_bare_type_urls() {
     eprintln!("stock containerd: type_url {:?}", any.type_url);
     assert_eq!(any.type_url, NAMESPACE_CREATE_URL);
     assert!(NamespaceCreate::decode(any.value.as_slice()).unwrap().name.starts_with("probe"));
-    drop(c.child);
+    drop(c);
 }

@@ -412,3 +412,55 @@ impl Daemon {
         self.wait_ready();
     }
 }
+
+/// A stock containerd 1.6 (Debian's `containerd`) on temporary directories,
+/// the reference the tests and benchmarks compare with. Stopped by its pid.
+pub struct StockContainerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl StockContainerd {
+    pub fn start() -> StockContainerd {
+        let bin = PathBuf::from("/usr/bin/containerd");
+        assert!(bin.exists(), "the stock containerd is missing: install Debian's containerd package (.ci/run does)");
+        let dir = tempfile::Builder::new().prefix("stock-containerd").tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).display().to_string();
+        let cfg = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = {:?}\n",
+            p("root"),
+            p("state"),
+            p("c.sock"),
+            p("c.sock.ttrpc"),
+            p("debug.sock")
+        );
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn stock containerd");
+        let s = StockContainerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(s.socket()).is_err() {
+            assert!(Instant::now() < deadline, "stock containerd did not serve");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("c.sock")
+    }
+}
+
+impl Drop for StockContainerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
