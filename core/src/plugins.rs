@@ -332,6 +332,7 @@ async fn init_one(
         ttrpc_address: config.ttrpc.address.as_str().into(),
         log_level: config.debug.level.as_str().into(),
         host: ServiceHost_TO::from_ptr(abi_stable::std_types::RArc::new(host), TD_Opaque),
+        log: plugin_log,
     };
     match AssertUnwindSafe((c.reg.init)(ctx)).catch_unwind().await {
         Ok(ROk(inst)) => Ok((
@@ -367,4 +368,18 @@ impl PluginSet {
             shutdown_route(key, route).await;
         }
     }
+}
+
+/// The daemon's side of plugin logging: a plugin's `tracing` event, with
+/// its level and target, re-emitted into the daemon's log.
+extern "C" fn plugin_log(level: u8, target: abi_stable::std_types::RStr<'_>, message: abi_stable::std_types::RStr<'_>) {
+    let (target, message) = (target.as_str(), message.as_str());
+    // Never let a logging failure unwind into the plugin.
+    let _ = std::panic::catch_unwind(|| match level {
+        1 => tracing::error!(target: "plugin", source = target, "{message}"),
+        2 => tracing::warn!(target: "plugin", source = target, "{message}"),
+        3 => tracing::info!(target: "plugin", source = target, "{message}"),
+        4 => tracing::debug!(target: "plugin", source = target, "{message}"),
+        _ => tracing::trace!(target: "plugin", source = target, "{message}"),
+    });
 }

@@ -154,6 +154,9 @@ pub struct InitContext {
     pub ttrpc_address: RString,
     pub log_level: RString,
     pub host: HostBox,
+    /// The daemon's logger: `(level, target, message)`, level 1 = error up
+    /// to 5 = trace. The SDK routes the library's `tracing` events here.
+    pub log: extern "C" fn(u8, RStr<'_>, RStr<'_>),
 }
 
 /// Why a plugin did not start.

@@ -36,12 +36,15 @@
 //! - Errors are [`Status`] values; give your own error type a
 //!   `From<MyError> for Status` and use `?`.
 //! - The namespace of a call is [`Call::namespace`].
+//! - Log with `tracing` (re-exported as `crated_plugin_api::tracing`): the
+//!   SDK routes the events into the daemon's log ([`logging`]).
 //! - Dependencies (the types in `requires`) are called in process through
 //!   [`InitCtx::host`].
 
 pub mod abi;
 pub mod filters;
 pub mod host;
+pub mod logging;
 pub mod plugin;
 pub mod runtime;
 pub mod service;
@@ -53,6 +56,7 @@ pub use abi_stable;
 pub use host::{Dependency, Host};
 pub use plugin::{build_platform, InitCtx, Plugin, PluginError, PluginInfo};
 pub use prost;
+pub use tracing;
 pub use service::{Call, ServiceRouter, NAMESPACE_HEADER};
 pub use status::{Code, Status};
 pub use stream::Streaming;

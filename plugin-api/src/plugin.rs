@@ -108,6 +108,7 @@ impl InitCtx {
     }
 
     fn from_abi(c: InitContext) -> Result<InitCtx, PluginError> {
+        crate::logging::install(c.log, &c.log_level);
         let config = if c.config_toml.trim().is_empty() {
             toml::Table::new()
         } else {

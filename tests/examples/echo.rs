@@ -41,6 +41,9 @@ impl Plugin for Echo {
         // Proves the plugin got its own root directory.
         std::fs::write(ctx.root.join("started"), b"yes").map_err(PluginError::failed)?;
         let order_file = shutdown_log(&ctx);
+        // Plugin logs reach the daemon's log, filtered by its level.
+        crated_plugin_api::tracing::warn!(greeting = %greeting, "echo plugin initialised");
+        crated_plugin_api::tracing::debug!("echo plugin debug detail");
         Ok(ServiceRouter::new()
             .on_shutdown(move || record_shutdown(order_file.clone(), "echo"))
             .unary(&echo_method("Echo"), |call: Call, req: EchoRequest| async move {

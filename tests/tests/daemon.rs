@@ -475,3 +475,19 @@ fn sigterm_as_soon_as_the_socket_answers_still_stops_cleanly() {
         assert_eq!(order, "relay\necho\n", "round {round}: plugins not stopped");
     }
 }
+
+#[test]
+fn plugin_tracing_events_reach_the_daemon_log_at_its_level() {
+    let mut d = Setup::new(&["echo"]).start();
+    d.stop();
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("echo plugin initialised")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("greeting=hello"), "fields travel with the message: {line}");
+    assert!(line.contains("source=\"echo\""), "the target says which library: {line}");
+    assert!(!log.contains("echo plugin debug detail"), "debug is below the default level:\n{log}");
+
+    let mut d = Setup::new(&["echo"]).extra("[debug]\nlevel = \"debug\"").start();
+    d.stop();
+    assert!(d.log().contains("echo plugin debug detail"), "{}", d.log());
+}
