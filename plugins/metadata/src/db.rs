@@ -14,6 +14,8 @@
 //! | `blob_refs`       | (digest, namespace)                 | `()`: who references a raw blob |
 //! | `leases`          | (namespace, lease id)               | JSON [`LeaseRecord`]  |
 //! | `lease_resources` | (namespace, lease id, type, id)     | `()`                  |
+//! | `images`          | (namespace, image name)             | JSON [`ImageRecord`]  |
+//! | `containers`      | (namespace, container id)           | JSON [`ContainerRecord`] |
 //!
 //! Every change is one write transaction (redb commits are atomic and, with
 //! the default `Durability::Immediate`, durable when `commit` returns), so a
@@ -31,8 +33,11 @@ pub const CONTENT: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("
 pub const BLOB_REFS: TableDefinition<(&str, &str), ()> = TableDefinition::new("blob_refs");
 pub const LEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("leases");
 pub const LEASE_RESOURCES: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("lease_resources");
+pub const IMAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("images");
+pub const CONTAINERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("containers");
 
-/// Bumped whenever the layout above changes incompatibly.
+/// Bumped whenever the layout above changes incompatibly (a new table is
+/// compatible: [`Db::open`] creates it in an existing file).
 pub const SCHEMA_VERSION: u64 = 1;
 
 pub type Labels = BTreeMap<String, String>;
@@ -58,6 +63,80 @@ pub struct LeaseRecord {
     pub created_at: i64,
     #[serde(default)]
     pub labels: Labels,
+}
+
+/// An image's target: an OCI descriptor (containerd stores media type,
+/// digest, size and annotations; its `urls` and `platform` are not kept).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DescriptorRecord {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    #[serde(default)]
+    pub annotations: Labels,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub target: DescriptorRecord,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A `google.protobuf.Any`, kept opaque: the type URL and the bytes, hex
+/// encoded in the JSON record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnyRecord {
+    pub type_url: String,
+    #[serde(with = "hex_bytes")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerRecord {
+    #[serde(default)]
+    pub image: String,
+    pub runtime_name: String,
+    #[serde(default)]
+    pub runtime_options: Option<AnyRecord>,
+    pub spec: Option<AnyRecord>,
+    #[serde(default)]
+    pub snapshotter: String,
+    #[serde(default)]
+    pub snapshot_key: String,
+    #[serde(default)]
+    pub extensions: BTreeMap<String, AnyRecord>,
+    #[serde(default)]
+    pub sandbox: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+mod hex_bytes {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(v.len() * 2);
+        for b in v {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(D::Error::custom("odd hex length"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2).unwrap_or("x"), 16).map_err(D::Error::custom))
+            .collect()
+    }
 }
 
 /// A failure of the database itself (I/O, corruption, a record that does
@@ -131,6 +210,8 @@ impl Db {
             txn.open_table(BLOB_REFS)?;
             txn.open_table(LEASES)?;
             txn.open_table(LEASE_RESOURCES)?;
+            txn.open_table(IMAGES)?;
+            txn.open_table(CONTAINERS)?;
         }
         txn.commit()?;
         Ok(Db { inner: Arc::new(db) })
@@ -223,6 +304,15 @@ mod tests {
         }
         let err = Db::open(&path).err().expect("schema mismatch");
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn any_values_round_trip_as_hex() {
+        let rec = AnyRecord { type_url: "t".into(), value: vec![0, 1, 0xab, 0xff] };
+        let json = String::from_utf8(encode(&rec)).unwrap();
+        assert!(json.contains("\"0001abff\""), "{json}");
+        assert_eq!(decode::<AnyRecord>("x", json.as_bytes()).unwrap(), rec);
+        assert!(decode::<AnyRecord>("x", br#"{"type_url":"t","value":"0g"}"#).is_err());
     }
 
     #[test]

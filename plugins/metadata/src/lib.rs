@@ -1,13 +1,15 @@
-//! io.containerd.metadata.v1.redb: namespaces, leases and namespaced content
-//! records on redb, serving containerd's Namespaces, Leases and (namespaced)
-//! Content services.
+//! io.containerd.metadata.v1.redb: namespaces, leases, namespaced content
+//! records, images and containers on redb, serving containerd's Namespaces,
+//! Leases, (namespaced) Content, Images and Containers services.
 //!
 //! Like containerd, the stores are plain library modules ([`db`],
-//! [`namespaces`], [`leases`], [`content`]) and [`service`] maps gRPC to
-//! them; this file only registers the plugin.
+//! [`namespaces`], [`leases`], [`content`], [`images`], [`containers`]) and
+//! [`service`] maps gRPC to them; this file only registers the plugin.
 
+pub mod containers;
 pub mod content;
 pub mod db;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod service;
@@ -17,8 +19,8 @@ use std::time::Duration;
 use crated_plugin_api::{export_plugins, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 use crate::{
-    content::ContentStore, db::Db, leases::LeaseStore, namespaces::NamespaceStore, service::content::ContentService,
-    service::Events,
+    containers::ContainerStore, content::ContentStore, db::Db, images::ImageStore, leases::LeaseStore,
+    namespaces::NamespaceStore, service::content::ContentService, service::Events,
 };
 
 /// The plugin's database file, under its root directory.
@@ -62,8 +64,8 @@ impl Plugin for Metadata {
                     .unwrap_or_default();
                 match tokio::task::spawn_blocking(move || s.expire(now)).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => eprintln!("io.containerd.metadata.v1.redb: expiring leases: {e}"),
-                    Err(e) => eprintln!("io.containerd.metadata.v1.redb: expiring leases: {e}"),
+                    Ok(Err(e)) => crated_plugin_api::tracing::warn!("expiring leases: {e}"),
+                    Err(e) => crated_plugin_api::tracing::warn!("expiring leases: {e}"),
                 }
                 tokio::time::sleep(Duration::from_millis(interval)).await;
             }
@@ -74,8 +76,10 @@ impl Plugin for Metadata {
             let expiry = expiry.clone();
             async move { expiry.abort() }
         });
-        let router = service::namespaces::routes(router, NamespaceStore::new(db.clone()), events);
+        let router = service::namespaces::routes(router, NamespaceStore::new(db.clone()), events.clone());
         let router = service::leases::routes(router, leases);
+        let router = service::images::routes(router, ImageStore::new(db.clone()), events.clone());
+        let router = service::containers::routes(router, ContainerStore::new(db.clone()), events);
         Ok(service::content::routes(router, content))
     }
 }

@@ -3,7 +3,7 @@
 use redb::ReadableTable;
 
 use crate::db::{
-    any_in_ns, decode, encode, Db, DbError, Labels, NamespaceRecord, CONTENT, LEASES, NAMESPACES,
+    any_in_ns, decode, encode, Db, DbError, Labels, NamespaceRecord, CONTAINERS, CONTENT, IMAGES, LEASES, NAMESPACES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -115,10 +115,17 @@ impl NamespaceStore {
             if t.get(name).map_err(DbError::from)?.is_none() {
                 return Err(NamespaceError::NotFound(name.into()));
             }
+            // In the order of containerd's buckets under v1/<namespace>
+            // (metadata/namespaces.go listNs); it names content "blobs".
             let mut kinds = Vec::new();
-            // containerd names content "blobs" here (metadata/namespaces.go listNs).
+            if any_in_ns(&txn.open_table(CONTAINERS).map_err(DbError::from)?, name)? {
+                kinds.push("containers");
+            }
             if any_in_ns(&txn.open_table(CONTENT).map_err(DbError::from)?, name)? {
                 kinds.push("blobs");
+            }
+            if any_in_ns(&txn.open_table(IMAGES).map_err(DbError::from)?, name)? {
+                kinds.push("images");
             }
             if any_in_ns(&txn.open_table(LEASES).map_err(DbError::from)?, name)? {
                 kinds.push("leases");
@@ -217,6 +224,37 @@ mod tests {
         assert_eq!(e.to_string(), "namespace \"busy\" must be empty, but it still has leases");
         leases.delete("busy", "l1").unwrap();
         s.delete("busy").unwrap();
+
+        // Images and containers keep a namespace too, named as containerd does.
+        let images = crate::images::ImageStore::new(db.clone());
+        let containers = crate::containers::ContainerStore::new(db.clone());
+        let image = crate::images::Image {
+            name: "img".into(),
+            target: crate::images::Descriptor {
+                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                digest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+                size: 1,
+                annotations: Labels::new(),
+            },
+            ..Default::default()
+        };
+        images.create("full", image).unwrap();
+        let c = crate::containers::Container {
+            id: "c".into(),
+            runtime: crate::containers::Runtime { name: "rt".into(), options: None },
+            spec: Some(Default::default()),
+            ..Default::default()
+        };
+        containers.create("full", c).unwrap();
+        leases.create("full", "l", Labels::new()).unwrap();
+        let e = s.delete("full").unwrap_err();
+        assert_eq!(e.to_string(), "namespace \"full\" must be empty, but it still has containers, images, leases");
+        leases.delete("full", "l").unwrap();
+        containers.delete("full", "c").unwrap();
+        let e = s.delete("full").unwrap_err();
+        assert_eq!(e.to_string(), "namespace \"full\" must be empty, but it still has images");
+        images.delete("full", "img", None).unwrap();
+        s.delete("full").unwrap();
         db.write(|txn| ensure_namespace(txn, "x").map(|_| ())).unwrap();
         assert!(s.get("x").is_ok(), "implicitly created namespaces are listed");
     }

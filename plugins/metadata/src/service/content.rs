@@ -137,7 +137,7 @@ impl ContentService {
                     Ok(()) => {}
                     Err(e) if e.code == Code::NotFound => {}
                     // The record is gone; a blob left behind is only space.
-                    Err(e) => eprintln!("io.containerd.metadata.v1.redb: deleting blob {digest}: {e}"),
+                    Err(e) => crated_plugin_api::tracing::warn!("deleting blob {digest}: {e}"),
                 }
             }
         }

@@ -1,8 +1,10 @@
-//! gRPC services over the stores: containerd's Namespaces, Leases and the
-//! namespaced Content API. Each store error becomes a [`Status`] in exactly
+//! gRPC services over the stores: containerd's Namespaces, Leases, the
+//! namespaced Content API, Images and Containers. Each store error becomes a [`Status`] in exactly
 //! one `From` impl here.
 
+pub mod containers;
 pub mod content;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
 
@@ -10,7 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use crated_plugin_api::{Call, Code, Host, Status};
 
-use crate::{content::ContentError, db::DbError, leases::LeaseError, namespaces::NamespaceError};
+use crate::{
+    containers::ContainerError, content::ContentError, db::DbError, images::ImageError, leases::LeaseError,
+    namespaces::NamespaceError,
+};
 
 impl From<DbError> for Status {
     fn from(e: DbError) -> Status {
@@ -60,6 +65,30 @@ impl From<ContentError> for Status {
     }
 }
 
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let code = match &e {
+            ImageError::InvalidArgument(_) => Code::InvalidArgument,
+            ImageError::NotFound(_) => Code::NotFound,
+            ImageError::AlreadyExists(_) => Code::AlreadyExists,
+            ImageError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Status {
+        let code = match &e {
+            ContainerError::InvalidArgument(_) => Code::InvalidArgument,
+            ContainerError::NotFound(_) => Code::NotFound,
+            ContainerError::AlreadyExists(_) => Code::AlreadyExists,
+            ContainerError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
 /// Runs blocking store work (redb) off the async threads.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
@@ -88,6 +117,14 @@ pub(crate) fn labels_out(m: BTreeMap<String, String>) -> HashMap<String, String>
     m.into_iter().collect()
 }
 
+pub(crate) fn any_in(a: prost_types::Any) -> crate::db::AnyRecord {
+    crate::db::AnyRecord { type_url: a.type_url, value: a.value }
+}
+
+pub(crate) fn any_out(a: crate::db::AnyRecord) -> prost_types::Any {
+    prost_types::Any { type_url: a.type_url, value: a.value }
+}
+
 pub(crate) fn timestamp(nanos: i64) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: nanos.div_euclid(1_000_000_000), nanos: nanos.rem_euclid(1_000_000_000) as i32 }
 }
@@ -106,7 +143,7 @@ impl Events {
 
     pub async fn publish<M: prost::Name>(&self, namespace: &str, topic: &str, event: &M) {
         if let Err(e) = crated_events_api::publish(&self.host, namespace, topic, event).await {
-            eprintln!("io.containerd.metadata.v1.redb: publishing {topic} in namespace {namespace} failed: {e}");
+            crated_plugin_api::tracing::warn!("publishing {topic} in namespace {namespace} failed: {e}");
         }
     }
 }

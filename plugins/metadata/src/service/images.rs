@@ -1,0 +1,120 @@
+//! `containerd.services.images.v1.Images` (containerd's
+//! services/images/local.go): namespaced; publishes /images/create,
+//! /images/update and /images/delete with the events of the images API
+//! (`containerd.services.images.v1.ImageCreate` etc.). A Delete carrying a
+//! target (containerd 2.x) deletes only an image with that target digest.
+//! Deleting never
+//! collects content here (there is no garbage collector yet), so `sync` has
+//! nothing to wait for.
+
+use containerd_client::services::v1::{
+    CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, Image, ImageCreate,
+    ImageDelete, ImageUpdate, ListImagesRequest, ListImagesResponse, UpdateImageRequest, UpdateImageResponse,
+};
+use containerd_client::types::Descriptor;
+use crated_events_api::topics;
+use crated_plugin_api::{filters::AnyFilter, Call, ServiceRouter, Status};
+
+use super::{blocking, labels_in, labels_out, namespace, timestamp, Events};
+use crate::images::{self as store, ImageStore};
+
+const SERVICE: &str = "/containerd.services.images.v1.Images";
+
+fn out(i: store::Image) -> Image {
+    Image {
+        name: i.name,
+        labels: labels_out(i.labels),
+        target: Some(Descriptor {
+            media_type: i.target.media_type,
+            digest: i.target.digest,
+            size: i.target.size,
+            annotations: labels_out(i.target.annotations),
+        }),
+        created_at: Some(timestamp(i.created_at)),
+        updated_at: Some(timestamp(i.updated_at)),
+    }
+}
+
+fn image_in(i: Image) -> store::Image {
+    let t = i.target.unwrap_or_default();
+    store::Image {
+        name: i.name,
+        labels: labels_in(i.labels),
+        target: store::Descriptor {
+            media_type: t.media_type,
+            digest: t.digest,
+            size: t.size,
+            annotations: labels_in(t.annotations),
+        },
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+/// The image of a Create or Update, which must name one.
+fn required(image: Option<Image>) -> Result<store::Image, Status> {
+    let image = image_in(image.unwrap_or_default());
+    if image.name.is_empty() {
+        return Err(Status::invalid_argument("Image.Name required"));
+    }
+    Ok(image)
+}
+
+pub fn routes(router: ServiceRouter, store: ImageStore, events: Events) -> ServiceRouter {
+    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
+    let (e1, e2, e3) = (events.clone(), events.clone(), events);
+    router
+        .unary(&format!("{SERVICE}/Get"), move |call: Call, req: GetImageRequest| {
+            let s = s1.clone();
+            async move {
+                let ns = namespace(&call)?;
+                let i = blocking(move || Ok(s.get(&ns, &req.name)?)).await?;
+                Ok(GetImageResponse { image: Some(out(i)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/List"), move |call: Call, req: ListImagesRequest| {
+            let s = s2.clone();
+            async move {
+                let ns = namespace(&call)?;
+                let filter = AnyFilter::parse(&req.filters)?;
+                let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
+                Ok(ListImagesResponse { images: all.into_iter().map(out).collect() })
+            }
+        })
+        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateImageRequest| {
+            let (s, events) = (s3.clone(), e1.clone());
+            async move {
+                let ns = namespace(&call)?;
+                let image = required(req.image)?;
+                let n = ns.clone();
+                let i = blocking(move || Ok(s.create(&n, image)?)).await?;
+                let ev = ImageCreate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
+                events.publish(&ns, topics::IMAGE_CREATE, &ev).await;
+                Ok(CreateImageResponse { image: Some(out(i)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateImageRequest| {
+            let (s, events) = (s4.clone(), e2.clone());
+            async move {
+                let ns = namespace(&call)?;
+                let image = required(req.image)?;
+                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+                let n = ns.clone();
+                let i = blocking(move || Ok(s.update(&n, image, &paths)?)).await?;
+                let ev = ImageUpdate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
+                events.publish(&ns, topics::IMAGE_UPDATE, &ev).await;
+                Ok(UpdateImageResponse { image: Some(out(i)) })
+            }
+        })
+        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteImageRequest| {
+            let (s, events) = (s5.clone(), e3.clone());
+            async move {
+                let ns = namespace(&call)?;
+                let (n, name) = (ns.clone(), req.name.clone());
+                let target = req.target.map(|t| t.digest).filter(|d| !d.is_empty());
+                blocking(move || Ok(s.delete(&n, &name, target.as_deref())?)).await?;
+                events.publish(&ns, topics::IMAGE_DELETE, &ImageDelete { name: req.name }).await;
+                Ok(())
+            }
+        })
+}
