@@ -63,8 +63,7 @@ fn blob_count(d: &Daemon) -> usize {
     std::fs::read_dir(blob_dir(d)).map(|r| r.count()).unwrap_or(0)
 }
 
-/// Writes `data` under `reference` in `ns` (a WRITE then a COMMIT, as
-/// containerd's remote writer does) and returns the digest.
+/// Writes `data` under `reference` in `ns`, labelled with its origin.
 async fn write_blob(
     ch: &tonic::transport::Channel,
     ns: &str,
@@ -72,47 +71,7 @@ async fn write_blob(
     data: &[u8],
     lease: Option<&str>,
 ) -> Result<String, tonic::Status> {
-    let reqs = vec![
-        WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: reference.into(),
-            total: data.len() as i64,
-            data: data.to_vec(),
-            ..Default::default()
-        },
-        WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference.into(),
-            total: data.len() as i64,
-            offset: data.len() as i64,
-            labels: labels(&[("origin", reference)]),
-            ..Default::default()
-        },
-    ];
-    let out: Vec<WriteContentResponse> = match lease {
-        None => bidi_streaming(ch, &format!("{CONTENT}/Write"), Some(ns), reqs).await?,
-        Some(l) => {
-            let mut grpc = tonic::client::Grpc::new(ch.clone());
-            grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut req = tonic::Request::new(tokio_stream::iter(reqs));
-            req.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
-            req.metadata_mut().insert("containerd-lease", l.parse().unwrap());
-            let mut s = grpc
-                .streaming(
-                    req,
-                    format!("{CONTENT}/Write").parse().unwrap(),
-                    tonic_prost::ProstCodec::<WriteContentRequest, WriteContentResponse>::default(),
-                )
-                .await?
-                .into_inner();
-            let mut v = Vec::new();
-            while let Some(m) = s.message().await? {
-                v.push(m);
-            }
-            v
-        }
-    };
-    Ok(out.last().expect("a commit response").digest.clone())
+    common::write_blob(ch, ns, reference, data, lease, &[("origin", reference)]).await
 }
 
 async fn info(ch: &tonic::transport::Channel, ns: &str, digest: &str) -> Result<InfoResponse, tonic::Status> {

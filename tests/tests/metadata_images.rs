@@ -21,7 +21,7 @@ use containerd_client::services::v1::{
     GetContainerResponse, GetImageRequest, GetImageResponse, Image, ImageCreate, ImageDelete, ImageUpdate,
     ListContainerMessage, ListContainersRequest, ListContainersResponse, ListImagesRequest, ListImagesResponse,
     Namespace, SubscribeRequest, UpdateContainerRequest, UpdateContainerResponse, UpdateImageRequest,
-    UpdateImageResponse, WriteAction, WriteContentRequest, WriteContentResponse,
+    UpdateImageResponse,
 };
 use containerd_client::types::Descriptor;
 use tonic::{transport::Channel, Code};
@@ -30,7 +30,6 @@ const IMAGES: &str = "/containerd.services.images.v1.Images";
 const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
 const NS: &str = "/containerd.services.namespaces.v1.Namespaces";
 const LEASES: &str = "/containerd.services.leases.v1.Leases";
-const CONTENT: &str = "/containerd.services.content.v1.Content";
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -416,41 +415,7 @@ async fn events_reach_a_subscriber() {
 /// Writes `data` as a blob of `ns` under `lease` (so that a stock
 /// containerd's garbage collector keeps it); returns the digest.
 async fn write_blob(ch: &Channel, ns: &str, lease: &str, reference: &str, data: &[u8]) -> String {
-    let reqs = vec![
-        WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: reference.into(),
-            total: data.len() as i64,
-            data: data.to_vec(),
-            ..Default::default()
-        },
-        WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference.into(),
-            total: data.len() as i64,
-            offset: data.len() as i64,
-            ..Default::default()
-        },
-    ];
-    let mut grpc = tonic::client::Grpc::new(ch.clone());
-    grpc.ready().await.unwrap();
-    let mut req = tonic::Request::new(tokio_stream::iter(reqs));
-    req.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
-    req.metadata_mut().insert("containerd-lease", lease.parse().unwrap());
-    let mut s = grpc
-        .streaming(
-            req,
-            format!("{CONTENT}/Write").parse().unwrap(),
-            tonic_prost::ProstCodec::<WriteContentRequest, WriteContentResponse>::default(),
-        )
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(m) = s.message().await.unwrap() {
-        last = Some(m);
-    }
-    last.expect("a commit response").digest
+    common::write_blob(ch, ns, reference, data, Some(lease), &[]).await.unwrap()
 }
 
 /// A tiny but real OCI image (config + manifest with one layer that is

@@ -464,3 +464,50 @@ impl Drop for StockContainerd {
         let _ = self.child.wait();
     }
 }
+
+/// Writes `data` as a blob through `Content.Write` (a WRITE then a COMMIT
+/// with `labels`, as containerd's remote writer does), in `namespace` and,
+/// with `lease`, under that lease (`containerd-lease` header). Returns the
+/// committed digest.
+pub async fn write_blob(
+    ch: &Channel,
+    namespace: &str,
+    reference: &str,
+    data: &[u8],
+    lease: Option<&str>,
+    labels: &[(&str, &str)],
+) -> Result<String, tonic::Status> {
+    use containerd_client::services::v1::{WriteAction, WriteContentRequest, WriteContentResponse};
+    let reqs = vec![
+        WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.into(),
+            total: data.len() as i64,
+            data: data.to_vec(),
+            ..Default::default()
+        },
+        WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: reference.into(),
+            total: data.len() as i64,
+            offset: data.len() as i64,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        },
+    ];
+    let mut grpc = tonic::client::Grpc::new(ch.clone());
+    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = request(tokio_stream::iter(reqs), Some(namespace));
+    if let Some(l) = lease {
+        req.metadata_mut().insert("containerd-lease", l.parse().map_err(|_| tonic::Status::invalid_argument("lease id"))?);
+    }
+    let mut out = grpc
+        .streaming(req, path("/containerd.services.content.v1.Content/Write"), Codec::<WriteContentRequest, WriteContentResponse>::default())
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = out.message().await? {
+        last = Some(m);
+    }
+    last.map(|m| m.digest).ok_or_else(|| tonic::Status::internal("no commit response"))
+}
