@@ -35,11 +35,7 @@ fn main() {
                 let git_dir = Path::new(&git_dir);
                 // refs/heads is a directory: cargo watches every file under it,
                 // which also catches the first commit creating the branch ref.
-                let mut watch = vec![
-                    git_dir.join("HEAD"),
-                    git_dir.join("packed-refs"),
-                    git_dir.join("refs/heads"),
-                ];
+                let mut watch = vec![git_dir.join("HEAD"), git_dir.join("packed-refs"), git_dir.join("refs/heads")];
                 if let Some(head_ref) = git(&["symbolic-ref", "-q", "HEAD"]) {
                     watch.push(git_dir.join(head_ref));
                 }

@@ -272,28 +272,16 @@ pub enum ConfigError {
         "{}: imported config version {version} is higher than the main config version {main_version}",
         path.display()
     )]
-    ImportVersion {
-        path: PathBuf,
-        version: u32,
-        main_version: u32,
-    },
+    ImportVersion { path: PathBuf, version: u32, main_version: u32 },
     /// `disabled_plugins` / `required_plugins` entry that is not a plugin URI.
     #[error("{}: invalid {field} entry {value:?}: expected a plugin URI like io.containerd.<type>.<id>", path.display())]
-    InvalidPluginUri {
-        path: PathBuf,
-        field: &'static str,
-        value: String,
-    },
+    InvalidPluginUri { path: PathBuf, field: &'static str, value: String },
     /// A non-glob import does not exist.
     #[error("{}: imported config file {} not found", from.display(), path.display())]
     ImportNotFound { path: PathBuf, from: PathBuf },
     /// A glob import pattern is malformed.
     #[error("{}: invalid import pattern {pattern:?}: {message}", from.display())]
-    ImportPattern {
-        pattern: String,
-        from: PathBuf,
-        message: String,
-    },
+    ImportPattern { pattern: String, from: PathBuf, message: String },
     /// Files import each other in a loop; the chain starts and ends with the same file.
     #[error(
         "config import cycle: {}",
@@ -348,16 +336,12 @@ impl Config {
     /// config. If a value cannot be represented (see [`Config::try_to_toml`])
     /// the result is a TOML comment saying why.
     pub fn to_toml(&self) -> String {
-        self.try_to_toml()
-            .unwrap_or_else(|e| format!("# cannot render config as TOML: {e}\n"))
+        self.try_to_toml().unwrap_or_else(|e| format!("# cannot render config as TOML: {e}\n"))
     }
 
     /// Puts each plugin's default table under `plugins`, with the user's
     /// values for that plugin deep-merged on top (the user wins).
-    pub fn with_plugin_defaults(
-        mut self,
-        defaults: impl IntoIterator<Item = (String, toml::Table)>,
-    ) -> Config {
+    pub fn with_plugin_defaults(mut self, defaults: impl IntoIterator<Item = (String, toml::Table)>) -> Config {
         for (key, mut table) in defaults {
             if let Some(user) = self.plugins.remove(&key) {
                 deep_merge(&mut table, user);
@@ -409,10 +393,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let mut shown: HashMap<PathBuf, PathBuf> = HashMap::new();
 
     while let Some(file) = pending.pop_front() {
-        let canonical = fs::canonicalize(&file).map_err(|source| ConfigError::Io {
-            path: file.clone(),
-            source,
-        })?;
+        let canonical = fs::canonicalize(&file).map_err(|source| ConfigError::Io { path: file.clone(), source })?;
         if !seen.insert(canonical.clone()) {
             continue;
         }
@@ -422,11 +403,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         match main_version {
             None => main_version = Some(parsed.version),
             Some(main) if parsed.version > main => {
-                return Err(ConfigError::ImportVersion {
-                    path: file,
-                    version: parsed.version,
-                    main_version: main,
-                });
+                return Err(ConfigError::ImportVersion { path: file, version: parsed.version, main_version: main });
             }
             Some(_) => {}
         }
@@ -435,10 +412,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         let imports = resolve_imports(&file, &parsed.imports)?;
         let mut targets = Vec::with_capacity(imports.len());
         for import in &imports {
-            targets.push(fs::canonicalize(import).map_err(|source| ConfigError::Io {
-                path: import.clone(),
-                source,
-            })?);
+            targets.push(fs::canonicalize(import).map_err(|source| ConfigError::Io { path: import.clone(), source })?);
         }
         edges.insert(canonical, targets);
         pending.extend(imports);
@@ -448,26 +422,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     }
 
     if let Some(cycle) = find_cycle(&edges) {
-        let chain = cycle
-            .into_iter()
-            .map(|p| shown.get(&p).cloned().unwrap_or(p))
-            .collect();
+        let chain = cycle.into_iter().map(|p| shown.get(&p).cloned().unwrap_or(p)).collect();
         return Err(ConfigError::ImportCycle { chain });
     }
 
-    let mut config: Config =
-        toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Merge {
-                path: path.to_path_buf(),
-                message: e.message().to_string(),
-            })?;
+    let mut config: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| {
+        ConfigError::Merge { path: path.to_path_buf(), message: e.message().to_string() }
+    })?;
     config.version = main_version.unwrap_or(2);
-    Ok(Loaded {
-        config,
-        warnings,
-        files,
-    })
+    Ok(Loaded { config, warnings, files })
 }
 
 /// One file, checked and parsed.
@@ -480,10 +443,7 @@ struct ParsedFile {
 }
 
 fn parse_file(path: &Path) -> Result<ParsedFile, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
 
     // Syntax first (the raw table is also what gets merged).
     let table: toml::Table = toml::from_str(&text).map_err(|e| parse_error(path, &text, &e))?;
@@ -491,17 +451,11 @@ fn parse_file(path: &Path) -> Result<ParsedFile, ConfigError> {
     // Then the version, before type errors that a v1 file would likely have.
     let version = match table.get("version") {
         None => {
-            return Err(ConfigError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: None,
-            });
+            return Err(ConfigError::UnsupportedVersion { path: path.to_path_buf(), found: None });
         }
         Some(toml::Value::Integer(v)) if *v == 2 || *v == 3 => *v as u32,
         Some(other) => {
-            return Err(ConfigError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: Some(other.to_string()),
-            });
+            return Err(ConfigError::UnsupportedVersion { path: path.to_path_buf(), found: Some(other.to_string()) });
         }
     };
 
@@ -517,16 +471,10 @@ fn parse_file(path: &Path) -> Result<ParsedFile, ConfigError> {
         })
         .map_err(|e| parse_error(path, &text, &e))?;
 
-    for (field, list) in [
-        ("disabled_plugins", &typed.disabled_plugins),
-        ("required_plugins", &typed.required_plugins),
-    ] {
+    for (field, list) in [("disabled_plugins", &typed.disabled_plugins), ("required_plugins", &typed.required_plugins)]
+    {
         if let Some(bad) = list.iter().find(|p| !p.contains('.')) {
-            return Err(ConfigError::InvalidPluginUri {
-                path: path.to_path_buf(),
-                field,
-                value: bad.clone(),
-            });
+            return Err(ConfigError::InvalidPluginUri { path: path.to_path_buf(), field, value: bad.clone() });
         }
     }
 
@@ -554,12 +502,7 @@ fn parse_file(path: &Path) -> Result<ParsedFile, ConfigError> {
         located.into_iter().map(|(_, w)| w).collect()
     };
 
-    Ok(ParsedFile {
-        version,
-        table,
-        imports: typed.imports,
-        warnings,
-    })
+    Ok(ParsedFile { version, table, imports: typed.imports, warnings })
 }
 
 fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
@@ -574,13 +517,7 @@ fn parse_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         }
         None => (None, None, None),
     };
-    ConfigError::Parse {
-        path: path.to_path_buf(),
-        line,
-        column,
-        key,
-        message: e.message().trim_end().to_string(),
-    }
+    ConfigError::Parse { path: path.to_path_buf(), line, column, key, message: e.message().trim_end().to_string() }
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -608,9 +545,7 @@ fn path_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<String>) {
             path_segments(parent, out);
             out.push(key.clone());
         }
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
-            path_segments(parent, out)
-        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => path_segments(parent, out),
     }
 }
 
@@ -619,9 +554,7 @@ fn dotted(segments: &[String]) -> String {
     segments
         .iter()
         .map(|s| {
-            let bare = !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let bare = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if bare {
                 s.clone()
             } else {
@@ -635,19 +568,14 @@ fn dotted(segments: &[String]) -> String {
 /// Byte offset of the key (or array element) at `segments` in the document.
 fn key_offset(doc: &toml::de::DeTable<'_>, segments: &[String]) -> Option<usize> {
     let (first, rest) = segments.split_first()?;
-    let (key, value) = doc
-        .iter()
-        .find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
+    let (key, value) = doc.iter().find(|(k, _)| k.get_ref().as_ref() == first.as_str())?;
     if rest.is_empty() {
         return Some(key.span().start);
     }
     value_offset(value, rest)
 }
 
-fn value_offset(
-    value: &toml::Spanned<toml::de::DeValue<'_>>,
-    segments: &[String],
-) -> Option<usize> {
+fn value_offset(value: &toml::Spanned<toml::de::DeValue<'_>>, segments: &[String]) -> Option<usize> {
     match value.get_ref() {
         toml::de::DeValue::Table(t) => key_offset(t, segments),
         toml::de::DeValue::Array(items) => {
@@ -665,12 +593,7 @@ fn value_offset(
 
 /// Key path of the innermost value whose span contains byte `pos`.
 fn key_at(doc: &toml::de::DeTable<'_>, pos: usize) -> Option<Vec<String>> {
-    fn table(
-        t: &toml::de::DeTable<'_>,
-        pos: usize,
-        path: &mut Vec<String>,
-        best: &mut Option<(usize, Vec<String>)>,
-    ) {
+    fn table(t: &toml::de::DeTable<'_>, pos: usize, path: &mut Vec<String>, best: &mut Option<(usize, Vec<String>)>) {
         for (k, v) in t.iter() {
             path.push(k.get_ref().to_string());
             value(v, pos, path, best);
@@ -751,10 +674,7 @@ fn resolve_imports(from: &Path, imports: &[String]) -> Result<Vec<PathBuf>, Conf
         } else {
             let p = dir.join(import);
             if !p.exists() {
-                return Err(ConfigError::ImportNotFound {
-                    path: p,
-                    from: from.to_path_buf(),
-                });
+                return Err(ConfigError::ImportNotFound { path: p, from: from.to_path_buf() });
             }
             out.push(p);
         }
@@ -818,14 +738,12 @@ fn merge_file(to: &mut toml::Table, from: toml::Table) {
                     to.insert(key, toml::Value::Table(src));
                 }
             },
-            ("proxy_plugins" | "timeouts" | "stream_processors", toml::Value::Table(src)) => {
-                match to.get_mut(&key) {
-                    Some(toml::Value::Table(dst)) => dst.extend(src),
-                    _ => {
-                        to.insert(key, toml::Value::Table(src));
-                    }
+            ("proxy_plugins" | "timeouts" | "stream_processors", toml::Value::Table(src)) => match to.get_mut(&key) {
+                Some(toml::Value::Table(dst)) => dst.extend(src),
+                _ => {
+                    to.insert(key, toml::Value::Table(src));
                 }
-            }
+            },
             (_, value) => merge_field(to, key, value),
         }
     }
@@ -958,23 +876,11 @@ oom_score = -999
         let l = r.unwrap();
         let file = dir.path().join("config.toml").display().to_string();
         assert_eq!(l.warnings.len(), 3, "{:?}", l.warnings);
-        assert!(
-            l.warnings[0].contains(&format!("{file}:2")),
-            "{}",
-            l.warnings[0]
-        );
+        assert!(l.warnings[0].contains(&format!("{file}:2")), "{}", l.warnings[0]);
         assert!(l.warnings[0].contains("`zzz_bogus`"));
-        assert!(
-            l.warnings[1].contains(&format!("{file}:5")),
-            "{}",
-            l.warnings[1]
-        );
+        assert!(l.warnings[1].contains(&format!("{file}:5")), "{}", l.warnings[1]);
         assert!(l.warnings[1].contains("`grpc.typo_addr`"));
-        assert!(
-            l.warnings[2].contains(&format!("{file}:8")),
-            "{}",
-            l.warnings[2]
-        );
+        assert!(l.warnings[2].contains(&format!("{file}:8")), "{}", l.warnings[2]);
         assert!(l.warnings[2].contains("`proxy_plugins.p.what`"));
         // Known keys are still read.
         assert_eq!(l.config.grpc.address, "/x.sock");
@@ -996,10 +902,7 @@ version = 2
         assert!(l.warnings.is_empty(), "{:?}", l.warnings);
         let cri = &l.config.plugins["io.containerd.grpc.v1.cri"];
         assert_eq!(cri["anything_at_all"].as_bool(), Some(true));
-        assert_eq!(
-            cri["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2")
-        );
+        assert_eq!(cri["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
     }
 
     #[test]
@@ -1023,9 +926,7 @@ version = 2
         let (_d, r) = load_str("version = 2\n[grpc]\naddress = \"/a\"\nuid = \"x\"\n");
         let e = r.unwrap_err();
         match &e {
-            ConfigError::Parse {
-                line, column, key, ..
-            } => {
+            ConfigError::Parse { line, column, key, .. } => {
                 assert_eq!(*line, Some(4));
                 assert_eq!(*column, Some(7));
                 assert_eq!(key.as_deref(), Some("grpc.uid"));
@@ -1042,25 +943,16 @@ version = 2
     fn missing_version_is_an_error() {
         let (_d, r) = load_str("root = \"/x\"\n");
         let e = r.unwrap_err();
-        assert!(
-            matches!(e, ConfigError::UnsupportedVersion { found: None, .. }),
-            "{e:?}"
-        );
+        assert!(matches!(e, ConfigError::UnsupportedVersion { found: None, .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(
-            msg.contains("config.toml") && msg.contains("version 2 and 3"),
-            "{msg}"
-        );
+        assert!(msg.contains("config.toml") && msg.contains("version 2 and 3"), "{msg}");
     }
 
     #[test]
     fn version_4_is_an_error() {
         let (_d, r) = load_str("version = 4\n");
         let e = r.unwrap_err();
-        assert!(
-            matches!(&e, ConfigError::UnsupportedVersion { found: Some(v), .. } if v == "4"),
-            "{e:?}"
-        );
+        assert!(matches!(&e, ConfigError::UnsupportedVersion { found: Some(v), .. } if v == "4"), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("unsupported config version 4"), "{msg}");
         assert!(msg.contains("version 2 and 3"), "{msg}");
@@ -1139,35 +1031,15 @@ disabled_plugins = ["a.two", "a.one"]
             "version = 2\nroot = \"/second/root\"\n[plugins.\"io.containerd.gc.v1.scheduler\"]\nschedule_delay = \"1s\"\n",
         );
         write(dir.path(), "etc/conf.d/ignored.txt", "not toml [");
-        write(
-            dir.path(),
-            "etc/extra.toml",
-            "version = 2\nstate = \"/extra/state\"\nimports = [\"sub/leaf.toml\"]\n",
-        );
+        write(dir.path(), "etc/extra.toml", "version = 2\nstate = \"/extra/state\"\nimports = [\"sub/leaf.toml\"]\n");
         // Relative to extra.toml's own directory.
-        write(
-            dir.path(),
-            "etc/sub/leaf.toml",
-            "version = 2\ntemp = \"/leaf/tmp\"\n",
-        );
+        write(dir.path(), "etc/sub/leaf.toml", "version = 2\ntemp = \"/leaf/tmp\"\n");
 
         let l = load(&main).unwrap();
         let c = &l.config;
-        let names: Vec<String> = l
-            .files
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "config.toml",
-                "10-first.toml",
-                "20-second.toml",
-                "extra.toml",
-                "leaf.toml"
-            ]
-        );
+        let names: Vec<String> =
+            l.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["config.toml", "10-first.toml", "20-second.toml", "extra.toml", "leaf.toml"]);
         assert_eq!(c.version, 3, "main file's version is kept");
         // Later non-zero scalars win, zero values do not override.
         assert_eq!(c.root, PathBuf::from("/second/root"));
@@ -1197,20 +1069,12 @@ disabled_plugins = ["a.two", "a.one"]
     #[test]
     fn import_not_found_and_glob_without_match() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"nope.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"nope.toml\"]\n");
         let e = load(&main).unwrap_err();
         assert!(matches!(e, ConfigError::ImportNotFound { .. }), "{e:?}");
         assert!(e.to_string().contains("nope.toml"));
 
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"none.d/*.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"none.d/*.toml\"]\n");
         let l = load(&main).unwrap();
         assert_eq!(l.files.len(), 1);
     }
@@ -1218,21 +1082,9 @@ disabled_plugins = ["a.two", "a.one"]
     #[test]
     fn import_cycle_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"a.toml\"]\n",
-        );
-        write(
-            dir.path(),
-            "a.toml",
-            "version = 2\nimports = [\"b.toml\"]\n",
-        );
-        write(
-            dir.path(),
-            "b.toml",
-            "version = 2\nimports = [\"./a.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"a.toml\"]\n");
+        write(dir.path(), "a.toml", "version = 2\nimports = [\"b.toml\"]\n");
+        write(dir.path(), "b.toml", "version = 2\nimports = [\"./a.toml\"]\n");
         let e = load(&main).unwrap_err();
         match &e {
             ConfigError::ImportCycle { chain } => {
@@ -1244,29 +1096,13 @@ disabled_plugins = ["a.two", "a.one"]
         assert!(e.to_string().contains("a.toml"));
 
         // A file importing itself.
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"config.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"config.toml\"]\n");
         assert!(matches!(load(&main), Err(ConfigError::ImportCycle { .. })));
 
         // A diamond is not a cycle: the shared file is read once.
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"l.toml\", \"r.toml\"]\n",
-        );
-        write(
-            dir.path(),
-            "l.toml",
-            "version = 2\nimports = [\"shared.toml\"]\n",
-        );
-        write(
-            dir.path(),
-            "r.toml",
-            "version = 2\nimports = [\"shared.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"l.toml\", \"r.toml\"]\n");
+        write(dir.path(), "l.toml", "version = 2\nimports = [\"shared.toml\"]\n");
+        write(dir.path(), "r.toml", "version = 2\nimports = [\"shared.toml\"]\n");
         write(dir.path(), "shared.toml", "version = 2\n");
         assert_eq!(load(&main).unwrap().files.len(), 4);
     }
@@ -1274,17 +1110,11 @@ disabled_plugins = ["a.two", "a.one"]
     #[test]
     fn import_errors_name_the_imported_file() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "config.toml",
-            "version = 2\nimports = [\"bad.toml\"]\n",
-        );
+        let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"bad.toml\"]\n");
         write(dir.path(), "bad.toml", "version = 2\n[grpc]\ngid = true\n");
         let e = load(&main).unwrap_err();
         match &e {
-            ConfigError::Parse {
-                path, line, key, ..
-            } => {
+            ConfigError::Parse { path, line, key, .. } => {
                 assert!(path.ends_with("bad.toml"));
                 assert_eq!(*line, Some(3));
                 assert_eq!(key.as_deref(), Some("grpc.gid"));
@@ -1293,15 +1123,9 @@ disabled_plugins = ["a.two", "a.one"]
         }
         // Import without version, and an import above the main version.
         write(dir.path(), "bad.toml", "root = \"/x\"\n");
-        assert!(matches!(
-            load(&main),
-            Err(ConfigError::UnsupportedVersion { .. })
-        ));
+        assert!(matches!(load(&main), Err(ConfigError::UnsupportedVersion { .. })));
         write(dir.path(), "bad.toml", "version = 3\n");
-        assert!(matches!(
-            load(&main),
-            Err(ConfigError::ImportVersion { .. })
-        ));
+        assert!(matches!(load(&main), Err(ConfigError::ImportVersion { .. })));
     }
 
     #[test]
@@ -1316,10 +1140,8 @@ disabled_plugins = ["a.two", "a.one"]
             "version = 2\n[plugins.\"io.containerd.gc.v1.scheduler\"]\npause_threshold = 0.5\n[plugins.\"io.containerd.gc.v1.scheduler\".inner]\nx = 9\n",
         );
         let c = r.unwrap().config;
-        let defaults: toml::Table = toml::from_str(
-            "pause_threshold = 0.02\ndeletion_threshold = 0\n[inner]\nx = 1\ny = 2\n",
-        )
-        .unwrap();
+        let defaults: toml::Table =
+            toml::from_str("pause_threshold = 0.02\ndeletion_threshold = 0\n[inner]\nx = 1\ny = 2\n").unwrap();
         let t = c.plugin_config("io.containerd.gc.v1.scheduler", &defaults);
         assert_eq!(t["pause_threshold"].as_float(), Some(0.5));
         assert_eq!(t["deletion_threshold"].as_integer(), Some(0));
@@ -1329,10 +1151,7 @@ disabled_plugins = ["a.two", "a.one"]
         assert_eq!(c.plugin_config("x.y", &defaults), defaults);
 
         let c = c.with_plugin_defaults([
-            (
-                "io.containerd.gc.v1.scheduler".to_string(),
-                defaults.clone(),
-            ),
+            ("io.containerd.gc.v1.scheduler".to_string(), defaults.clone()),
             ("io.containerd.other.v1.z".to_string(), defaults.clone()),
         ]);
         assert_eq!(c.plugins["io.containerd.gc.v1.scheduler"], t);
@@ -1382,8 +1201,7 @@ disabled_plugins = ["a.two", "a.one"]
                 capabilities: vec!["cap".into()],
             },
         );
-        c.timeouts
-            .insert("io.containerd.timeout.shim.load".into(), "5s".into());
+        c.timeouts.insert("io.containerd.timeout.shim.load".into(), "5s".into());
         let text = c.to_toml();
         let p = write(dir.path(), "custom.toml", &text);
         let l = load(&p).unwrap();

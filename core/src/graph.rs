@@ -52,7 +52,8 @@ pub fn plan(nodes: &[Node]) -> Plan {
     for (i, n) in nodes.iter().enumerate() {
         let key = n.key();
         if index_of.contains_key(&key) {
-            plan.refused.push((i, format!("duplicate plugin {key}: a plugin with this type and id is already registered")));
+            plan.refused
+                .push((i, format!("duplicate plugin {key}: a plugin with this type and id is already registered")));
             continue;
         }
         let ix = graph.add_node(i);
@@ -103,10 +104,8 @@ pub fn plan(nodes: &[Node]) -> Plan {
         }
         let ix = scc[0];
         if let Some(types) = missing.get(&ix) {
-            plan.refused.push((
-                graph[ix],
-                format!("missing dependency: no plugin of type {} is registered", types.join(", ")),
-            ));
+            plan.refused
+                .push((graph[ix], format!("missing dependency: no plugin of type {} is registered", types.join(", "))));
             continue;
         }
         plan.order.push(graph[ix]);

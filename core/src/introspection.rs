@@ -121,12 +121,15 @@ pub fn core_services(records: Records, uuid: String) -> Vec<CoreService> {
     let version = ServiceRouter::new().unary(&format!("/{VERSION_SERVICE}/Version"), |_c: Call, _req: ()| async {
         Ok(VersionResponse { version: VERSION.to_string(), revision: REVISION.to_string() })
     });
-    let health = ServiceRouter::new().unary(&format!("/{HEALTH_SERVICE}/Check"), |_c: Call, req: HealthCheckRequest| async move {
-        if !req.service.is_empty() && req.service != "containerd" {
-            return Err(Status::not_found(format!("unknown service {}", req.service)));
-        }
-        Ok(HealthCheckResponse { status: ServingStatus::Serving as i32 })
-    });
+    let health = ServiceRouter::new().unary(
+        &format!("/{HEALTH_SERVICE}/Check"),
+        |_c: Call, req: HealthCheckRequest| async move {
+            if !req.service.is_empty() && req.service != "containerd" {
+                return Err(Status::not_found(format!("unknown service {}", req.service)));
+            }
+            Ok(HealthCheckResponse { status: ServingStatus::Serving as i32 })
+        },
+    );
     vec![
         CoreService {
             plugin_type: "io.containerd.grpc.v1",
@@ -134,7 +137,17 @@ pub fn core_services(records: Records, uuid: String) -> Vec<CoreService> {
             services: vec![INTROSPECTION_SERVICE.into()],
             router: introspection,
         },
-        CoreService { plugin_type: "io.containerd.grpc.v1", id: "version", services: vec![VERSION_SERVICE.into()], router: version },
-        CoreService { plugin_type: "io.containerd.grpc.v1", id: "healthcheck", services: vec![HEALTH_SERVICE.into()], router: health },
+        CoreService {
+            plugin_type: "io.containerd.grpc.v1",
+            id: "version",
+            services: vec![VERSION_SERVICE.into()],
+            router: version,
+        },
+        CoreService {
+            plugin_type: "io.containerd.grpc.v1",
+            id: "healthcheck",
+            services: vec![HEALTH_SERVICE.into()],
+            router: health,
+        },
     ]
 }

@@ -59,7 +59,8 @@ pub fn scan(dir: &Path) -> Scan {
     let files = match plugin_files(dir) {
         Ok(f) => f,
         Err(e) => {
-            scan.errors.push(LibraryLoadError { path: dir.to_path_buf(), message: format!("cannot read plugin_dir: {e}") });
+            scan.errors
+                .push(LibraryLoadError { path: dir.to_path_buf(), message: format!("cannot read plugin_dir: {e}") });
             return scan;
         }
     };

@@ -88,7 +88,8 @@ fn level_filter(level: &str) -> &str {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_only = matches!(cli.command, Some(Command::Config { action: ConfigAction::Default })) && cli.config.is_none();
+    let default_only =
+        matches!(cli.command, Some(Command::Config { action: ConfigAction::Default })) && cli.config.is_none();
     let mut cfg = if default_only { config::Config::default_v2() } else { load_config(&cli)? };
     if let Some(a) = &cli.address {
         cfg.grpc.address = a.clone();

@@ -108,7 +108,8 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     let mut running = Vec::new();
 
     for e in &scan.errors {
-        let name = e.path.file_name().map_or_else(|| e.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name =
+            e.path.file_name().map_or_else(|| e.path.display().to_string(), |n| n.to_string_lossy().into_owned());
         tracing::error!(library = %e.path.display(), "{}", e.message);
         records.push(PluginRecord {
             plugin_type: LIBRARY_PLUGIN_TYPE.into(),
@@ -129,7 +130,12 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                 tracing::info!(plugin = %key, "disabled by config");
                 continue;
             }
-            candidates.push(Candidate { reg, library: lib.path.clone(), sdk: lib.sdk_version.clone(), abi: lib.abi_version });
+            candidates.push(Candidate {
+                reg,
+                library: lib.path.clone(),
+                sdk: lib.sdk_version.clone(),
+                abi: lib.abi_version,
+            });
         }
     }
 
@@ -268,13 +274,8 @@ fn record_of(c: &Candidate) -> PluginRecord {
 }
 
 /// Services, handler, streaming methods, exports, and direct dependencies.
-type Started = (
-    Vec<String>,
-    HandlerBox,
-    HashMap<String, crated_plugin_api::abi::CallKind>,
-    Vec<(String, String)>,
-    Vec<String>,
-);
+type Started =
+    (Vec<String>, HandlerBox, HashMap<String, crated_plugin_api::abi::CallKind>, Vec<(String, String)>, Vec<String>);
 
 /// Initialises one plugin whose dependencies have all been through init.
 async fn init_one(
@@ -293,11 +294,7 @@ async fn init_one(
         }
         match running_by_type.get(req) {
             Some(v) if !v.is_empty() => deps.extend(v.iter().cloned()),
-            _ => {
-                return Err(PluginState::Failed(format!(
-                    "dependency not available: no plugin of type {req} started"
-                )))
-            }
+            _ => return Err(PluginState::Failed(format!("dependency not available: no plugin of type {req} started"))),
         }
     }
 

@@ -14,12 +14,7 @@
 //! `FfiFuture` ("FFI future panicked"); it is caught where the core polls it
 //! and becomes `Internal` for that call alone.
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    panic::AssertUnwindSafe,
-    sync::Arc,
-};
+use std::{collections::HashMap, convert::Infallible, panic::AssertUnwindSafe, sync::Arc};
 
 use abi_stable::std_types::{RErr, RNone, ROk, RResult, RSome, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
@@ -190,7 +185,9 @@ fn one_frame(body: Bytes) -> ByteStream {
 }
 
 /// The gRPC metadata of a request, as the ABI carries it.
-fn metadata(headers: &http::HeaderMap) -> RVec<abi_stable::std_types::Tuple2<abi_stable::std_types::RString, abi_stable::std_types::RString>> {
+fn metadata(
+    headers: &http::HeaderMap,
+) -> RVec<abi_stable::std_types::Tuple2<abi_stable::std_types::RString, abi_stable::std_types::RString>> {
     headers
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "content-type" | "te" | "user-agent" | "grpc-accept-encoding"))
@@ -321,9 +318,8 @@ impl GrpcRouter {
         let kind = route.streaming.get(&path).copied().unwrap_or(CallKind::Unary);
         let head = CallHead { method: path.as_str().into(), headers: metadata(req.headers()) };
         let svc = Dispatch { route, head };
-        let mut grpc = Grpc::new(PassThrough)
-            .max_decoding_message_size(self.max_recv)
-            .max_encoding_message_size(self.max_send);
+        let mut grpc =
+            Grpc::new(PassThrough).max_decoding_message_size(self.max_recv).max_encoding_message_size(self.max_send);
         match kind {
             CallKind::Unary => grpc.unary(svc, req).await,
             CallKind::ServerStreaming => grpc.server_streaming(svc, req).await,

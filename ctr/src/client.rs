@@ -61,19 +61,12 @@ impl Client {
     pub async fn connect(opts: &ConnectOptions) -> anyhow::Result<Self> {
         let namespace = AsciiMetadataValue::try_from(opts.namespace.as_str())
             .with_context(|| format!("invalid namespace {:?}", opts.namespace))?;
-        let connect_timeout = opts
-            .connect_timeout
-            .positive()
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = opts.connect_timeout.positive().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let connect_deadline = Instant::now() + connect_timeout;
         let channel = connect_channel(&opts.address, connect_deadline)
             .await
             .map_err(|e| anyhow!("failed to dial {:?}: {e}", opts.address))?;
-        Ok(Client {
-            channel,
-            namespace,
-            deadline: opts.timeout.positive().map(|t| Instant::now() + t),
-        })
+        Ok(Client { channel, namespace, deadline: opts.timeout.positive().map(|t| Instant::now() + t) })
     }
 
     /// The raw channel, for service clients not wrapped here.
@@ -122,9 +115,9 @@ impl Client {
     pub async fn recv<T>(&self, stream: &mut Streaming<T>) -> Result<Option<T>, Status> {
         let exceeded = || Status::deadline_exceeded("context deadline exceeded");
         let res = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, stream.message())
-                .await
-                .unwrap_or_else(|_| Err(exceeded())),
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, stream.message()).await.unwrap_or_else(|_| Err(exceeded()))
+            }
             None => stream.message().await,
         };
         match res {
@@ -142,8 +135,7 @@ impl Client {
     /// command timeout.
     pub fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
-        req.metadata_mut()
-            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        req.metadata_mut().insert(NAMESPACE_HEADER, self.namespace.clone());
         if let Some(deadline) = self.deadline {
             req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }
@@ -153,15 +145,10 @@ impl Client {
     /// Await a unary call within the command deadline. An error once the
     /// deadline has passed is reported as `DeadlineExceeded`, as Go's
     /// context deadline would be.
-    pub async fn call<T>(
-        &self,
-        fut: impl Future<Output = Result<Response<T>, Status>>,
-    ) -> Result<T, Status> {
+    pub async fn call<T>(&self, fut: impl Future<Output = Result<Response<T>, Status>>) -> Result<T, Status> {
         let exceeded = || Status::deadline_exceeded("context deadline exceeded");
         let res = match self.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, fut)
-                .await
-                .unwrap_or_else(|_| Err(exceeded())),
+            Some(deadline) => tokio::time::timeout_at(deadline, fut).await.unwrap_or_else(|_| Err(exceeded())),
             None => fut.await,
         };
         match res {
@@ -199,9 +186,7 @@ async fn dial(address: &str, deadline: Instant) -> Result<UnixStream, String> {
         loop {
             match UnixStream::connect(path).await {
                 Ok(s) => return Ok(s),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tokio::time::sleep(DIAL_RETRY).await
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => tokio::time::sleep(DIAL_RETRY).await,
                 Err(e) => {
                     return Err(format!(
                         "connection error: desc = \"transport: error while dialing: dial unix {path}: connect: {}\"",
@@ -240,10 +225,7 @@ async fn connect_channel(address: &str, deadline: Instant) -> Result<Channel, St
     let endpoint = Endpoint::from_static("http://[::]:0");
     match tokio::time::timeout_at(deadline, endpoint.connect_with_connector(connector)).await {
         Ok(Ok(channel)) => Ok(channel),
-        Ok(Err(e)) => Err(format!(
-            "connection error: desc = \"transport: {}\"",
-            error_chain(&e)
-        )),
+        Ok(Err(e)) => Err(format!("connection error: desc = \"transport: {}\"", error_chain(&e))),
         Err(_) => Err("context deadline exceeded".to_string()),
     }
 }
@@ -281,9 +263,7 @@ mod tests {
     async fn missing_socket_times_out_like_stock() {
         let dir = std::env::temp_dir().join(format!("ctr-test-{}", std::process::id()));
         let addr = dir.join("nope.sock").display().to_string();
-        let err = dial(&addr, Instant::now() + Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = dial(&addr, Instant::now() + Duration::from_millis(50)).await.unwrap_err();
         assert_eq!(
             err,
             format!("context deadline exceeded: connection error: desc = \"transport: error while dialing: dial unix://{addr}: timeout\"")

@@ -10,16 +10,9 @@ fn matches_digest_regexp(s: &str) -> bool {
     let Some((alg, enc)) = s.split_once(':') else {
         return false;
     };
-    let comp_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    };
+    let comp_ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     let alg_ok = alg.split(['.', '+', '_', '-']).all(comp_ok);
-    let enc_ok = !enc.is_empty()
-        && enc
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
+    let enc_ok = !enc.is_empty() && enc.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'));
     alg_ok && enc_ok
 }
 
@@ -34,21 +27,12 @@ pub fn validate(s: &str) -> Result<(), &'static str> {
         "sha256" => 64,
         "sha384" => 96,
         "sha512" => 128,
-        _ => {
-            return Err(if matches_digest_regexp(s) {
-                ERR_UNSUPPORTED
-            } else {
-                ERR_INVALID_FORMAT
-            })
-        }
+        _ => return Err(if matches_digest_regexp(s) { ERR_UNSUPPORTED } else { ERR_INVALID_FORMAT }),
     };
     if enc.len() != hex_len {
         return Err(ERR_INVALID_LENGTH);
     }
-    if enc
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(())
     } else {
         Err(ERR_INVALID_FORMAT)
@@ -75,10 +59,7 @@ mod tests {
         assert_eq!(validate(":abc"), Err(ERR_INVALID_FORMAT));
         assert_eq!(validate("sha256:"), Err(ERR_INVALID_FORMAT));
         assert_eq!(validate("sha256:abc"), Err(ERR_INVALID_LENGTH));
-        assert_eq!(
-            validate(&format!("sha256:{}", H.to_uppercase())),
-            Err(ERR_INVALID_FORMAT)
-        );
+        assert_eq!(validate(&format!("sha256:{}", H.to_uppercase())), Err(ERR_INVALID_FORMAT));
         assert_eq!(validate("md5:abc"), Err(ERR_UNSUPPORTED));
         assert_eq!(validate("sha256+b64u:abc"), Err(ERR_UNSUPPORTED));
         assert_eq!(validate("foo+:abc"), Err(ERR_INVALID_FORMAT));

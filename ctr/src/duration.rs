@@ -12,10 +12,7 @@ impl GoDuration {
     /// The duration if it is positive; zero and negative mean "none", as in
     /// ctr's `if timeout > 0`.
     pub fn positive(self) -> Option<Duration> {
-        u64::try_from(self.0)
-            .ok()
-            .filter(|&n| n > 0)
-            .map(Duration::from_nanos)
+        u64::try_from(self.0).ok().filter(|&n| n > 0).map(Duration::from_nanos)
     }
 }
 
@@ -88,28 +85,17 @@ impl FromStr for GoDuration {
                 return Err(invalid());
             }
             // Unit.
-            let unit_len = s
-                .char_indices()
-                .find(|&(_, c)| c == '.' || c.is_ascii_digit())
-                .map_or(s.len(), |(i, _)| i);
+            let unit_len = s.char_indices().find(|&(_, c)| c == '.' || c.is_ascii_digit()).map_or(s.len(), |(i, _)| i);
             if unit_len == 0 {
-                return Err(ParseDurationError(format!(
-                    "time: missing unit in duration \"{orig}\""
-                )));
+                return Err(ParseDurationError(format!("time: missing unit in duration \"{orig}\"")));
             }
             let unit_name = &s[..unit_len];
             s = &s[unit_len..];
             let scale = unit(unit_name).ok_or_else(|| {
-                ParseDurationError(format!(
-                    "time: unknown unit \"{unit_name}\" in duration \"{orig}\""
-                ))
+                ParseDurationError(format!("time: unknown unit \"{unit_name}\" in duration \"{orig}\""))
             })?;
 
-            let int: u64 = if int_part.is_empty() {
-                0
-            } else {
-                int_part.parse().map_err(|_| overflow())?
-            };
+            let int: u64 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| overflow())? };
             let mut v = int.checked_mul(scale).ok_or_else(overflow)?;
             // Fractional part, truncated like Go (digits beyond precision dropped).
             let mut frac: u64 = 0;
@@ -201,31 +187,16 @@ mod tests {
         assert_eq!(p("1.5h"), 90 * MIN as i64);
         assert_eq!(p(".5s"), 500 * MS as i64);
         assert_eq!(p("-2s"), -2 * SEC as i64);
-        assert_eq!(
-            p("1h2m3s4ms5us6ns"),
-            (HOUR + 2 * MIN + 3 * SEC + 4 * MS + 5 * US + 6) as i64
-        );
+        assert_eq!(p("1h2m3s4ms5us6ns"), (HOUR + 2 * MIN + 3 * SEC + 4 * MS + 5 * US + 6) as i64);
         assert_eq!(p("3µs"), 3000);
     }
 
     #[test]
     fn rejects_bad_durations() {
-        for bad in [
-            "",
-            "10",
-            "s",
-            "1x",
-            "1.s.",
-            "-",
-            "1m30",
-            "99999999999999999999s",
-        ] {
+        for bad in ["", "10", "s", "1x", "1.s.", "-", "1m30", "99999999999999999999s"] {
             assert!(bad.parse::<GoDuration>().is_err(), "{bad:?} should fail");
         }
-        assert_eq!(
-            "10".parse::<GoDuration>().unwrap_err().to_string(),
-            "time: missing unit in duration \"10\""
-        );
+        assert_eq!("10".parse::<GoDuration>().unwrap_err().to_string(), "time: missing unit in duration \"10\"");
     }
 
     #[test]

@@ -32,11 +32,7 @@ pub fn code_name(code: u32) -> String {
 /// `rpc error: code = Unimplemented desc = ...`. Used where containerd's
 /// client returns the status unconverted (e.g. `Client.Version`).
 pub fn raw(status: &Status) -> anyhow::Error {
-    anyhow::anyhow!(
-        "rpc error: code = {} desc = {}",
-        code_name(status.code() as u32),
-        status.message()
-    )
+    anyhow::anyhow!("rpc error: code = {} desc = {}", code_name(status.code() as u32), status.message())
 }
 
 /// containerd's `errdefs.FromGRPC`: map the code to an error class and keep
@@ -85,10 +81,7 @@ mod tests {
     #[test]
     fn raw_matches_grpc_go() {
         let e = raw(&Status::unimplemented("unknown service x"));
-        assert_eq!(
-            e.to_string(),
-            "rpc error: code = Unimplemented desc = unknown service x"
-        );
+        assert_eq!(e.to_string(), "rpc error: code = Unimplemented desc = unknown service x");
         assert_eq!(code_name(1), "Canceled");
         assert_eq!(code_name(42), "Code(42)");
     }

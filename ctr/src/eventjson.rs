@@ -49,70 +49,30 @@ const fn f(num: u32, name: &'static str, kind: Kind) -> Field {
 
 use Kind::*;
 
-const MOUNT: &[Field] = &[
-    f(1, "type", Str),
-    f(2, "source", Str),
-    f(3, "target", Str),
-    f(4, "options", RepStr),
-];
-const TASK_IO: &[Field] = &[
-    f(1, "stdin", Str),
-    f(2, "stdout", Str),
-    f(3, "stderr", Str),
-    f(4, "terminal", Bool),
-];
+const MOUNT: &[Field] = &[f(1, "type", Str), f(2, "source", Str), f(3, "target", Str), f(4, "options", RepStr)];
+const TASK_IO: &[Field] = &[f(1, "stdin", Str), f(2, "stdout", Str), f(3, "stderr", Str), f(4, "terminal", Bool)];
 const CONTAINER_RUNTIME: &[Field] = &[f(1, "name", Str), f(2, "options", Any)];
 
 /// containerd 1.6's event types, by type URL.
 const EVENTS: &[(&str, &[Field])] = &[
     (
         "containerd.events.ContainerCreate",
-        &[
-            f(1, "id", Str),
-            f(2, "image", Str),
-            f(3, "runtime", Msg(CONTAINER_RUNTIME)),
-        ],
+        &[f(1, "id", Str), f(2, "image", Str), f(3, "runtime", Msg(CONTAINER_RUNTIME))],
     ),
     (
         "containerd.events.ContainerUpdate",
-        &[
-            f(1, "id", Str),
-            f(2, "image", Str),
-            f(3, "labels", Map),
-            f(4, "snapshot_key", Str),
-        ],
+        &[f(1, "id", Str), f(2, "image", Str), f(3, "labels", Map), f(4, "snapshot_key", Str)],
     ),
     ("containerd.events.ContainerDelete", &[f(1, "id", Str)]),
-    (
-        "containerd.events.ContentDelete",
-        &[f(1, "digest", StrAlways)],
-    ),
-    (
-        "containerd.events.ImageCreate",
-        &[f(1, "name", Str), f(2, "labels", Map)],
-    ),
-    (
-        "containerd.events.ImageUpdate",
-        &[f(1, "name", Str), f(2, "labels", Map)],
-    ),
+    ("containerd.events.ContentDelete", &[f(1, "digest", StrAlways)]),
+    ("containerd.events.ImageCreate", &[f(1, "name", Str), f(2, "labels", Map)]),
+    ("containerd.events.ImageUpdate", &[f(1, "name", Str), f(2, "labels", Map)]),
     ("containerd.events.ImageDelete", &[f(1, "name", Str)]),
-    (
-        "containerd.events.NamespaceCreate",
-        &[f(1, "name", Str), f(2, "labels", Map)],
-    ),
-    (
-        "containerd.events.NamespaceUpdate",
-        &[f(1, "name", Str), f(2, "labels", Map)],
-    ),
+    ("containerd.events.NamespaceCreate", &[f(1, "name", Str), f(2, "labels", Map)]),
+    ("containerd.events.NamespaceUpdate", &[f(1, "name", Str), f(2, "labels", Map)]),
     ("containerd.events.NamespaceDelete", &[f(1, "name", Str)]),
-    (
-        "containerd.events.SnapshotPrepare",
-        &[f(1, "key", Str), f(2, "parent", Str)],
-    ),
-    (
-        "containerd.events.SnapshotCommit",
-        &[f(1, "key", Str), f(2, "name", Str)],
-    ),
+    ("containerd.events.SnapshotPrepare", &[f(1, "key", Str), f(2, "parent", Str)]),
+    ("containerd.events.SnapshotCommit", &[f(1, "key", Str), f(2, "name", Str)]),
     ("containerd.events.SnapshotRemove", &[f(1, "key", Str)]),
     (
         "containerd.events.TaskCreate",
@@ -125,10 +85,7 @@ const EVENTS: &[(&str, &[Field])] = &[
             f(6, "pid", U32),
         ],
     ),
-    (
-        "containerd.events.TaskStart",
-        &[f(1, "container_id", Str), f(2, "pid", U32)],
-    ),
+    ("containerd.events.TaskStart", &[f(1, "container_id", Str), f(2, "pid", U32)]),
     (
         "containerd.events.TaskDelete",
         &[
@@ -151,27 +108,11 @@ const EVENTS: &[(&str, &[Field])] = &[
         ],
     ),
     ("containerd.events.TaskOOM", &[f(1, "container_id", Str)]),
-    (
-        "containerd.events.TaskExecAdded",
-        &[f(1, "container_id", Str), f(2, "exec_id", Str)],
-    ),
-    (
-        "containerd.events.TaskExecStarted",
-        &[
-            f(1, "container_id", Str),
-            f(2, "exec_id", Str),
-            f(3, "pid", U32),
-        ],
-    ),
+    ("containerd.events.TaskExecAdded", &[f(1, "container_id", Str), f(2, "exec_id", Str)]),
+    ("containerd.events.TaskExecStarted", &[f(1, "container_id", Str), f(2, "exec_id", Str), f(3, "pid", U32)]),
     ("containerd.events.TaskPaused", &[f(1, "container_id", Str)]),
-    (
-        "containerd.events.TaskResumed",
-        &[f(1, "container_id", Str)],
-    ),
-    (
-        "containerd.events.TaskCheckpointed",
-        &[f(1, "container_id", Str), f(2, "checkpoint", Str)],
-    ),
+    ("containerd.events.TaskResumed", &[f(1, "container_id", Str)]),
+    ("containerd.events.TaskCheckpointed", &[f(1, "container_id", Str), f(2, "checkpoint", Str)]),
 ];
 
 /// Why an event could not be rendered (the texts stock ctr logs).
@@ -292,11 +233,7 @@ fn message_json(out: &mut String, schema: &[Field], value: &[u8]) -> Result<(), 
     out.push('{');
     let mut first = true;
     for field in schema {
-        let vals: Vec<Wire> = wire
-            .iter()
-            .filter(|(n, _)| *n == field.num)
-            .map(|(_, v)| *v)
-            .collect();
+        let vals: Vec<Wire> = wire.iter().filter(|(n, _)| *n == field.num).map(|(_, v)| *v).collect();
         let last_bytes = vals.iter().rev().find_map(|v| match v {
             Wire::Bytes(b) => Some(*b),
             _ => None,
@@ -352,10 +289,7 @@ fn message_json(out: &mut String, schema: &[Field], value: &[u8]) -> Result<(), 
             Time => {
                 let t = match last_bytes {
                     Some(b) => timestamp(b)?,
-                    None => Timestamp {
-                        secs: GO_ZERO_TIME_SECS,
-                        nanos: 0,
-                    },
+                    None => Timestamp { secs: GO_ZERO_TIME_SECS, nanos: 0 },
                 };
                 rendered.push('"');
                 rendered.push_str(&rfc3339_nano_utc(t));
@@ -477,11 +411,7 @@ pub fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -524,26 +454,16 @@ mod tests {
             r#"{"name":"evns","labels":{"q":"1","x":"\u003c\u0026\u003e"}}"#
         );
         assert_eq!(
-            event_json(
-                "containerd.events.NamespaceDelete",
-                &bytes_field(1, b"evns")
-            )
-            .unwrap(),
+            event_json("containerd.events.NamespaceDelete", &bytes_field(1, b"evns")).unwrap(),
             r#"{"name":"evns"}"#
         );
         // Empty name and labels are omitted.
-        assert_eq!(
-            event_json("containerd.events.NamespaceUpdate", &[]).unwrap(),
-            "{}"
-        );
+        assert_eq!(event_json("containerd.events.NamespaceUpdate", &[]).unwrap(), "{}");
     }
 
     #[test]
     fn digest_is_never_omitted() {
-        assert_eq!(
-            event_json("containerd.events.ContentDelete", &[]).unwrap(),
-            r#"{"digest":""}"#
-        );
+        assert_eq!(event_json("containerd.events.ContentDelete", &[]).unwrap(), r#"{"digest":""}"#);
     }
 
     #[test]
@@ -597,22 +517,14 @@ mod tests {
         );
         // A present but empty sub-message is kept (non-nil pointer).
         let v = bytes_field(4, b"");
-        assert_eq!(
-            event_json("containerd.events.TaskCreate", &v).unwrap(),
-            r#"{"io":{}}"#
-        );
+        assert_eq!(event_json("containerd.events.TaskCreate", &v).unwrap(), r#"{"io":{}}"#);
     }
 
     #[test]
     fn unknown_and_broken() {
+        assert_eq!(event_json("foo.Bar", &[]).unwrap_err().to_string(), "type with url foo.Bar: not found");
         assert_eq!(
-            event_json("foo.Bar", &[]).unwrap_err().to_string(),
-            "type with url foo.Bar: not found"
-        );
-        assert_eq!(
-            event_json("containerd.events.TaskOOM", &[key(1, 2), 5, b'a'])
-                .unwrap_err()
-                .to_string(),
+            event_json("containerd.events.TaskOOM", &[key(1, 2), 5, b'a']).unwrap_err().to_string(),
             "unexpected EOF"
         );
     }

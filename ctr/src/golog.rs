@@ -8,8 +8,7 @@ use crate::gotime::{rfc3339_local, Timestamp};
 
 /// logrus quotes a value unless every character is in `[A-Za-z0-9-._/@^+]`.
 fn needs_quoting(s: &str) -> bool {
-    !s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/' | '@' | '^' | '+'))
+    !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/' | '@' | '^' | '+'))
 }
 
 /// Go's `strconv.Quote` (`%q`) for valid UTF-8 text.
@@ -27,9 +26,7 @@ pub fn go_quote(s: &str) -> String {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
             c if c.is_control() => {
                 let n = c as u32;
                 if n <= 0xffff {
@@ -55,22 +52,11 @@ fn value(s: &str) -> String {
 
 /// One logrus line with an `error` field.
 pub fn format_line(time: &str, level: &str, msg: &str, error: &str) -> String {
-    format!(
-        "time={} level={} msg={} error={}\n",
-        value(time),
-        level,
-        value(msg),
-        value(error)
-    )
+    format!("time={} level={} msg={} error={}\n", value(time), level, value(msg), value(error))
 }
 
 fn emit(level: &str, msg: &str, error: &dyn std::fmt::Display) {
-    let line = format_line(
-        &rfc3339_local(Timestamp::now()),
-        level,
-        msg,
-        &error.to_string(),
-    );
+    let line = format_line(&rfc3339_local(Timestamp::now()), level, msg, &error.to_string());
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
@@ -99,10 +85,7 @@ mod tests {
             ),
             "time=\"2026-11-27T20:47:39Z\" level=error msg=\"unable to delete default\" error=\"namespace \\\"default\\\" must be empty: failed precondition\"\n"
         );
-        assert_eq!(
-            format_line("t", "warning", "plain", "a/b-c.d"),
-            "time=t level=warning msg=plain error=a/b-c.d\n"
-        );
+        assert_eq!(format_line("t", "warning", "plain", "a/b-c.d"), "time=t level=warning msg=plain error=a/b-c.d\n");
         assert_eq!(go_quote("a\tb\u{1}é"), "\"a\\tb\\x01é\"");
     }
 }

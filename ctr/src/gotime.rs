@@ -15,10 +15,7 @@ pub struct Timestamp {
 impl Timestamp {
     pub fn now() -> Self {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp {
-                secs: d.as_secs() as i64,
-                nanos: d.subsec_nanos(),
-            },
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
                 let mut secs = -(d.as_secs() as i64);
@@ -39,10 +36,7 @@ impl Timestamp {
     }
 
     pub fn from_nanos(n: i128) -> Self {
-        Timestamp {
-            secs: n.div_euclid(1_000_000_000) as i64,
-            nanos: n.rem_euclid(1_000_000_000) as u32,
-        }
+        Timestamp { secs: n.div_euclid(1_000_000_000) as i64, nanos: n.rem_euclid(1_000_000_000) as u32 }
     }
 
     pub fn as_nanos(self) -> i128 {
@@ -103,10 +97,7 @@ fn date_time(wall: i64) -> (String, String) {
     let days = wall.div_euclid(86_400);
     let sod = wall.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60),
-    )
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{:02}:{:02}:{:02}", sod / 3600, sod % 3600 / 60, sod % 60))
 }
 
 /// Go's `.999999999` fraction: nothing for zero, else trailing zeros trimmed.
@@ -187,11 +178,7 @@ fn load_zone(name: &str) -> Option<Vec<u8>> {
     if let Some(z) = std::env::var_os("ZONEINFO") {
         dirs.push(std::path::PathBuf::from(z));
     }
-    for d in [
-        "/usr/share/zoneinfo/",
-        "/usr/share/lib/zoneinfo/",
-        "/usr/lib/locale/TZ/",
-    ] {
+    for d in ["/usr/share/zoneinfo/", "/usr/share/lib/zoneinfo/", "/usr/lib/locale/TZ/"] {
         dirs.push(d.into());
     }
     dirs.iter().find_map(|d| std::fs::read(d.join(name)).ok())
@@ -209,8 +196,7 @@ impl<'a> Reader<'a> {
         Some(a)
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 }
 
@@ -251,11 +237,8 @@ pub fn tzif_offset(data: &[u8], t: i64) -> Option<i32> {
             .collect()
     };
     let idx = r.take(timecnt)?.to_vec();
-    let types: Vec<(i32, bool)> = r
-        .take(typecnt * 6)?
-        .chunks(6)
-        .map(|c| (i32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4] != 0))
-        .collect();
+    let types: Vec<(i32, bool)> =
+        r.take(typecnt * 6)?.chunks(6).map(|c| (i32::from_be_bytes([c[0], c[1], c[2], c[3]]), c[4] != 0)).collect();
     if types.is_empty() {
         return None;
     }
@@ -337,11 +320,7 @@ pub fn posix_tz_offset(tz: &str, t: i64) -> Option<i32> {
         return Some(std_off);
     }
     name(&mut s)?;
-    let dst_off = if s.is_empty() || s.starts_with(',') {
-        std_off + 3600
-    } else {
-        -offset(&mut s)? as i32
-    };
+    let dst_off = if s.is_empty() || s.starts_with(',') { std_off + 3600 } else { -offset(&mut s)? as i32 };
     let rules = if s.is_empty() { ",M3.2.0,M11.1.0" } else { s };
     let mut parts = rules.strip_prefix(',')?.split(',');
     let start = parts.next()?;
@@ -407,11 +386,7 @@ pub fn posix_tz_offset(tz: &str, t: i64) -> Option<i32> {
     let jan1_utc = days_from_civil(year, 1, 1) * 86_400;
     let start_utc = jan1_utc + rule_time(year, &start) - std_off as i64;
     let end_utc = jan1_utc + rule_time(year, &end) - dst_off as i64;
-    let in_dst = if start_utc < end_utc {
-        t >= start_utc && t < end_utc
-    } else {
-        !(t >= end_utc && t < start_utc)
-    };
+    let in_dst = if start_utc < end_utc { t >= start_utc && t < end_utc } else { !(t >= end_utc && t < start_utc) };
     Some(if in_dst { dst_off } else { std_off })
 }
 
@@ -431,32 +406,17 @@ mod tests {
 
     #[test]
     fn formats_like_go() {
-        let t = Timestamp {
-            secs: 1_795_812_406,
-            nanos: 600_707_229,
-        };
+        let t = Timestamp { secs: 1_795_812_406, nanos: 600_707_229 };
         assert_eq!(go_string_utc(t), "2026-11-27 20:46:46.600707229 +0000 UTC");
         assert_eq!(rfc3339_nano_utc(t), "2026-11-27T20:46:46.600707229Z");
-        let t2 = Timestamp {
-            secs: t.secs,
-            nanos: 500_000_000,
-        };
+        let t2 = Timestamp { secs: t.secs, nanos: 500_000_000 };
         assert_eq!(go_string_utc(t2), "2026-11-27 20:46:46.5 +0000 UTC");
-        let t3 = Timestamp {
-            secs: t.secs,
-            nanos: 0,
-        };
+        let t3 = Timestamp { secs: t.secs, nanos: 0 };
         assert_eq!(go_string_utc(t3), "2026-11-27 20:46:46 +0000 UTC");
         assert_eq!(rfc3339_with_offset(t, 0), "2026-11-27T20:46:46Z");
         assert_eq!(rfc3339_with_offset(t, 3600), "2026-11-27T21:46:46+01:00");
-        assert_eq!(
-            rfc3339_with_offset(t, -(5 * 3600 + 1800)),
-            "2026-11-27T15:16:46-05:30"
-        );
-        let zero = Timestamp {
-            secs: GO_ZERO_TIME_SECS,
-            nanos: 0,
-        };
+        assert_eq!(rfc3339_with_offset(t, -(5 * 3600 + 1800)), "2026-11-27T15:16:46-05:30");
+        let zero = Timestamp { secs: GO_ZERO_TIME_SECS, nanos: 0 };
         assert_eq!(rfc3339_nano_utc(zero), "0001-01-01T00:00:00Z");
     }
 

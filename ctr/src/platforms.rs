@@ -22,12 +22,7 @@ pub fn pretty(ps: &[Platform]) -> String {
 
 /// Go's `path.Join`: join the non-empty elements with "/" and clean the result.
 fn path_join(elems: &[&str]) -> String {
-    let joined = elems
-        .iter()
-        .filter(|e| !e.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join("/");
+    let joined = elems.iter().filter(|e| !e.is_empty()).copied().collect::<Vec<_>>().join("/");
     if joined.is_empty() {
         return String::new();
     }
@@ -64,12 +59,7 @@ mod tests {
     use super::*;
 
     fn plat(os: &str, arch: &str, variant: &str) -> Platform {
-        Platform {
-            os: os.into(),
-            architecture: arch.into(),
-            variant: variant.into(),
-            os_version: String::new(),
-        }
+        Platform { os: os.into(), architecture: arch.into(), variant: variant.into(), os_version: String::new() }
     }
 
     #[test]
@@ -82,11 +72,7 @@ mod tests {
 
     #[test]
     fn pretty_dedups_and_sorts() {
-        let ps = [
-            plat("linux", "arm64", "v8"),
-            plat("linux", "amd64", ""),
-            plat("linux", "arm64", "v8"),
-        ];
+        let ps = [plat("linux", "arm64", "v8"), plat("linux", "amd64", ""), plat("linux", "arm64", "v8")];
         assert_eq!(pretty(&ps), "linux/amd64,linux/arm64/v8");
         assert_eq!(pretty(&[]), "");
     }

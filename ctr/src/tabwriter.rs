@@ -217,13 +217,7 @@ impl<W: Write> Write for TabWriter<W> {
 mod tests {
     use super::*;
 
-    fn render(
-        minwidth: usize,
-        tabwidth: usize,
-        padding: usize,
-        padchar: char,
-        text: &str,
-    ) -> String {
+    fn render(minwidth: usize, tabwidth: usize, padding: usize, padchar: char, text: &str) -> String {
         let mut w = TabWriter::new(Vec::new(), minwidth, tabwidth, padding, padchar);
         w.write_all(text.as_bytes()).unwrap();
         w.flush().unwrap();
@@ -242,21 +236,14 @@ mod tests {
                     io.containerd.content.v1\tcontent\t-\tok\t\n\
                     io.containerd.snapshotter.v1\tbtrfs\tlinux/amd64\tskip\t\n";
         // Column widths: widest cell + padding 4 -> 32, 11, 15, 10.
-        let row = |a: &str, b: &str, c: &str, d: &str| {
-            format!("{}{}{}{}\n", pad(a, 32), pad(b, 11), pad(c, 15), pad(d, 10))
-        };
+        let row =
+            |a: &str, b: &str, c: &str, d: &str| format!("{}{}{}{}\n", pad(a, 32), pad(b, 11), pad(c, 15), pad(d, 10));
         let want = row("TYPE", "ID", "PLATFORMS", "STATUS")
             + &row("io.containerd.content.v1", "content", "-", "ok")
-            + &row(
-                "io.containerd.snapshotter.v1",
-                "btrfs",
-                "linux/amd64",
-                "skip",
-            );
+            + &row("io.containerd.snapshotter.v1", "btrfs", "linux/amd64", "skip");
         assert_eq!(render(4, 8, 4, ' ', text), want);
         // Spot-check one line literally, in case `pad` itself were wrong.
-        assert!(want
-            .starts_with("TYPE                            ID         PLATFORMS      STATUS    \n"));
+        assert!(want.starts_with("TYPE                            ID         PLATFORMS      STATUS    \n"));
     }
 
     #[test]
@@ -268,10 +255,7 @@ mod tests {
     #[test]
     fn last_cell_is_not_a_column() {
         // Trailing text after the last tab is not padded.
-        assert_eq!(
-            render(1, 8, 2, ' ', "a\tlong\nbbb\tx\n"),
-            "a    long\nbbb  x\n"
-        );
+        assert_eq!(render(1, 8, 2, ' ', "a\tlong\nbbb\tx\n"), "a    long\nbbb  x\n");
     }
 
     #[test]
@@ -311,7 +295,8 @@ mod tests {
     fn detailed_layout() {
         // The shape of `ctr plugins ls -d` (NewWriter(.., 4, 8, 4, ' ', 0)); Go's
         // Println puts a space between operands, hence the leading blanks.
-        let text = "Type:\t io.containerd.content.v1\nID:\t content\nExports:\t\n\t root \t /var/lib\n\t\t\t\nType:\t x\n";
+        let text =
+            "Type:\t io.containerd.content.v1\nID:\t content\nExports:\t\n\t root \t /var/lib\n\t\t\t\nType:\t x\n";
         // Column 0 spans every line: "Exports:" + 4 = 12. Column 1 is one block of
         // lines 4-5: " root " + 4 = 10. Column 2 only exists on line 5: minwidth 4.
         let want = [

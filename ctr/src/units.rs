@@ -143,10 +143,7 @@ mod tests {
     fn durations_like_go_units() {
         let s = |n: u64| human_std_duration(Duration::from_secs(n));
         assert_eq!(human_duration(-5_000_000_000), "Less than a second");
-        assert_eq!(
-            human_std_duration(Duration::from_millis(999)),
-            "Less than a second"
-        );
+        assert_eq!(human_std_duration(Duration::from_millis(999)), "Less than a second");
         assert_eq!(s(1), "1 second");
         assert_eq!(s(59), "59 seconds");
         assert_eq!(s(60), "About a minute");

@@ -31,20 +31,10 @@ impl tower::Service<Request<Body>> for Unimplemented {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let ns = req
-            .headers()
-            .get("containerd-namespace")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("<none>")
-            .to_string();
+        let ns =
+            req.headers().get("containerd-namespace").and_then(|v| v.to_str().ok()).unwrap_or("<none>").to_string();
         self.namespaces.lock().unwrap().push(ns);
-        let service = req
-            .uri()
-            .path()
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or("");
+        let service = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or("");
         let status = tonic::Status::unimplemented(format!("unknown service {service}"));
         ready(Ok(status.into_http()))
     }
@@ -57,18 +47,12 @@ fn namespace_header_and_error_rendering() {
     let sock = dir.join("c.sock");
     let _ = std::fs::remove_file(&sock);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let svc = Unimplemented::default();
     let seen = svc.namespaces.clone();
     let listener = rt.block_on(async { UnixListener::bind(&sock) }).unwrap();
     rt.spawn(async move {
-        Server::builder()
-            .serve_with_incoming(svc, UnixListenerStream::new(listener))
-            .await
-            .unwrap();
+        Server::builder().serve_with_incoming(svc, UnixListenerStream::new(listener)).await.unwrap();
     });
 
     let ctr = |args: &[&str]| {
@@ -80,21 +64,14 @@ fn namespace_header_and_error_rendering() {
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
 
     // Introspection errors go through errdefs.FromGRPC.
     let (code, stdout, stderr) = ctr(&["-n", "team-a", "plugins", "ls"]);
     assert_eq!(code, Some(1));
     assert_eq!(stdout, "");
-    assert_eq!(
-        stderr,
-        "ctr: unknown service containerd.services.introspection.v1.Introspection: not implemented\n"
-    );
+    assert_eq!(stderr, "ctr: unknown service containerd.services.introspection.v1.Introspection: not implemented\n");
 
     // Version errors are the raw gRPC status text; the client block comes first.
     let (code, stdout, stderr) = ctr(&["version"]);

@@ -51,10 +51,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(format!(
             "ctr-parity-{}-{tag}-{}",
             std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
@@ -121,9 +118,7 @@ impl Daemon {
 
     /// The pid of the containerd process itself.
     fn containerd_pid(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir.join("containerd.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        std::fs::read_to_string(self.dir.join("containerd.pid")).ok().and_then(|s| s.trim().parse().ok())
     }
 
     fn socket(&self) -> PathBuf {
@@ -297,13 +292,7 @@ fn mask_dates(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let shape = b.len() >= i + 12
-            && (0..10).all(|k| {
-                if k == 4 || k == 7 {
-                    b[i + k] == b'-'
-                } else {
-                    b[i + k].is_ascii_digit()
-                }
-            })
+            && (0..10).all(|k| if k == 4 || k == 7 { b[i + k] == b'-' } else { b[i + k].is_ascii_digit() })
             && (b[i + 10] == b'T' || b[i + 10] == b' ')
             && b[i + 11].is_ascii_digit();
         if !shape {
@@ -350,9 +339,7 @@ fn mask_ages(s: &str) -> String {
             let mut l = line.replace("Less than a second", "AGE");
             for unit in [" seconds", " second"] {
                 while let Some(i) = l.find(unit) {
-                    let start = l[..i]
-                        .rfind(|c: char| !c.is_ascii_digit())
-                        .map_or(0, |p| p + 1);
+                    let start = l[..i].rfind(|c: char| !c.is_ascii_digit()).map_or(0, |p| p + 1);
                     if start == i {
                         break;
                     }
@@ -384,20 +371,11 @@ fn splitting_args() {
 
 #[test]
 fn masking_helpers() {
-    assert_eq!(
-        mask("time=\"2026-11-27T20:55:09Z\" level=error msg=x\n"),
-        "time=T level=error msg=x\n"
-    );
-    assert_eq!(
-        mask("2026-11-27 20:55:09.16051897 +0000 UTC default /x {}\n"),
-        "DATE default /x {}\n"
-    );
+    assert_eq!(mask("time=\"2026-11-27T20:55:09Z\" level=error msg=x\n"), "time=T level=error msg=x\n");
+    assert_eq!(mask("2026-11-27 20:55:09.16051897 +0000 UTC default /x {}\n"), "DATE default /x {}\n");
     assert_eq!(mask("l1 2026-11-27T20:55:10+01:00 a=b\n"), "l1 DATE a=b\n");
     assert_eq!(mask("r3\t5B\tLess than a second\t\n"), "r3\t5B\tAGE\t\n");
-    assert_eq!(
-        mask("d\t5B\t12 seconds\t-\nREF\t\tAGE\t\t\n"),
-        "d\t5B\tAGE\t-\nREF\tAGE\t\n"
-    );
+    assert_eq!(mask("d\t5B\t12 seconds\t-\nREF\t\tAGE\t\t\n"), "d\t5B\tAGE\t-\nREF\tAGE\t\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -427,9 +405,7 @@ fn steps() -> Vec<Step> {
         // content
         step_in("hello", "content ingest myref"),
         step("content ingest"),
-        s(format!(
-            "content ingest --expected-size 11 --expected-digest {H2} ref2"
-        )),
+        s(format!("content ingest --expected-size 11 --expected-digest {H2} ref2")),
         step_in("hello", "content ingest again"),
         step("content ls"),
         step("content list -q"),
@@ -492,11 +468,7 @@ fn fix_stdin(mut steps: Vec<Step>) -> Vec<Step> {
             && s.1.is_none()
             && s.0.len() > 2
         {
-            s.1 = Some(if s.0.iter().any(|a| a == "ref2") {
-                "hello world"
-            } else {
-                "hello"
-            });
+            s.1 = Some(if s.0.iter().any(|a| a == "ref2") { "hello world" } else { "hello" });
         }
     }
     steps
@@ -510,20 +482,13 @@ fn publish_raw(sock: &Path) {
     use hyper_util::rt::TokioIo;
     use tonic::transport::{Endpoint, Uri};
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let path = sock.to_path_buf();
         let channel = Endpoint::from_static("http://[::]:0")
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await
             .unwrap();
@@ -532,22 +497,15 @@ fn publish_raw(sock: &Path) {
         for (url, value) in [
             ("containerd.events.TaskOOM", b"\x0a\x02c1".to_vec()),
             ("example.com/Unknown", b"\x0a\x01x".to_vec()),
-            (
-                "containerd.events.TaskExit",
-                b"\x0a\x02c1\x18\x07\x20\x01".to_vec(),
-            ),
+            ("containerd.events.TaskExit", b"\x0a\x02c1\x18\x07\x20\x01".to_vec()),
         ] {
-            let mut req = PublishRequest {
-                topic: "/tasks/test".into(),
-                ..Default::default()
-            };
+            let mut req = PublishRequest { topic: "/tasks/test".into(), ..Default::default() };
             let mut any = req.event.take().unwrap_or_default();
             any.type_url = url.into();
             any.value = value;
             req.event = Some(any);
             let mut req = tonic::Request::new(req);
-            req.metadata_mut()
-                .insert("containerd-namespace", "default".parse().unwrap());
+            req.metadata_mut().insert("containerd-namespace", "default".parse().unwrap());
             client.publish(req).await.unwrap();
         }
     });
@@ -561,10 +519,7 @@ fn transcript(ctr: &'static str, tag: &'static str, server: Server) -> (Vec<Stri
     let filtered = Events::start(ctr, &sock, &["topic~=\"/namespaces/\""]);
     // Let the subscriptions register before anything happens.
     std::thread::sleep(Duration::from_millis(300));
-    let outputs: Vec<String> = fix_stdin(steps())
-        .iter()
-        .map(|s| run(ctr, &sock, s))
-        .collect();
+    let outputs: Vec<String> = fix_stdin(steps()).iter().map(|s| run(ctr, &sock, s)).collect();
     publish_raw(&sock);
     std::thread::sleep(Duration::from_millis(300));
     let all = all.finish();
@@ -597,9 +552,7 @@ fn compare_clients(server: Server) {
     assert_eq!(mask(&ours.1), mask(&stock.1), "events differ");
     assert_eq!(mask(&ours.2), mask(&stock.2), "filtered events differ");
     // The events saw what the sequence did.
-    assert!(stock
-        .1
-        .contains("/namespaces/create {\"name\":\"foo\",\"labels\":{\"a\":\"b\",\"c\":\"true\"}}"));
+    assert!(stock.1.contains("/namespaces/create {\"name\":\"foo\",\"labels\":{\"a\":\"b\",\"c\":\"true\"}}"));
     assert!(stock.1.contains("/content/delete"));
 }
 

@@ -17,8 +17,7 @@
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
-    sabi_trait,
+    package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RArc, RBox, ROption, RResult, RStr, RString, RVec, Tuple2},
     StableAbi,
@@ -93,11 +92,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Any streaming call. For server streaming, `input` yields exactly one
     /// frame; for client streaming the returned stream yields exactly one.
-    fn streaming(
-        &self,
-        call: CallHead,
-        input: ByteStream,
-    ) -> FfiFuture<RResult<ByteStream, RpcStatus>>;
+    fn streaming(&self, call: CallHead, input: ByteStream) -> FfiFuture<RResult<ByteStream, RpcStatus>>;
 
     /// Called once at daemon shutdown, in reverse init order.
     #[sabi(last_prefix_field)]
@@ -123,11 +118,7 @@ pub struct PluginRef {
 pub trait ServiceHost: Send + Sync + 'static {
     fn unary(&self, call: CallHead, body: RVec<u8>) -> FfiFuture<RResult<RVec<u8>, RpcStatus>>;
 
-    fn streaming(
-        &self,
-        call: CallHead,
-        input: ByteStream,
-    ) -> FfiFuture<RResult<ByteStream, RpcStatus>>;
+    fn streaming(&self, call: CallHead, input: ByteStream) -> FfiFuture<RResult<ByteStream, RpcStatus>>;
 
     /// The initialised plugins this plugin may call (its dependencies).
     #[sabi(last_prefix_field)]

@@ -271,10 +271,7 @@ impl Parser<'_> {
 
 /// Adapts a set of labels plus fixed top-level fields to [`Fields`]:
 /// `labels.<key>` (the rest of the path joined by '.') reads a label.
-pub fn labels_field<'a>(
-    path: &[String],
-    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> Option<Cow<'a, str>> {
+pub fn labels_field<'a>(path: &[String], labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Cow<'a, str>> {
     if path.first().map(String::as_str) != Some("labels") || path.len() < 2 {
         return None;
     }

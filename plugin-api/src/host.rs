@@ -69,7 +69,11 @@ impl Host {
 
     /// Calls a streaming method of a dependency with a stream of requests
     /// (one request for server streaming).
-    pub async fn streaming<Req, Resp, S>(&self, call: &Call, input: S) -> Result<BoxStream<'static, Result<Resp, Status>>, Status>
+    pub async fn streaming<Req, Resp, S>(
+        &self,
+        call: &Call,
+        input: S,
+    ) -> Result<BoxStream<'static, Result<Resp, Status>>, Status>
     where
         Req: prost::Message + 'static,
         Resp: prost::Message + Default + 'static,

@@ -56,10 +56,10 @@ pub use abi_stable;
 pub use host::{Dependency, Host};
 pub use plugin::{build_platform, InitCtx, Plugin, PluginError, PluginInfo};
 pub use prost;
-pub use tracing;
 pub use service::{Call, ServiceRouter, NAMESPACE_HEADER};
 pub use status::{Code, Status};
 pub use stream::Streaming;
+pub use tracing;
 
 /// The version of this crate, recorded in every library built against it.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

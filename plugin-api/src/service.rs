@@ -3,7 +3,11 @@
 //! a plugin's `init` returns. It implements the ABI's `Handler`, so plugin
 //! authors never touch FFI types.
 
-use std::{collections::{BTreeSet, HashMap}, future::Future, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    sync::Arc,
+};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -202,11 +206,8 @@ impl ServiceRouter {
 
     /// Every streaming method, for the core's router.
     pub fn streaming_methods(&self) -> Vec<MethodDecl> {
-        let mut v: Vec<MethodDecl> = self
-            .streaming
-            .iter()
-            .map(|(p, (k, _))| MethodDecl { path: p.as_str().into(), kind: *k })
-            .collect();
+        let mut v: Vec<MethodDecl> =
+            self.streaming.iter().map(|(p, (k, _))| MethodDecl { path: p.as_str().into(), kind: *k }).collect();
         v.sort_by(|a, b| a.path.cmp(&b.path));
         v
     }
@@ -262,7 +263,12 @@ impl Handler for ServiceRouter {
         let Some(f) = self.shutdown.clone() else {
             return futures::future::ready(()).into_ffi();
         };
-        let fut = match catch_panic(|| on_runtime(async move { f().await; Ok(()) })) {
+        let fut = match catch_panic(|| {
+            on_runtime(async move {
+                f().await;
+                Ok(())
+            })
+        }) {
             Ok(fut) => fut.map(|_| ()).boxed(),
             Err(_) => futures::future::ready(()).boxed(),
         };

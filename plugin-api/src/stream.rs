@@ -5,7 +5,12 @@
 //! and handed over through a tokio channel, which needs no reactor, so the
 //! core can poll it from its own threads. One hop per stream, not per message.
 
-use std::{marker::PhantomData, pin::Pin, sync::Arc, task::{Context, Poll}};
+use std::{
+    marker::PhantomData,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,

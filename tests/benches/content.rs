@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use containerd_client::services::v1::{ReadContentRequest, ReadContentResponse, WriteAction, WriteContentRequest, WriteContentResponse};
+use containerd_client::services::v1::{
+    ReadContentRequest, ReadContentResponse, WriteAction, WriteContentRequest, WriteContentResponse,
+};
 use tonic::transport::Channel;
 
 const SIZE: usize = 256 << 20;

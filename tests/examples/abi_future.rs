@@ -2,7 +2,10 @@
 //! speaks, with an otherwise identical layout: the daemon's own version check
 //! must refuse it by number.
 
-use abi_stable::{prefix_type::PrefixTypeTrait, std_types::{ROk, RResult, RStr, RString, RVec}};
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{ROk, RResult, RStr, RString, RVec},
+};
 use crated_plugin_api::abi::{PluginLibrary, PluginLibraryRef, Registration};
 
 extern "C" fn registrations() -> RResult<RVec<Registration>, RString> {

@@ -142,10 +142,7 @@ impl Plugin for Relay {
                 let host = ctx.host.clone();
                 async move {
                     // Introspection is not a dependency of this plugin.
-                    let inner = crated_plugin_api::Host::call(
-                        "/containerd.services.version.v1.Version/Version",
-                        None,
-                    );
+                    let inner = crated_plugin_api::Host::call("/containerd.services.version.v1.Version/Version", None);
                     let _: EchoResponse = host.unary(&inner, &req).await?;
                     Ok(EchoResponse::default())
                 }

@@ -93,7 +93,9 @@ fn wrong_value_type_fails_naming_key_and_line() {
 fn missing_or_unsupported_version_fails_saying_2_and_3_are_supported() {
     let setup = Setup::new(&[]);
     let full = setup.config_text();
-    for (what, text) in [("missing", full.replace("version = 2\n", "")), ("4", full.replace("version = 2\n", "version = 4\n"))] {
+    for (what, text) in
+        [("missing", full.replace("version = 2\n", "")), ("4", full.replace("version = 2\n", "version = 4\n"))]
+    {
         assert_ne!(text, full);
         std::fs::write(setup.config_path(), &text).unwrap();
         let err = failed(&setup.run_crated(&["-c", s(&setup.config_path())]));
@@ -321,12 +323,19 @@ fn config_default_prints_valid_toml_with_plugin_defaults() {
     let t = parse_toml(&setup.run_crated(&["-c", s(&plain), "config", "default"]));
     assert_eq!(t["version"].as_integer(), Some(2));
     assert_eq!(t["grpc"]["address"].as_str(), Some("/run/containerd/containerd.sock"));
-    assert!(t.get("plugins").and_then(|p| p.as_table()).is_none_or(|p| p.is_empty()), "no plugin_dir, no plugins: {t:?}");
+    assert!(
+        t.get("plugins").and_then(|p| p.as_table()).is_none_or(|p| p.is_empty()),
+        "no plugin_dir, no plugins: {t:?}"
+    );
 
     let config = setup.write_config();
     let t = parse_toml(&setup.run_crated(&["-c", s(&config), "config", "default"]));
     assert_eq!(t["version"].as_integer(), Some(2));
-    assert_eq!(t["grpc"]["address"].as_str(), Some("/run/containerd/containerd.sock"), "defaults, not the file's values");
+    assert_eq!(
+        t["grpc"]["address"].as_str(),
+        Some("/run/containerd/containerd.sock"),
+        "defaults, not the file's values"
+    );
     let echo = &t["plugins"]["io.crated.test.v1.echo"];
     assert_eq!(echo["greeting"].as_str(), Some("hello"), "{t:?}");
     assert_eq!(echo["suffix"].as_str(), Some("!"), "{t:?}");
@@ -368,7 +377,8 @@ fn proxy_plugin_with_unknown_type_is_refused() {
 
 #[test]
 fn valid_proxy_plugin_is_accepted() {
-    let mut d = Setup::new(&["echo"]).extra("[proxy_plugins.snap]\ntype = \"snapshot\"\naddress = \"/tmp/x.sock\"").start();
+    let mut d =
+        Setup::new(&["echo"]).extra("[proxy_plugins.snap]\ntype = \"snapshot\"\naddress = \"/tmp/x.sock\"").start();
     let o = d.ctr(&["version"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!d.log().contains("proxy_plugins"), "no warning about the table:\n{}", d.log());
@@ -402,7 +412,9 @@ async fn server_uuid_survives_a_restart_and_pid_is_the_daemons() {
 }
 
 fn uuid_like(s: &str) -> bool {
-    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4 && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
+    s.len() == 36
+        && s.chars().filter(|c| *c == '-').count() == 4
+        && s.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
 }
 
 #[tokio::test]

@@ -6,9 +6,7 @@
 mod common;
 
 use common::{unary, Setup};
-use containerd_client::services::v1::{
-    CreateNamespaceRequest, GetNamespaceRequest, GetNamespaceResponse, Namespace,
-};
+use containerd_client::services::v1::{CreateNamespaceRequest, GetNamespaceRequest, GetNamespaceResponse, Namespace};
 use tonic::Code;
 
 /// Fields whose wire types clash with the real messages' fields, and
@@ -115,8 +113,16 @@ async fn malformed_and_empty_requests_get_clear_statuses_and_nothing_is_lost() {
             }
         }
         let write = "/containerd.services.content.v1.Content/Write";
-        check(write, "junk frames", common::bidi_streaming::<_, Empty>(&ch, write, namespace, vec![junk.clone(); 3]).await.map(drop));
-        check(write, "bad utf-8", common::bidi_streaming::<_, Empty>(&ch, write, namespace, vec![bad.clone()]).await.map(drop));
+        check(
+            write,
+            "junk frames",
+            common::bidi_streaming::<_, Empty>(&ch, write, namespace, vec![junk.clone(); 3]).await.map(drop),
+        );
+        check(
+            write,
+            "bad utf-8",
+            common::bidi_streaming::<_, Empty>(&ch, write, namespace, vec![bad.clone()]).await.map(drop),
+        );
     }
 
     // What was stored is intact and the daemon still answers.

@@ -19,8 +19,7 @@ use containerd_client::services::v1::{
     GetNamespaceRequest, GetNamespaceResponse, InfoRequest, InfoResponse, ListContentRequest, ListContentResponse,
     ListNamespacesRequest, ListNamespacesResponse, ListRequest, ListResourcesRequest, ListResourcesResponse,
     ListResponse, ListStatusesRequest, ListStatusesResponse, Namespace, ReadContentRequest, ReadContentResponse,
-    Resource, SubscribeRequest, UpdateNamespaceResponse, WriteAction, WriteContentRequest,
-    WriteContentResponse,
+    Resource, SubscribeRequest, UpdateNamespaceResponse, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use tonic::Code;
 
@@ -90,7 +89,11 @@ async fn list_content(ch: &tonic::transport::Channel, ns: &str, filters: &[&str]
     out.into_iter().flat_map(|r| r.unwrap().info).map(|i| i.digest).collect()
 }
 
-async fn create_ns(ch: &tonic::transport::Channel, name: &str, l: &[(&str, &str)]) -> Result<CreateNamespaceResponse, tonic::Status> {
+async fn create_ns(
+    ch: &tonic::transport::Channel,
+    name: &str,
+    l: &[(&str, &str)],
+) -> Result<CreateNamespaceResponse, tonic::Status> {
     let req = CreateNamespaceRequest { namespace: Some(Namespace { name: name.into(), labels: labels(l) }) };
     unary(ch, &format!("{NS}/Create"), None, req).await
 }
@@ -119,7 +122,8 @@ async fn namespaces_crud_validation_and_events() {
     let got: GetNamespaceResponse =
         unary(&ch, &format!("{NS}/Get"), None, GetNamespaceRequest { name: "team-a".into() }).await.unwrap();
     assert_eq!(got.namespace.unwrap().labels["owner"], "me");
-    let list: ListNamespacesResponse = unary(&ch, &format!("{NS}/List"), None, ListNamespacesRequest::default()).await.unwrap();
+    let list: ListNamespacesResponse =
+        unary(&ch, &format!("{NS}/List"), None, ListNamespacesRequest::default()).await.unwrap();
     let names: Vec<_> = list.namespaces.iter().map(|n| n.name.as_str()).collect();
     assert!(names.contains(&"team-a") && names.contains(&"team-b"), "{names:?}");
 
@@ -141,9 +145,14 @@ async fn namespaces_crud_validation_and_events() {
     assert_eq!(e.code(), Code::InvalidArgument);
 
     unary::<_, ()>(&ch, &format!("{NS}/Delete"), None, DeleteNamespaceRequest { name: "team-b".into() }).await.unwrap();
-    let e = unary::<_, GetNamespaceResponse>(&ch, &format!("{NS}/Get"), None, GetNamespaceRequest { name: "team-b".into() })
-        .await
-        .unwrap_err();
+    let e = unary::<_, GetNamespaceResponse>(
+        &ch,
+        &format!("{NS}/Get"),
+        None,
+        GetNamespaceRequest { name: "team-b".into() },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     // The subscriber saw create (twice) then delete, with the names.
@@ -171,10 +180,14 @@ async fn a_namespace_with_objects_cannot_be_deleted() {
     let d = daemon();
     let ch = d.channel().await;
     create_ns(&ch, "busy", &[]).await.unwrap();
-    let _: CreateResponse =
-        unary(&ch, &format!("{LEASES}/Create"), Some("busy"), CreateRequest { id: "hold".into(), labels: HashMap::new() })
-            .await
-            .unwrap();
+    let _: CreateResponse = unary(
+        &ch,
+        &format!("{LEASES}/Create"),
+        Some("busy"),
+        CreateRequest { id: "hold".into(), labels: HashMap::new() },
+    )
+    .await
+    .unwrap();
     let dgst = write_blob(&ch, "busy", "r1", b"some bytes", None).await.unwrap();
     let e = unary::<_, ()>(&ch, &format!("{NS}/Delete"), None, DeleteNamespaceRequest { name: "busy".into() })
         .await
@@ -185,7 +198,9 @@ async fn a_namespace_with_objects_cannot_be_deleted() {
     unary::<_, ()>(&ch, &format!("{LEASES}/Delete"), Some("busy"), DeleteRequest { id: "hold".into(), sync: true })
         .await
         .unwrap();
-    unary::<_, ()>(&ch, &format!("{CONTENT}/Delete"), Some("busy"), DeleteContentRequest { digest: dgst }).await.unwrap();
+    unary::<_, ()>(&ch, &format!("{CONTENT}/Delete"), Some("busy"), DeleteContentRequest { digest: dgst })
+        .await
+        .unwrap();
     unary::<_, ()>(&ch, &format!("{NS}/Delete"), None, DeleteNamespaceRequest { name: "busy".into() }).await.unwrap();
 }
 
@@ -246,7 +261,8 @@ async fn content_is_isolated_per_namespace_and_stored_once() {
             ..Default::default()
         },
     ];
-    let out: Vec<WriteContentResponse> = bidi_streaming(&ch, &format!("{CONTENT}/Write"), Some("ns-c"), shared).await.unwrap();
+    let out: Vec<WriteContentResponse> =
+        bidi_streaming(&ch, &format!("{CONTENT}/Write"), Some("ns-c"), shared).await.unwrap();
     assert_eq!(out[0].offset, data.len() as i64, "the stat reports the blob as complete");
     assert_eq!(out[1].digest, dgst);
     assert!(info(&ch, "ns-c", &dgst).await.is_ok());
@@ -291,7 +307,8 @@ async fn content_is_isolated_per_namespace_and_stored_once() {
         data: b"partial".to_vec(),
         ..Default::default()
     }];
-    let _: Vec<WriteContentResponse> = bidi_streaming(&ch, &format!("{CONTENT}/Write"), Some("ns-a"), reqs).await.unwrap();
+    let _: Vec<WriteContentResponse> =
+        bidi_streaming(&ch, &format!("{CONTENT}/Write"), Some("ns-a"), reqs).await.unwrap();
     let sa: ListStatusesResponse =
         unary(&ch, &format!("{CONTENT}/ListStatuses"), Some("ns-a"), ListStatusesRequest::default()).await.unwrap();
     assert_eq!(sa.statuses.iter().map(|s| s.r#ref.as_str()).collect::<Vec<_>>(), ["half"]);
@@ -308,7 +325,10 @@ async fn leases_and_their_resources() {
         &ch,
         &format!("{LEASES}/Create"),
         Some("ls"),
-        CreateRequest { id: "build-1".into(), labels: labels(&[("purpose", "build"), ("containerd.io/gc.expire", "2999-01-01T00:00:00Z")]) },
+        CreateRequest {
+            id: "build-1".into(),
+            labels: labels(&[("purpose", "build"), ("containerd.io/gc.expire", "2999-01-01T00:00:00Z")]),
+        },
     )
     .await
     .unwrap();
@@ -318,9 +338,14 @@ async fn leases_and_their_resources() {
     let random: CreateResponse =
         unary(&ch, &format!("{LEASES}/Create"), Some("ls"), CreateRequest::default()).await.unwrap();
     assert!(!random.lease.unwrap().id.is_empty());
-    let dup = unary::<_, CreateResponse>(&ch, &format!("{LEASES}/Create"), Some("ls"), CreateRequest { id: "build-1".into(), labels: HashMap::new() })
-        .await
-        .unwrap_err();
+    let dup = unary::<_, CreateResponse>(
+        &ch,
+        &format!("{LEASES}/Create"),
+        Some("ls"),
+        CreateRequest { id: "build-1".into(), labels: HashMap::new() },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
     // An expired lease is removed by the expiry sweep.
     let _: CreateResponse = unary(
@@ -335,7 +360,8 @@ async fn leases_and_their_resources() {
     let list = |filters: Vec<String>| {
         let ch = ch.clone();
         async move {
-            let r: ListResponse = unary(&ch, &format!("{LEASES}/List"), Some("ls"), ListRequest { filters }).await.unwrap();
+            let r: ListResponse =
+                unary(&ch, &format!("{LEASES}/List"), Some("ls"), ListRequest { filters }).await.unwrap();
             r.leases.into_iter().map(|l| l.id).collect::<Vec<_>>()
         }
     };
@@ -348,7 +374,8 @@ async fn leases_and_their_resources() {
     }
     assert_eq!(list(vec![]).await.len(), 2);
     // Other namespaces do not see it; a namespace is required.
-    let other: ListResponse = unary(&ch, &format!("{LEASES}/List"), Some("elsewhere"), ListRequest::default()).await.unwrap();
+    let other: ListResponse =
+        unary(&ch, &format!("{LEASES}/List"), Some("elsewhere"), ListRequest::default()).await.unwrap();
     assert!(other.leases.is_empty());
     let e = unary::<_, ListResponse>(&ch, &format!("{LEASES}/List"), None, ListRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -356,28 +383,51 @@ async fn leases_and_their_resources() {
     // Resources: a written blob joins the lease of the writer's header.
     let dgst = write_blob(&ch, "ls", "leased", b"leased bytes", Some("build-1")).await.unwrap();
     let snap = Resource { id: "snap-1".into(), r#type: "snapshots/overlayfs".into() };
-    unary::<_, ()>(&ch, &format!("{LEASES}/AddResource"), Some("ls"), AddResourceRequest { id: "build-1".into(), resource: Some(snap.clone()) })
-        .await
-        .unwrap();
+    unary::<_, ()>(
+        &ch,
+        &format!("{LEASES}/AddResource"),
+        Some("ls"),
+        AddResourceRequest { id: "build-1".into(), resource: Some(snap.clone()) },
+    )
+    .await
+    .unwrap();
     let bad = Resource { id: "x".into(), r#type: "content".into() };
-    let e = unary::<_, ()>(&ch, &format!("{LEASES}/AddResource"), Some("ls"), AddResourceRequest { id: "build-1".into(), resource: Some(bad) })
-        .await
-        .unwrap_err();
+    let e = unary::<_, ()>(
+        &ch,
+        &format!("{LEASES}/AddResource"),
+        Some("ls"),
+        AddResourceRequest { id: "build-1".into(), resource: Some(bad) },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let resources = |id: &'static str| {
         let ch = ch.clone();
         async move {
-            unary::<_, ListResourcesResponse>(&ch, &format!("{LEASES}/ListResources"), Some("ls"), ListResourcesRequest { id: id.into() })
-                .await
-                .map(|r| r.resources.into_iter().map(|r| (r.r#type, r.id)).collect::<Vec<_>>())
+            unary::<_, ListResourcesResponse>(
+                &ch,
+                &format!("{LEASES}/ListResources"),
+                Some("ls"),
+                ListResourcesRequest { id: id.into() },
+            )
+            .await
+            .map(|r| r.resources.into_iter().map(|r| (r.r#type, r.id)).collect::<Vec<_>>())
         }
     };
     let mut got = resources("build-1").await.unwrap();
     got.sort();
-    assert_eq!(got, vec![("content".to_string(), dgst.clone()), ("snapshots/overlayfs".to_string(), "snap-1".to_string())]);
-    unary::<_, ()>(&ch, &format!("{LEASES}/DeleteResource"), Some("ls"), DeleteResourceRequest { id: "build-1".into(), resource: Some(snap) })
-        .await
-        .unwrap();
+    assert_eq!(
+        got,
+        vec![("content".to_string(), dgst.clone()), ("snapshots/overlayfs".to_string(), "snap-1".to_string())]
+    );
+    unary::<_, ()>(
+        &ch,
+        &format!("{LEASES}/DeleteResource"),
+        Some("ls"),
+        DeleteResourceRequest { id: "build-1".into(), resource: Some(snap) },
+    )
+    .await
+    .unwrap();
     assert_eq!(resources("build-1").await.unwrap(), vec![("content".to_string(), dgst.clone())]);
     // A write under a lease that does not exist fails and records nothing.
     let e = write_blob(&ch, "ls", "nolease", b"other bytes", Some("missing")).await.unwrap_err();
@@ -388,9 +438,14 @@ async fn leases_and_their_resources() {
         .await
         .unwrap();
     assert_eq!(resources("build-1").await.unwrap_err().code(), Code::NotFound);
-    let e = unary::<_, ()>(&ch, &format!("{LEASES}/Delete"), Some("ls"), DeleteRequest { id: "build-1".into(), sync: false })
-        .await
-        .unwrap_err();
+    let e = unary::<_, ()>(
+        &ch,
+        &format!("{LEASES}/Delete"),
+        Some("ls"),
+        DeleteRequest { id: "build-1".into(), sync: false },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 }
 
@@ -493,7 +548,8 @@ async fn a_killed_daemon_restarts_consistent() {
     d.restart();
 
     let ch = d.channel().await;
-    let list: ListNamespacesResponse = unary(&ch, &format!("{NS}/List"), None, ListNamespacesRequest::default()).await.unwrap();
+    let list: ListNamespacesResponse =
+        unary(&ch, &format!("{NS}/List"), None, ListNamespacesRequest::default()).await.unwrap();
     assert!(list.namespaces.len() >= 2, "the batch did not get going: {list:?}");
     let mut records = 0;
     for n in &list.namespaces {
@@ -502,7 +558,8 @@ async fn a_killed_daemon_restarts_consistent() {
         for dgst in list_content(&ch, &n.name, &[]).await {
             let i = info(&ch, &n.name, &dgst).await.unwrap().info.unwrap();
             let hex = dgst.strip_prefix("sha256:").unwrap();
-            let meta = std::fs::metadata(blob_dir(&d).join(hex)).unwrap_or_else(|e| panic!("{dgst} recorded in {} but no blob: {e}", n.name));
+            let meta = std::fs::metadata(blob_dir(&d).join(hex))
+                .unwrap_or_else(|e| panic!("{dgst} recorded in {} but no blob: {e}", n.name));
             assert_eq!(meta.len() as i64, i.size, "{dgst} in {}", n.name);
             records += 1;
         }

@@ -60,7 +60,12 @@ fn image(name: &str, digest: &str, media_type: &str, size: i64, l: &[(&str, &str
     Image {
         name: name.into(),
         labels: labels(l),
-        target: Some(Descriptor { media_type: media_type.into(), digest: digest.into(), size, annotations: HashMap::new() }),
+        target: Some(Descriptor {
+            media_type: media_type.into(),
+            digest: digest.into(),
+            size,
+            annotations: HashMap::new(),
+        }),
         created_at: None,
         updated_at: None,
     }
@@ -69,7 +74,8 @@ fn image(name: &str, digest: &str, media_type: &str, size: i64, l: &[(&str, &str
 /// A minimal OCI runtime spec as containerd's clients send it: JSON in an
 /// `Any` of the runtime-spec type URL (what `typeurl` registers).
 fn container(id: &str, image: &str, runtime: &str, l: &[(&str, &str)]) -> Container {
-    let spec = any!(SPEC_URL, br#"{"ociVersion":"1.0.2-dev","process":{"args":["true"],"cwd":"/"},"root":{"path":"rootfs"}}"#);
+    let spec =
+        any!(SPEC_URL, br#"{"ociVersion":"1.0.2-dev","process":{"args":["true"],"cwd":"/"},"root":{"path":"rootfs"}}"#);
     Container {
         id: id.into(),
         labels: labels(l),
@@ -80,16 +86,20 @@ fn container(id: &str, image: &str, runtime: &str, l: &[(&str, &str)]) -> Contai
     }
 }
 
-
 async fn create_image(ch: &Channel, ns: &str, img: Image) -> Result<Image, tonic::Status> {
-    let r: CreateImageResponse =
-        unary(ch, &format!("{IMAGES}/Create"), Some(ns), CreateImageRequest { image: Some(img), source_date_epoch: None })
-            .await?;
+    let r: CreateImageResponse = unary(
+        ch,
+        &format!("{IMAGES}/Create"),
+        Some(ns),
+        CreateImageRequest { image: Some(img), source_date_epoch: None },
+    )
+    .await?;
     Ok(r.image.expect("an image"))
 }
 
 async fn get_image(ch: &Channel, ns: &str, name: &str) -> Result<Image, tonic::Status> {
-    let r: GetImageResponse = unary(ch, &format!("{IMAGES}/Get"), Some(ns), GetImageRequest { name: name.into() }).await?;
+    let r: GetImageResponse =
+        unary(ch, &format!("{IMAGES}/Get"), Some(ns), GetImageRequest { name: name.into() }).await?;
     Ok(r.image.expect("an image"))
 }
 
@@ -109,7 +119,8 @@ async fn update_image(ch: &Channel, ns: &str, img: Image, paths: &[&str]) -> Res
 }
 
 async fn delete_image(ch: &Channel, ns: &str, name: &str) -> Result<(), tonic::Status> {
-    unary(ch, &format!("{IMAGES}/Delete"), Some(ns), DeleteImageRequest { name: name.into(), sync: true, target: None }).await
+    unary(ch, &format!("{IMAGES}/Delete"), Some(ns), DeleteImageRequest { name: name.into(), sync: true, target: None })
+        .await
 }
 
 async fn create_container(ch: &Channel, ns: &str, c: Container) -> Result<Container, tonic::Status> {
@@ -198,9 +209,14 @@ async fn images_crud_filters_masks_and_errors() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // Update by field mask.
-    let u = update_image(&ch, "ns1", image("docker.io/library/a:1", "", "", 0, &[("new", "1")]), &["labels.new", "labels.k"])
-        .await
-        .unwrap();
+    let u = update_image(
+        &ch,
+        "ns1",
+        image("docker.io/library/a:1", "", "", 0, &[("new", "1")]),
+        &["labels.new", "labels.k"],
+    )
+    .await
+    .unwrap();
     assert_eq!(u.labels, labels(&[("new", "1")]));
     assert_eq!(u.target.as_ref().unwrap().digest, D1, "target kept without its path");
     assert_eq!(u.created_at, Some(created));
@@ -210,7 +226,8 @@ async fn images_crud_filters_masks_and_errors() {
     assert_eq!(u.target.as_ref().unwrap().media_type, INDEX);
     assert_eq!(u.labels, labels(&[("new", "1")]), "labels kept without their path");
     assert_eq!(get_image(&ch, "ns1", "docker.io/library/a:1").await.unwrap(), u);
-    let e = update_image(&ch, "ns1", image("docker.io/library/a:1", "bad", INDEX, 7, &[]), &["target"]).await.unwrap_err();
+    let e =
+        update_image(&ch, "ns1", image("docker.io/library/a:1", "bad", INDEX, 7, &[]), &["target"]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = update_image(&ch, "ns1", image("docker.io/library/a:1", D1, INDEX, 7, &[]), &["name"]).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -218,7 +235,8 @@ async fn images_crud_filters_masks_and_errors() {
     let e = update_image(&ch, "ns1", image("ghost", D1, INDEX, 7, &[]), &[]).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // No mask: the whole image is replaced.
-    let u = update_image(&ch, "ns1", image("docker.io/library/a:1", D1, MANIFEST, 9, &[("z", "z")]), &[]).await.unwrap();
+    let u =
+        update_image(&ch, "ns1", image("docker.io/library/a:1", D1, MANIFEST, 9, &[("z", "z")]), &[]).await.unwrap();
     assert_eq!((u.labels, u.target.unwrap().size), (labels(&[("z", "z")]), 9));
 
     // Delete (with containerd 2.x's target, only an image of that digest).
@@ -269,9 +287,14 @@ async fn containers_crud_filters_masks_and_errors() {
 
     assert_eq!(get_container(&ch, "ns1", "c3").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(get_container(&ch, "ns2", "c1").await.unwrap_err().code(), Code::NotFound);
-    let e = unary::<_, GetContainerResponse>(&ch, &format!("{CONTAINERS}/Get"), None, GetContainerRequest { id: "c1".into() })
-        .await
-        .unwrap_err();
+    let e = unary::<_, GetContainerResponse>(
+        &ch,
+        &format!("{CONTAINERS}/Get"),
+        None,
+        GetContainerRequest { id: "c1".into() },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
 
     // Filters: containerd's container adaptor.
@@ -283,10 +306,14 @@ async fn containers_crud_filters_masks_and_errors() {
     assert!(list_containers(&ch, "ns2", &[]).await.unwrap().is_empty());
 
     // ListStream: one container per message.
-    let msgs: Vec<Result<ListContainerMessage, tonic::Status>> =
-        server_streaming(&ch, &format!("{CONTAINERS}/ListStream"), Some("ns1"), ListContainersRequest { filters: vec![] })
-            .await
-            .unwrap();
+    let msgs: Vec<Result<ListContainerMessage, tonic::Status>> = server_streaming(
+        &ch,
+        &format!("{CONTAINERS}/ListStream"),
+        Some("ns1"),
+        ListContainersRequest { filters: vec![] },
+    )
+    .await
+    .unwrap();
     let ids: Vec<String> = msgs.into_iter().map(|m| m.unwrap().container.unwrap().id).collect();
     assert_eq!(ids, ["c1", "c2"]);
     let msgs: Vec<Result<ListContainerMessage, tonic::Status>> = server_streaming(
@@ -328,7 +355,6 @@ async fn containers_crud_filters_masks_and_errors() {
     assert_eq!(delete_container(&ch, "ns1", "c1").await.unwrap_err().code(), Code::NotFound);
     assert_eq!(list_containers(&ch, "ns1", &[]).await.unwrap(), ["c2"]);
 }
-
 
 #[tokio::test]
 async fn a_namespace_with_images_or_containers_cannot_be_deleted() {
@@ -383,7 +409,14 @@ async fn events_reach_a_subscriber() {
     let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(
         topics,
-        ["/images/create", "/images/update", "/images/delete", "/containers/create", "/containers/update", "/containers/delete"]
+        [
+            "/images/create",
+            "/images/update",
+            "/images/delete",
+            "/containers/create",
+            "/containers/update",
+            "/containers/delete"
+        ]
     );
     let urls: Vec<&str> = seen.iter().map(|(_, a)| a.type_url.as_str()).collect();
     assert_eq!(
@@ -404,7 +437,10 @@ async fn events_reach_a_subscriber() {
     assert_eq!(ImageUpdate::decode(v(1)).unwrap().labels, labels(&[("a", "1"), ("b", "2")]));
     assert_eq!(ImageDelete::decode(v(2)).unwrap().name, "img");
     let c = ContainerCreate::decode(v(3)).unwrap();
-    assert_eq!((c.id.as_str(), c.image.as_str(), c.runtime.unwrap().name.as_str()), ("c", "img", "io.containerd.runc.v2"));
+    assert_eq!(
+        (c.id.as_str(), c.image.as_str(), c.runtime.unwrap().name.as_str()),
+        ("c", "img", "io.containerd.runc.v2")
+    );
     let u = ContainerUpdate::decode(v(4)).unwrap();
     assert_eq!((u.id.as_str(), u.image.as_str(), u.labels), ("c", "img2", labels(&[("l", "1")])));
     assert_eq!(ContainerDelete::decode(v(5)).unwrap().id, "c");
@@ -491,7 +527,10 @@ async fn stock_ctr_container_steps(socket: &Path) -> Vec<String> {
     let mut outs = Vec::new();
     let ls = ctr(socket, &["-n", "s", "containers", "ls"]);
     assert!(ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["web", "example.com/tiny:1", "io.containerd.runc.v2"]), "{ls}");
-    assert!(ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["db", "-", "io.containerd.runc.v2"]), "{ls}");
+    assert!(
+        ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["db", "-", "io.containerd.runc.v2"]),
+        "{ls}"
+    );
     outs.push(ls);
     outs.push(ctr(socket, &["-n", "s", "containers", "ls", "labels.app==web"]));
     let info = ctr(socket, &["-n", "s", "containers", "info", "web"]);

@@ -153,9 +153,7 @@ async fn out_of_tree_plugin_loads_lists_and_serves() {
 
 #[tokio::test]
 async fn out_of_tree_plugin_reads_its_config_table() {
-    let d = setup_with_hello()
-        .extra("[plugins.\"io.example.hello.v1.hello\"]\ngreeting = \"Howdy\"")
-        .start();
+    let d = setup_with_hello().extra("[plugins.\"io.example.hello.v1.hello\"]\ngreeting = \"Howdy\"").start();
     let ch = d.channel().await;
     let r: HelloReply = unary(&ch, SAY_HELLO, Some("third-party"), say_hello("partner")).await.unwrap();
     assert_eq!(r.message, "Howdy, partner! (namespace third-party)", "{}", d.log());

@@ -47,14 +47,10 @@ async fn server_client_and_bidi_streams_work() {
     let texts: Vec<String> = items.into_iter().map(|r| r.unwrap().text).collect();
     assert_eq!(texts, ["r#0", "r#1", "r#2", "r#3", "r#4"]);
 
-    let all: EchoResponse = common::client_streaming(
-        &ch,
-        &echo_method("Concat"),
-        Some("ns2"),
-        vec![req("a", 0), req("b", 0), req("c", 0)],
-    )
-    .await
-    .unwrap();
+    let all: EchoResponse =
+        common::client_streaming(&ch, &echo_method("Concat"), Some("ns2"), vec![req("a", 0), req("b", 0), req("c", 0)])
+            .await
+            .unwrap();
     assert_eq!(all.text, "abc");
     assert_eq!(all.namespace, "ns2");
 
@@ -62,9 +58,8 @@ async fn server_client_and_bidi_streams_work() {
         common::bidi_streaming(&ch, &echo_method("Chat"), None, vec![req("hi", 0), req("there", 0)]).await.unwrap();
     assert_eq!(chat.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["HI", "THERE"]);
 
-    let none: Vec<EchoResponse> = common::bidi_streaming(&ch, &echo_method("Chat"), None, Vec::<EchoRequest>::new())
-        .await
-        .unwrap();
+    let none: Vec<EchoResponse> =
+        common::bidi_streaming(&ch, &echo_method("Chat"), None, Vec::<EchoRequest>::new()).await.unwrap();
     assert!(none.is_empty());
 }
 
@@ -123,7 +118,8 @@ async fn a_panicking_plugin_call_is_internal_and_the_daemon_survives() {
 async fn plugins_call_their_dependencies_in_process() {
     let d = Setup::new(&["echo"]).start();
     let ch = d.channel().await;
-    let r: EchoResponse = unary(&ch, &format!("/{RELAY_SERVICE}/Relay"), Some("ns-r"), req("via relay", 0)).await.unwrap();
+    let r: EchoResponse =
+        unary(&ch, &format!("/{RELAY_SERVICE}/Relay"), Some("ns-r"), req("via relay", 0)).await.unwrap();
     assert_eq!(r.text, "relayed: via relay");
     assert_eq!(r.namespace, "ns-r", "the namespace travels with in-process calls");
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use containerd_client::services::v1::{
-    DeleteContentRequest, Info, InfoRequest, ListContentRequest, ListStatusesRequest,
-    ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
+    DeleteContentRequest, Info, InfoRequest, ListContentRequest, ListStatusesRequest, ReadContentRequest,
+    UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -47,13 +47,7 @@ pub enum ContentCommand {
 #[derive(Debug, Args)]
 pub struct ActiveArgs {
     /// Total timeout for fetch (accepted, unused, as in stock ctr)
-    #[arg(
-        short = 't',
-        long,
-        env = "CONTAINERD_FETCH_TIMEOUT",
-        default_value = "0s",
-        value_name = "DURATION"
-    )]
+    #[arg(short = 't', long, env = "CONTAINERD_FETCH_TIMEOUT", default_value = "0s", value_name = "DURATION")]
     pub timeout: GoDuration,
 
     /// Path to content store root (accepted, unused, as in stock ctr)
@@ -140,11 +134,8 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     // Go opens the stream without waiting for the server; a refused listing
     // (a bad filter) shows up at the first receive, after the header.
-    let mut stream = client
-        .call(client.content().list(client.request(ListContentRequest {
-            filters: args.filters,
-        })))
-        .await;
+    let mut stream =
+        client.call(client.content().list(client.request(ListContentRequest { filters: args.filters }))).await;
 
     let stdout = io::stdout().lock();
     if args.quiet {
@@ -190,26 +181,14 @@ async fn active(global: &GlobalArgs, args: ActiveArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     let filter = args.filters.into_iter().next().unwrap_or_default();
     let resp = client
-        .call(
-            client
-                .content()
-                .list_statuses(client.request(ListStatusesRequest {
-                    filters: vec![filter],
-                })),
-        )
+        .call(client.content().list_statuses(client.request(ListStatusesRequest { filters: vec![filter] })))
         .await
         .map_err(|s| errdefs::from_grpc(&s))?;
     let mut tw = TabWriter::new(io::stdout().lock(), 1, 8, 1, '\t');
     writeln!(tw, "REF\tSIZE\tAGE\t")?;
     for st in &resp.statuses {
         let started = proto_time(st.started_at.as_ref().map(|t| (t.seconds, t.nanos)));
-        writeln!(
-            tw,
-            "{}\t{}\t{}\t",
-            st.r#ref,
-            human_size(st.offset as f64),
-            human_duration(started.elapsed_nanos())
-        )?;
+        writeln!(tw, "{}\t{}\t{}\t", st.r#ref, human_size(st.offset as f64), human_duration(started.elapsed_nanos()))?;
     }
     tw.flush()?;
     Ok(())
@@ -219,9 +198,7 @@ async fn get(global: &GlobalArgs, args: DigestsArgs) -> anyhow::Result<()> {
     let dgst = digest::parse(args.digests.first().map_or("", String::as_str))?;
     let client = global.client().await?;
     let info = client
-        .call(client.content().info(client.request(InfoRequest {
-            digest: dgst.clone(),
-        })))
+        .call(client.content().info(client.request(InfoRequest { digest: dgst.clone() })))
         .await
         .map_err(|s| errdefs::from_grpc(&s))?
         .info
@@ -232,11 +209,7 @@ async fn get(global: &GlobalArgs, args: DigestsArgs) -> anyhow::Result<()> {
     }
     // The reader returns the raw gRPC errors.
     let mut stream = client
-        .call(client.content().read(client.request(ReadContentRequest {
-            digest: dgst,
-            offset: 0,
-            size,
-        })))
+        .call(client.content().read(client.request(ReadContentRequest { digest: dgst, offset: 0, size })))
         .await
         .map_err(|s| errdefs::raw(&s))?;
     let mut out = io::stdout().lock();
@@ -269,15 +242,8 @@ async fn delete(global: &GlobalArgs, args: DigestsArgs) -> anyhow::Result<()> {
             exit_err.get_or_insert_with(|| anyhow::anyhow!(e));
             continue;
         }
-        let res = client
-            .call(
-                client
-                    .content()
-                    .delete(client.request(DeleteContentRequest {
-                        digest: arg.clone(),
-                    })),
-            )
-            .await;
+        let res =
+            client.call(client.content().delete(client.request(DeleteContentRequest { digest: arg.clone() }))).await;
         match res {
             Ok(_) => {
                 writeln!(out, "{arg}")?;
@@ -306,11 +272,7 @@ async fn label(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
     let info = if labels.is_empty() {
         // Nothing to update: show the current labels.
         client
-            .call(
-                client
-                    .content()
-                    .info(client.request(InfoRequest { digest: dgst })),
-            )
+            .call(client.content().info(client.request(InfoRequest { digest: dgst })))
             .await
             .map_err(|s| errdefs::from_grpc(&s))?
             .info
@@ -327,18 +289,10 @@ async fn label(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
         let mut mask = req.update_mask.take().unwrap_or_default();
         mask.paths = paths;
         req.update_mask = Some(mask);
-        client
-            .call(client.content().update(client.request(req)))
-            .await
-            .map_err(|s| errdefs::from_grpc(&s))?
-            .info
+        client.call(client.content().update(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?.info
     };
     let mut out = io::stdout().lock();
-    writeln!(
-        out,
-        "{}",
-        info.as_ref().map(info_labels).unwrap_or_default()
-    )?;
+    writeln!(out, "{}", info.as_ref().map(info_labels).unwrap_or_default())?;
     out.flush()?;
     Ok(())
 }
@@ -400,20 +354,10 @@ impl<'c> RemoteWriter<'c> {
         // sends its headers) only once it has read it.
         tx.send(first).await.map_err(|_| WriteError::Eof)?;
         let rx = client
-            .call(
-                client
-                    .content()
-                    .write(client.request(ReceiverStream::new(rx))),
-            )
+            .call(client.content().write(client.request(ReceiverStream::new(rx))))
             .await
             .map_err(WriteError::Status)?;
-        let mut w = RemoteWriter {
-            client,
-            tx: Some(tx),
-            rx,
-            offset: 0,
-            digest: String::new(),
-        };
+        let mut w = RemoteWriter { client, tx: Some(tx), rx, offset: 0, digest: String::new() };
         let resp = w.recv().await?;
         w.offset = resp.offset;
         Ok(w)
@@ -448,12 +392,7 @@ impl<'c> RemoteWriter<'c> {
     }
 
     async fn status(&mut self) -> Result<i64, WriteError> {
-        let resp = self
-            .send(WriteContentRequest {
-                action: WriteAction::Stat as i32,
-                ..Default::default()
-            })
-            .await?;
+        let resp = self.send(WriteContentRequest { action: WriteAction::Stat as i32, ..Default::default() }).await?;
         Ok(resp.offset)
     }
 
@@ -490,22 +429,13 @@ impl<'c> RemoteWriter<'c> {
             .await;
         self.close();
         let resp = res.map_err(|e| {
-            (
-                e.code() == Some(Code::AlreadyExists),
-                anyhow::anyhow!("commit failed: {}", e.converted()),
-            )
+            (e.code() == Some(Code::AlreadyExists), anyhow::anyhow!("commit failed: {}", e.converted()))
         })?;
         if size != 0 && resp.offset != size {
-            return Err((
-                false,
-                anyhow::anyhow!("unexpected size: {} != {}", resp.offset, size),
-            ));
+            return Err((false, anyhow::anyhow!("unexpected size: {} != {}", resp.offset, size)));
         }
         if !expected.is_empty() && resp.digest != expected {
-            return Err((
-                false,
-                anyhow::anyhow!("unexpected digest: {} != {}", resp.digest, expected),
-            ));
+            return Err((false, anyhow::anyhow!("unexpected digest: {} != {}", resp.digest, expected)));
         }
         self.digest = resp.digest;
         self.offset = resp.offset;
@@ -544,11 +474,7 @@ async fn read_chunk(mut input: Input, mut buf: Vec<u8>) -> (Input, Vec<u8>, io::
     .await
     {
         Ok(r) => r,
-        Err(e) => (
-            Box::new(io::empty()),
-            Vec::new(),
-            Err(io::Error::other(e.to_string())),
-        ),
+        Err(e) => (Box::new(io::empty()), Vec::new(), Err(io::Error::other(e.to_string()))),
     }
 }
 
@@ -571,29 +497,19 @@ fn stdin_at(offset: i64) -> Result<Input, String> {
         return Ok(Box::new(io::stdin()));
     }
     use std::io::Seek;
-    let mut f = std::fs::File::open("/dev/stdin").map_err(|e| {
-        format!(
-            "failed to seek to offset {offset}: {}",
-            stdin_error("seek", &e)
-        )
-    })?;
+    let mut f = std::fs::File::open("/dev/stdin")
+        .map_err(|e| format!("failed to seek to offset {offset}: {}", stdin_error("seek", &e)))?;
     match f.seek(io::SeekFrom::Start(offset as u64)) {
         Ok(n) if n == offset as u64 => Ok(Box::new(f)),
-        Ok(_) => Err(format!(
-            "failed to seek to offset {offset}: unexpected seek location without seek error"
-        )),
-        Err(e) => Err(format!(
-            "failed to seek to offset {offset}: {}",
-            stdin_error("seek", &e)
-        )),
+        Ok(_) => Err(format!("failed to seek to offset {offset}: unexpected seek location without seek error")),
+        Err(e) => Err(format!("failed to seek to offset {offset}: {}", stdin_error("seek", &e))),
     }
 }
 
 /// A small random delay bound for lock retries (no RNG crate needed).
 fn jitter_ms(bound: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
     if bound == 0 {
         0
     } else {
@@ -637,14 +553,11 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> anyhow::Result<()> {
     };
 
     // content.Copy
-    let ws_offset = w.status().await.map_err(|e| {
-        anyhow::anyhow!(
-            "failed to get status: error getting writer status: {}",
-            e.converted()
-        )
-    })?;
-    let mut input = stdin_at(ws_offset)
-        .map_err(|e| anyhow::anyhow!("unable to resume write to {reference}: {e}"))?;
+    let ws_offset = w
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to get status: error getting writer status: {}", e.converted()))?;
+    let mut input = stdin_at(ws_offset).map_err(|e| anyhow::anyhow!("unable to resume write to {reference}: {e}"))?;
     let mut buf = vec![0u8; CHUNK];
     let mut copied: i64 = 0;
     loop {
@@ -652,10 +565,7 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> anyhow::Result<()> {
         (input, buf) = (i, b);
         let n = res.map_err(|e| anyhow::anyhow!("failed to copy: {}", stdin_error("read", &e)))?;
         if n > 0 {
-            let m = w
-                .write(&buf[..n])
-                .await
-                .map_err(|e| anyhow::anyhow!("failed to copy: {e}"))?;
+            let m = w.write(&buf[..n]).await.map_err(|e| anyhow::anyhow!("failed to copy: {e}"))?;
             copied += m as i64;
         }
         if n < buf.len() {
@@ -681,21 +591,13 @@ mod tests {
     #[test]
     fn list_rows() {
         let now = Timestamp::now();
-        let mut info = Info {
-            digest: "sha256:abc".into(),
-            size: 1536,
-            ..Default::default()
-        };
+        let mut info = Info { digest: "sha256:abc".into(), size: 1536, ..Default::default() };
         let mut ts = info.created_at.take().unwrap_or_default();
         ts.seconds = now.secs - 3;
         ts.nanos = now.nanos as i32;
         info.created_at = Some(ts);
         assert_eq!(list_row(&info), "sha256:abc\t1.536kB\t3 seconds\t-\n");
-        info.labels = [
-            ("b".to_string(), "2".to_string()),
-            ("a".to_string(), "1".to_string()),
-        ]
-        .into();
+        info.labels = [("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())].into();
         assert_eq!(list_row(&info), "sha256:abc\t1.536kB\t3 seconds\ta=1,b=2\n");
     }
 

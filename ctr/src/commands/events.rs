@@ -23,9 +23,7 @@ pub async fn run(global: &GlobalArgs, args: EventsArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     // The events client returns the subscription's errors unconverted.
     let mut stream = client
-        .call(client.events().subscribe(client.request(SubscribeRequest {
-            filters: args.filters,
-        })))
+        .call(client.events().subscribe(client.request(SubscribeRequest { filters: args.filters })))
         .await
         .map_err(|s| errdefs::raw(&s))?;
     let mut out = io::stdout().lock();
@@ -47,14 +45,7 @@ pub async fn run(global: &GlobalArgs, args: EventsArgs) -> anyhow::Result<()> {
             None => String::new(),
         };
         let ts = proto_time(envelope.timestamp.as_ref().map(|t| (t.seconds, t.nanos)));
-        writeln!(
-            out,
-            "{} {} {} {}",
-            go_string_utc(ts),
-            envelope.namespace,
-            envelope.topic,
-            json
-        )?;
+        writeln!(out, "{} {} {} {}", go_string_utc(ts), envelope.namespace, envelope.topic, json)?;
         out.flush()?;
     }
 }

@@ -75,9 +75,7 @@ pub async fn run(global: &GlobalArgs, command: LeasesCommand) -> anyhow::Result<
 async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     let resp = client
-        .call(client.leases().list(client.request(ListRequest {
-            filters: args.filters,
-        })))
+        .call(client.leases().list(client.request(ListRequest { filters: args.filters })))
         .await
         .map_err(|s| anyhow::anyhow!("failed to list leases: {}", errdefs::from_grpc(&s)))?;
 
@@ -93,11 +91,7 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let mut tw = TabWriter::new(stdout, 1, 8, 1, ' ');
     writeln!(tw, "ID\tCREATED AT\tLABELS\t")?;
     for l in &resp.leases {
-        let labels = if l.labels.is_empty() {
-            "-".to_string()
-        } else {
-            format_labels(&l.labels)
-        };
+        let labels = if l.labels.is_empty() { "-".to_string() } else { format_labels(&l.labels) };
         let created = proto_time(l.created_at.as_ref().map(|t| (t.seconds, t.nanos)));
         writeln!(tw, "{}\t{}\t{}\t", l.id, rfc3339_local(created), labels)?;
     }
@@ -108,11 +102,7 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
 /// The labels `leases create` sends: `k=v` arguments (a bare `k` is an
 /// empty value, unlike elsewhere in ctr) plus the expiry label when the
 /// expiration is positive.
-pub fn create_labels(
-    args: &[String],
-    expires: GoDuration,
-    now: Timestamp,
-) -> HashMap<String, String> {
+pub fn create_labels(args: &[String], expires: GoDuration, now: Timestamp) -> HashMap<String, String> {
     let mut labels: HashMap<String, String> = args
         .iter()
         .map(|a| match a.split_once('=') {
@@ -122,10 +112,7 @@ pub fn create_labels(
         .collect();
     if expires.0 > 0 {
         // Go's `time.Now().Add(d).Format(time.RFC3339)`, in local time.
-        labels.insert(
-            EXPIRE_LABEL.to_string(),
-            rfc3339_local(now.add_nanos(expires.0)),
-        );
+        labels.insert(EXPIRE_LABEL.to_string(), rfc3339_local(now.add_nanos(expires.0)));
     }
     labels
 }
@@ -134,10 +121,7 @@ async fn create(global: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     let labels = create_labels(&args.labels, args.expires, Timestamp::now());
     let resp = client
-        .call(client.leases().create(client.request(CreateRequest {
-            id: args.id,
-            labels,
-        })))
+        .call(client.leases().create(client.request(CreateRequest { id: args.id, labels })))
         .await
         .map_err(|s| errdefs::from_grpc(&s))?;
     let id = resp.lease.map(|l| l.id).unwrap_or_default();
@@ -173,14 +157,8 @@ async fn delete(global: &GlobalArgs, args: DeleteArgs) -> anyhow::Result<()> {
     let last = args.ids.len() - 1;
     for (i, id) in args.ids.iter().enumerate() {
         // Like stock ctr, only the last deletion waits for the collection.
-        let req = DeleteRequest {
-            id: id.clone(),
-            sync: args.sync && i == last,
-        };
-        client
-            .call(client.leases().delete(client.request(req)))
-            .await
-            .map_err(|s| errdefs::from_grpc(&s))?;
+        let req = DeleteRequest { id: id.clone(), sync: args.sync && i == last };
+        client.call(client.leases().delete(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
         writeln!(out, "{id}")?;
         out.flush()?;
     }
@@ -193,14 +171,8 @@ mod tests {
 
     #[test]
     fn create_labels_like_stock() {
-        let now = Timestamp {
-            secs: 1_795_812_462,
-            nanos: 0,
-        };
-        let args: Vec<String> = ["a=b", "c", "d=e=f"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let now = Timestamp { secs: 1_795_812_462, nanos: 0 };
+        let args: Vec<String> = ["a=b", "c", "d=e=f"].iter().map(|s| s.to_string()).collect();
         std::env::set_var("TZ", "UTC");
         let l = create_labels(&args, "24h".parse().unwrap(), now);
         assert_eq!(l["a"], "b");

@@ -42,12 +42,7 @@ pub struct GlobalArgs {
     pub debug: bool,
 
     /// Address for containerd's GRPC server
-    #[arg(
-        short = 'a',
-        long,
-        env = "CONTAINERD_ADDRESS",
-        default_value = "/run/containerd/containerd.sock"
-    )]
+    #[arg(short = 'a', long, env = "CONTAINERD_ADDRESS", default_value = "/run/containerd/containerd.sock")]
     pub address: String,
 
     /// Total timeout for ctr commands
@@ -59,12 +54,7 @@ pub struct GlobalArgs {
     pub connect_timeout: GoDuration,
 
     /// Namespace to use with commands
-    #[arg(
-        short = 'n',
-        long,
-        env = "CONTAINERD_NAMESPACE",
-        default_value = "default"
-    )]
+    #[arg(short = 'n', long, env = "CONTAINERD_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
     /// Print the version
@@ -116,11 +106,7 @@ pub enum Command {
         command: namespaces::NamespacesCommand,
     },
     /// Provides information about containerd plugins
-    #[command(
-        visible_alias = "plugin",
-        subcommand_required = true,
-        arg_required_else_help = true
-    )]
+    #[command(visible_alias = "plugin", subcommand_required = true, arg_required_else_help = true)]
     Plugins {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
@@ -131,9 +117,7 @@ pub enum Command {
 
 /// Run the parsed command line on a fresh single-threaded runtime.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Content { command } => content::run(&cli.global, command).await,
@@ -182,10 +166,7 @@ pub fn format_labels(labels: &HashMap<String, String>) -> String {
 pub fn proto_time(ts: Option<(i64, i32)>) -> crate::gotime::Timestamp {
     match ts {
         Some((s, n)) => crate::gotime::Timestamp::from_proto(s, n),
-        None => crate::gotime::Timestamp {
-            secs: crate::gotime::GO_ZERO_TIME_SECS,
-            nanos: 0,
-        },
+        None => crate::gotime::Timestamp { secs: crate::gotime::GO_ZERO_TIME_SECS, nanos: 0 },
     }
 }
 
@@ -199,26 +180,20 @@ mod tests {
 
     #[test]
     fn label_args_like_ctr() {
-        let (obj, labels) =
-            object_with_label_args(&strings(&["foo", "a=b", "c", "d=", "e=x=y", "a=z"]));
+        let (obj, labels) = object_with_label_args(&strings(&["foo", "a=b", "c", "d=", "e=x=y", "a=z"]));
         assert_eq!(obj, "foo");
         let want: BTreeMap<String, String> = [("a", "z"), ("c", "true"), ("d", ""), ("e", "x=y")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(labels, want);
-        assert_eq!(
-            object_with_label_args(&[]),
-            (String::new(), BTreeMap::new())
-        );
+        assert_eq!(object_with_label_args(&[]), (String::new(), BTreeMap::new()));
     }
 
     #[test]
     fn labels_are_sorted_and_joined() {
-        let m: HashMap<String, String> = [("x", "y"), ("c", "true"), ("a.b", "1")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let m: HashMap<String, String> =
+            [("x", "y"), ("c", "true"), ("a.b", "1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(format_labels(&m), "a.b=1,c=true,x=y");
         assert_eq!(format_labels(&HashMap::new()), "");
     }

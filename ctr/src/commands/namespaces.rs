@@ -4,8 +4,8 @@ use std::io::{self, Write};
 
 use clap::{Args, Subcommand};
 use containerd_client::services::v1::{
-    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest,
-    Namespace, UpdateNamespaceRequest,
+    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, Namespace,
+    UpdateNamespaceRequest,
 };
 use tonic::Code;
 
@@ -69,16 +69,9 @@ async fn create(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
         anyhow::bail!("please specify a namespace");
     }
     let client = global.client().await?;
-    let req = client.request(CreateNamespaceRequest {
-        namespace: Some(Namespace {
-            name,
-            labels: labels.into_iter().collect(),
-        }),
-    });
-    client
-        .call(client.namespaces().create(req))
-        .await
-        .map_err(|s| errdefs::from_grpc(&s))?;
+    let req = client
+        .request(CreateNamespaceRequest { namespace: Some(Namespace { name, labels: labels.into_iter().collect() }) });
+    client.call(client.namespaces().create(req)).await.map_err(|s| errdefs::from_grpc(&s))?;
     Ok(())
 }
 
@@ -92,19 +85,13 @@ async fn label(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
     // clears the label.
     for (k, v) in labels {
         let mut req = UpdateNamespaceRequest {
-            namespace: Some(Namespace {
-                name: name.clone(),
-                labels: [(k.clone(), v)].into(),
-            }),
+            namespace: Some(Namespace { name: name.clone(), labels: [(k.clone(), v)].into() }),
             ..Default::default()
         };
         let mut mask = req.update_mask.take().unwrap_or_default();
         mask.paths = vec![format!("labels.{k}")];
         req.update_mask = Some(mask);
-        client
-            .call(client.namespaces().update(client.request(req)))
-            .await
-            .map_err(|s| errdefs::from_grpc(&s))?;
+        client.call(client.namespaces().update(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
     }
     Ok(())
 }
@@ -112,11 +99,7 @@ async fn label(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
 async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     let resp = client
-        .call(
-            client
-                .namespaces()
-                .list(client.request(ListNamespacesRequest::default())),
-        )
+        .call(client.namespaces().list(client.request(ListNamespacesRequest::default())))
         .await
         .map_err(|s| errdefs::from_grpc(&s))?;
     let names: Vec<String> = resp.namespaces.into_iter().map(|n| n.name).collect();
@@ -136,11 +119,7 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     for name in names {
         // Labels are fetched one namespace at a time, as stock ctr does.
         let resp = client
-            .call(
-                client
-                    .namespaces()
-                    .get(client.request(GetNamespaceRequest { name: name.clone() })),
-            )
+            .call(client.namespaces().get(client.request(GetNamespaceRequest { name: name.clone() })))
             .await
             .map_err(|s| errdefs::from_grpc(&s))?;
         let labels = resp.namespace.map(|n| n.labels).unwrap_or_default();
@@ -160,13 +139,7 @@ async fn remove(global: &GlobalArgs, args: RemoveArgs) -> anyhow::Result<()> {
                 delete_cgroup(target)?;
             }
             client
-                .call(
-                    client
-                        .namespaces()
-                        .delete(client.request(DeleteNamespaceRequest {
-                            name: target.clone(),
-                        })),
-                )
+                .call(client.namespaces().delete(client.request(DeleteNamespaceRequest { name: target.clone() })))
                 .await
                 .map_err(|s| (s.code() == Code::NotFound, errdefs::from_grpc(&s)))
                 .map(|_| ())
@@ -210,12 +183,7 @@ fn delete_cgroup(name: &str) -> Result<(), (bool, anyhow::Error)> {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) if e.raw_os_error() == Some(20) => {} // ENOTDIR: not a hierarchy
-            Err(e) => {
-                return Err((
-                    false,
-                    anyhow::anyhow!("rmdir {}: {}", d.display(), go_err_text(&e)),
-                ))
-            }
+            Err(e) => return Err((false, anyhow::anyhow!("rmdir {}: {}", d.display(), go_err_text(&e)))),
         }
     }
     Ok(())

@@ -44,13 +44,8 @@ pub async fn run(global: &GlobalArgs, command: PluginsCommand) -> anyhow::Result
 
 async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
-    let req = client.request(PluginsRequest {
-        filters: args.filters,
-    });
-    let resp = client
-        .call(client.introspection().plugins(req))
-        .await
-        .map_err(|s| errdefs::from_grpc(&s))?;
+    let req = client.request(PluginsRequest { filters: args.filters });
+    let resp = client.call(client.introspection().plugins(req)).await.map_err(|s| errdefs::from_grpc(&s))?;
 
     let stdout = io::stdout().lock();
     if args.quiet {
@@ -83,11 +78,7 @@ fn status(p: &Plugin) -> &'static str {
 fn write_table(w: &mut impl Write, plugins: &[Plugin]) -> io::Result<()> {
     writeln!(w, "TYPE\tID\tPLATFORMS\tSTATUS\t")?;
     for p in plugins {
-        let platforms = if p.platforms.is_empty() {
-            "-".to_string()
-        } else {
-            platforms::pretty(&p.platforms)
-        };
+        let platforms = if p.platforms.is_empty() { "-".to_string() } else { platforms::pretty(&p.platforms) };
         writeln!(w, "{}\t{}\t{}\t{}\t", p.r#type, p.id, platforms, status(p))?;
     }
     Ok(())
@@ -139,10 +130,7 @@ mod tests {
     use containerd_client::google::rpc::Status;
     use containerd_client::types::Platform;
 
-    fn render(
-        f: fn(&mut TabWriter<Vec<u8>>, &[Plugin]) -> io::Result<()>,
-        ps: &[Plugin],
-    ) -> String {
+    fn render(f: fn(&mut TabWriter<Vec<u8>>, &[Plugin]) -> io::Result<()>, ps: &[Plugin]) -> String {
         let mut w = TabWriter::new(Vec::new(), 4, 8, 4, ' ');
         f(&mut w, ps).unwrap();
         w.flush().unwrap();
@@ -161,27 +149,15 @@ mod tests {
                 r#type: "io.containerd.snapshotter.v1".into(),
                 id: "btrfs".into(),
                 requires: vec!["io.containerd.content.v1".into()],
-                platforms: vec![Platform {
-                    os: "linux".into(),
-                    architecture: "amd64".into(),
-                    ..Default::default()
-                }],
-                init_err: Some(Status {
-                    code: 2,
-                    message: "no btrfs: skip plugin".into(),
-                    details: vec![],
-                }),
+                platforms: vec![Platform { os: "linux".into(), architecture: "amd64".into(), ..Default::default() }],
+                init_err: Some(Status { code: 2, message: "no btrfs: skip plugin".into(), details: vec![] }),
                 ..Default::default()
             },
             Plugin {
                 r#type: "io.containerd.grpc.v1".into(),
                 id: "x".into(),
                 capabilities: vec!["a".into(), "b".into()],
-                init_err: Some(Status {
-                    code: 9,
-                    message: "broken".into(),
-                    details: vec![],
-                }),
+                init_err: Some(Status { code: 9, message: "broken".into(), details: vec![] }),
                 ..Default::default()
             },
         ]
@@ -194,12 +170,7 @@ mod tests {
         let row = |a: &str, b: &str, c: &str, d: &str| format!("{a:<32}{b:<11}{c:<15}{d:<10}\n");
         let want = row("TYPE", "ID", "PLATFORMS", "STATUS")
             + &row("io.containerd.content.v1", "content", "-", "ok")
-            + &row(
-                "io.containerd.snapshotter.v1",
-                "btrfs",
-                "linux/amd64",
-                "skip",
-            )
+            + &row("io.containerd.snapshotter.v1", "btrfs", "linux/amd64", "skip")
             + &row("io.containerd.grpc.v1", "x", "-", "error");
         assert_eq!(got, want);
     }

@@ -24,19 +24,14 @@ pub async fn run(global: &GlobalArgs) -> anyhow::Result<()> {
     let client = global.client().await?;
     // containerd's Client.Version returns the raw gRPC error, Client.Server
     // goes through errdefs.FromGRPC.
-    let v = client
-        .call(client.version().version(client.request(())))
-        .await
-        .map_err(|s| errdefs::raw(&s))?;
+    let v = client.call(client.version().version(client.request(()))).await.map_err(|s| errdefs::raw(&s))?;
     writeln!(out, "Server:")?;
     writeln!(out, "  Version:  {}", v.version)?;
     writeln!(out, "  Revision: {}", v.revision)?;
     out.flush()?;
 
-    let server = client
-        .call(client.introspection().server(client.request(())))
-        .await
-        .map_err(|s| errdefs::from_grpc(&s))?;
+    let server =
+        client.call(client.introspection().server(client.request(()))).await.map_err(|s| errdefs::from_grpc(&s))?;
     writeln!(out, "  UUID: {}", server.uuid)?;
     out.flush()?;
 

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
 use redb::ReadableTable;
 
-use crate::db::{decode, encode, ensure_namespace, now_nanos, scan_ns, AnyRecord, ContainerRecord, Db, DbError, Labels, CONTAINERS};
+use crate::db::{
+    decode, encode, ensure_namespace, now_nanos, scan_ns, AnyRecord, ContainerRecord, Db, DbError, Labels, CONTAINERS,
+};
 use crate::namespaces::{apply_label_paths, validate_identifier, validate_labels};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +95,9 @@ impl Fields for Container {
             (Some("id"), _) => self.id.as_str(),
             (Some("image"), _) => self.image.as_str(),
             (Some("runtime"), Some("name")) => self.runtime.name.as_str(),
-            (Some("labels"), _) => return labels_field(path, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            (Some("labels"), _) => {
+                return labels_field(path, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }
             _ => return None,
         };
         (!v.is_empty()).then_some(Cow::Borrowed(v))
@@ -228,16 +232,22 @@ impl ContainerStore {
                     "image" => updated.image = c.image.clone(),
                     "snapshotkey" => updated.snapshot_key = c.snapshot_key.clone(),
                     _ => {
-                        return Err(ContainerError::InvalidArgument(format!("cannot update {p:?} field on {:?}", c.id)));
+                        return Err(ContainerError::InvalidArgument(format!(
+                            "cannot update {p:?} field on {:?}",
+                            c.id
+                        )));
                     }
                 }
             }
-            let label_paths: Vec<String> = paths.iter().filter(|p| *p == "labels" || p.starts_with("labels.")).cloned().collect();
+            let label_paths: Vec<String> =
+                paths.iter().filter(|p| *p == "labels" || p.starts_with("labels.")).cloned().collect();
             if !label_paths.is_empty() {
                 apply_label_paths(&mut updated.labels, &c.labels, &label_paths);
             }
             validate(&updated).map_err(|e| match e {
-                ContainerError::InvalidArgument(m) => ContainerError::InvalidArgument(format!("update failed validation: {m}")),
+                ContainerError::InvalidArgument(m) => {
+                    ContainerError::InvalidArgument(format!("update failed validation: {m}"))
+                }
                 e => e,
             })?;
             updated.created_at = created_at;
@@ -359,7 +369,9 @@ mod tests {
         let mut req = container("c", "img:2", "other-runtime", &[("c", "3")]);
         req.extensions.insert("e2".into(), any("e", b"2"));
         req.spec = Some(any("spec2", b"{}"));
-        let u = s.update("ns", req.clone(), &["labels.c".into(), "labels.a".into(), "extensions.e2".into(), "image".into()]).unwrap();
+        let u = s
+            .update("ns", req.clone(), &["labels.c".into(), "labels.a".into(), "extensions.e2".into(), "image".into()])
+            .unwrap();
         assert_eq!(u.labels, labels(&[("b", "2"), ("c", "3")]));
         assert_eq!(u.image, "img:2");
         assert_eq!(u.extensions.keys().collect::<Vec<_>>(), ["e1", "e2"]);

@@ -9,7 +9,9 @@ use std::borrow::Cow;
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
 use redb::ReadableTable;
 
-use crate::db::{decode, encode, ensure_namespace, now_nanos, scan_ns, ContentRecord, Db, DbError, Labels, BLOB_REFS, CONTENT};
+use crate::db::{
+    decode, encode, ensure_namespace, now_nanos, scan_ns, ContentRecord, Db, DbError, Labels, BLOB_REFS, CONTENT,
+};
 use crate::leases::{add_resource_in, validate_digest, LeaseError, Resource};
 use crate::namespaces::{apply_label_paths, validate_labels};
 
@@ -114,7 +116,8 @@ impl ContentStore {
         self.db.write(|txn| {
             let mut t = txn.open_table(CONTENT).map_err(DbError::from)?;
             let mut rec: ContentRecord = {
-                let v = t.get((ns, digest)).map_err(DbError::from)?.ok_or_else(|| ContentError::NotFound(digest.into()))?;
+                let v =
+                    t.get((ns, digest)).map_err(DbError::from)?.ok_or_else(|| ContentError::NotFound(digest.into()))?;
                 decode("content", v.value())?
             };
             apply_label_paths(&mut rec.labels, &labels, paths);
@@ -127,7 +130,14 @@ impl ContentStore {
     /// Records `digest` in `ns` (creating the namespace implicitly, as
     /// containerd does) and, when `lease` is given, adds it to that lease,
     /// all in one transaction. A missing lease fails the whole commit.
-    pub fn commit(&self, ns: &str, digest: &str, size: i64, labels: Labels, lease: Option<&str>) -> Result<Committed, ContentError> {
+    pub fn commit(
+        &self,
+        ns: &str,
+        digest: &str,
+        size: i64,
+        labels: Labels,
+        lease: Option<&str>,
+    ) -> Result<Committed, ContentError> {
         check_digest(digest)?;
         validate_labels(&labels).map_err(|e| ContentError::InvalidArgument(format!("info.Labels: {e}")))?;
         let labels: Labels = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -260,7 +270,10 @@ mod tests {
     fn commit_with_lease_is_atomic() {
         let (_d, s, l) = stores();
         // A missing lease fails the commit and records nothing.
-        assert!(matches!(s.commit("a", D1, 0, Labels::new(), Some("nope")), Err(ContentError::Lease(LeaseError::NotFound(_)))));
+        assert!(matches!(
+            s.commit("a", D1, 0, Labels::new(), Some("nope")),
+            Err(ContentError::Lease(LeaseError::NotFound(_)))
+        ));
         assert!(matches!(s.info("a", D1), Err(ContentError::NotFound(_))));
         l.create("a", "l", Labels::new()).unwrap();
         s.commit("a", D1, 0, Labels::new(), Some("l")).unwrap();

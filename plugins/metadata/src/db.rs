@@ -290,9 +290,7 @@ mod tests {
         db.write(|txn| ensure_namespace(txn, "a")).unwrap();
         drop(db);
         let db = Db::open(&path).unwrap();
-        let has = db
-            .read(|txn| Ok::<_, DbError>(txn.open_table(NAMESPACES)?.get("a")?.is_some()))
-            .unwrap();
+        let has = db.read(|txn| Ok::<_, DbError>(txn.open_table(NAMESPACES)?.get("a")?.is_some())).unwrap();
         assert!(has);
         drop(db);
         // A future schema is refused, not misread.
@@ -324,9 +322,7 @@ mod tests {
             Err(DbError::Corrupt { table: "x", message: "stop".into() })
         });
         assert!(r.is_err());
-        let has = db
-            .read(|txn| Ok::<_, DbError>(txn.open_table(NAMESPACES)?.get("half")?.is_some()))
-            .unwrap();
+        let has = db.read(|txn| Ok::<_, DbError>(txn.open_table(NAMESPACES)?.get("half")?.is_some())).unwrap();
         assert!(!has);
     }
 }

@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
 use redb::ReadableTable;
 
-use crate::db::{decode, encode, ensure_namespace, now_nanos, scan_ns, Db, DbError, DescriptorRecord, ImageRecord, Labels, IMAGES};
+use crate::db::{
+    decode, encode, ensure_namespace, now_nanos, scan_ns, Db, DbError, DescriptorRecord, ImageRecord, Labels, IMAGES,
+};
 use crate::leases::validate_digest;
 use crate::namespaces::{apply_label_paths, validate_labels};
 
@@ -63,7 +65,9 @@ impl Fields for Image {
             (Some("name"), _) => Cow::Borrowed(self.name.as_str()),
             (Some("target"), Some("digest")) => Cow::Borrowed(self.target.digest.as_str()),
             (Some("target"), Some("mediatype")) => Cow::Borrowed(self.target.media_type.as_str()),
-            (Some("labels"), _) => return labels_field(path, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            (Some("labels"), _) => {
+                return labels_field(path, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }
             (Some("annotations"), Some(_)) => {
                 let key = path[1..].join(".");
                 return self.target.annotations.get(&key).map(|v| Cow::Borrowed(v.as_str()));
@@ -82,7 +86,8 @@ pub fn validate(image: &Image) -> Result<(), ImageError> {
     }
     validate_labels(&image.labels).map_err(|e| ImageError::InvalidArgument(format!("image.Labels: {e}")))?;
     let t = &image.target;
-    validate_digest(&t.digest).map_err(|e| ImageError::InvalidArgument(format!("Target.Digest {:?} invalid: {e}", t.digest)))?;
+    validate_digest(&t.digest)
+        .map_err(|e| ImageError::InvalidArgument(format!("Target.Digest {:?} invalid: {e}", t.digest)))?;
     if t.size <= 0 {
         return Err(ImageError::InvalidArgument("Target.Size must be greater than zero".into()));
     }
@@ -163,7 +168,10 @@ impl ImageStore {
                 || p.starts_with("labels.")
                 || p.starts_with("annotations.");
             if !ok {
-                return Err(ImageError::InvalidArgument(format!("cannot update {p:?} field on image {:?}", image.name)));
+                return Err(ImageError::InvalidArgument(format!(
+                    "cannot update {p:?} field on image {:?}",
+                    image.name
+                )));
             }
         }
         self.db.write(|txn| {
@@ -253,7 +261,12 @@ mod tests {
         Image {
             name: name.into(),
             labels: labels(l),
-            target: Descriptor { media_type: media_type.into(), digest: digest.into(), size: 10, annotations: Labels::new() },
+            target: Descriptor {
+                media_type: media_type.into(),
+                digest: digest.into(),
+                size: 10,
+                annotations: Labels::new(),
+            },
             ..Default::default()
         }
     }
@@ -264,7 +277,10 @@ mod tests {
         let a = s.create("ns", image("docker.io/library/a:1", D1, MANIFEST, &[("k", "v"), ("empty", "")])).unwrap();
         assert!(a.created_at > 0 && a.created_at == a.updated_at);
         assert_eq!(a.labels, labels(&[("k", "v")]), "empty values are dropped");
-        assert!(matches!(s.create("ns", image("docker.io/library/a:1", D2, MANIFEST, &[])), Err(ImageError::AlreadyExists(_))));
+        assert!(matches!(
+            s.create("ns", image("docker.io/library/a:1", D2, MANIFEST, &[])),
+            Err(ImageError::AlreadyExists(_))
+        ));
         s.create("ns", image("b", D2, INDEX, &[])).unwrap();
         s.create("other", image("b", D1, MANIFEST, &[])).unwrap();
         assert_eq!(s.get("ns", "docker.io/library/a:1").unwrap(), a);

@@ -279,7 +279,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
             let oh: i64 = rest[1..3].parse().ok()?;
             let om: i64 = rest[4..6].parse().ok()?;
             let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') { -o } else { o }
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
         }
         _ => return None,
     };

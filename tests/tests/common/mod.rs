@@ -499,10 +499,15 @@ pub async fn write_blob(
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut req = request(tokio_stream::iter(reqs), Some(namespace));
     if let Some(l) = lease {
-        req.metadata_mut().insert("containerd-lease", l.parse().map_err(|_| tonic::Status::invalid_argument("lease id"))?);
+        req.metadata_mut()
+            .insert("containerd-lease", l.parse().map_err(|_| tonic::Status::invalid_argument("lease id"))?);
     }
     let mut out = grpc
-        .streaming(req, path("/containerd.services.content.v1.Content/Write"), Codec::<WriteContentRequest, WriteContentResponse>::default())
+        .streaming(
+            req,
+            path("/containerd.services.content.v1.Content/Write"),
+            Codec::<WriteContentRequest, WriteContentResponse>::default(),
+        )
         .await?
         .into_inner();
     let mut last = None;

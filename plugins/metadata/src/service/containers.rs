@@ -5,9 +5,9 @@
 
 use containerd_client::events::{container_create, ContainerCreate, ContainerDelete, ContainerUpdate};
 use containerd_client::services::v1::{
-    container, Container, CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest,
-    GetContainerRequest, GetContainerResponse, ListContainerMessage, ListContainersRequest, ListContainersResponse,
-    UpdateContainerRequest, UpdateContainerResponse,
+    container, Container, CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest, GetContainerRequest,
+    GetContainerResponse, ListContainerMessage, ListContainersRequest, ListContainersResponse, UpdateContainerRequest,
+    UpdateContainerResponse,
 };
 use crated_events_api::topics;
 use crated_plugin_api::{filters::AnyFilter, Call, ServiceRouter, Status};

@@ -114,7 +114,13 @@ impl ContentService {
 
     /// Records a blob the raw store holds in `ns`. The caller holds the
     /// blob lock. `AlreadyExists` when the namespace had it already.
-    async fn record(&self, ns: &str, digest: &str, labels: Labels, lease: Option<String>) -> Result<store::Info, Status> {
+    async fn record(
+        &self,
+        ns: &str,
+        digest: &str,
+        labels: Labels,
+        lease: Option<String>,
+    ) -> Result<store::Info, Status> {
         let size = self.raw_info(digest).await?.size;
         let (s, n, d) = (self.store.clone(), ns.to_string(), digest.to_string());
         let done = blocking(move || Ok(s.commit(&n, &d, size, labels, lease.as_deref())?)).await?;
@@ -277,7 +283,8 @@ impl Writer {
                 // Sent before connecting: the raw store may read the first
                 // message before it answers the call.
                 tx.send(Ok(req)).await.map_err(|_| Status::internal("write stream closed"))?;
-                let out = self.svc.host.streaming::<WriteContentRequest, WriteContentResponse, _>(&raw("Write"), rx).await?;
+                let out =
+                    self.svc.host.streaming::<WriteContentRequest, WriteContentResponse, _>(&raw("Write"), rx).await?;
                 self.raw = Some((tx, out));
             }
         }
@@ -407,7 +414,10 @@ pub fn routes(router: ServiceRouter, svc: ContentService) -> ServiceRouter {
                 let ns = namespace(&call)?;
                 svc.info(&ns, &req.digest).await?;
                 svc.host
-                    .streaming::<ReadContentRequest, ReadContentResponse, _>(&raw("Read"), futures::stream::iter([Ok(req)]))
+                    .streaming::<ReadContentRequest, ReadContentResponse, _>(
+                        &raw("Read"),
+                        futures::stream::iter([Ok(req)]),
+                    )
                     .await
             }
         })

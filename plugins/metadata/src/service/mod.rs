@@ -95,9 +95,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Status> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("metadata store task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("metadata store task failed: {e}")))?
 }
 
 /// The call's namespace, required and validated as containerd's

@@ -2,13 +2,12 @@
 //! services/namespaces/local.go): publishes /namespaces/create, update and
 //! delete.
 
-use crated_events_api::topics;
 use containerd_client::events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate};
 use containerd_client::services::v1::{
-    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
-    GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace, UpdateNamespaceRequest,
-    UpdateNamespaceResponse,
+    CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest, GetNamespaceResponse,
+    ListNamespacesRequest, ListNamespacesResponse, Namespace, UpdateNamespaceRequest, UpdateNamespaceResponse,
 };
+use crated_events_api::topics;
 use crated_plugin_api::{
     filters::{labels_field, AnyFilter, Fields},
     Call, ServiceRouter,
