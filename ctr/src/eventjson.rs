@@ -53,7 +53,8 @@ const MOUNT: &[Field] = &[f(1, "type", Str), f(2, "source", Str), f(3, "target",
 const TASK_IO: &[Field] = &[f(1, "stdin", Str), f(2, "stdout", Str), f(3, "stderr", Str), f(4, "terminal", Bool)];
 const CONTAINER_RUNTIME: &[Field] = &[f(1, "name", Str), f(2, "options", Any)];
 
-/// containerd 1.6's event types, by type URL.
+/// containerd 1.6's event types, by type URL (its image events keep the
+/// historical package `containerd.services.images.v1`).
 const EVENTS: &[(&str, &[Field])] = &[
     (
         "containerd.events.ContainerCreate",
@@ -65,9 +66,9 @@ const EVENTS: &[(&str, &[Field])] = &[
     ),
     ("containerd.events.ContainerDelete", &[f(1, "id", Str)]),
     ("containerd.events.ContentDelete", &[f(1, "digest", StrAlways)]),
-    ("containerd.events.ImageCreate", &[f(1, "name", Str), f(2, "labels", Map)]),
-    ("containerd.events.ImageUpdate", &[f(1, "name", Str), f(2, "labels", Map)]),
-    ("containerd.events.ImageDelete", &[f(1, "name", Str)]),
+    ("containerd.services.images.v1.ImageCreate", &[f(1, "name", Str), f(2, "labels", Map)]),
+    ("containerd.services.images.v1.ImageUpdate", &[f(1, "name", Str), f(2, "labels", Map)]),
+    ("containerd.services.images.v1.ImageDelete", &[f(1, "name", Str)]),
     ("containerd.events.NamespaceCreate", &[f(1, "name", Str), f(2, "labels", Map)]),
     ("containerd.events.NamespaceUpdate", &[f(1, "name", Str), f(2, "labels", Map)]),
     ("containerd.events.NamespaceDelete", &[f(1, "name", Str)]),

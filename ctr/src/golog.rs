@@ -65,6 +65,12 @@ pub fn error(msg: &str, err: &dyn std::fmt::Display) {
     emit("error", msg, err)
 }
 
+/// `log.G(ctx).Warnf(...)`: a warning without an error field.
+pub fn warn_plain(msg: &str) {
+    let line = format!("time={} level=warning msg={}\n", value(&rfc3339_local(Timestamp::now())), value(msg));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// `log.G(ctx).WithError(err).Warn(msg)`.
 pub fn warn(msg: &str, err: &dyn std::fmt::Display) {
     emit("warning", msg, err)

@@ -6,6 +6,7 @@ mod digest;
 mod duration;
 mod errdefs;
 mod eventjson;
+mod gojson;
 mod golog;
 mod gotime;
 mod platforms;

@@ -457,6 +457,37 @@ fn steps() -> Vec<Step> {
         step("leases ls"),
         // events
         step("events 'bad filter'"),
+        // images and containers, made over gRPC by `seed`
+        step("#seed"),
+        step("images ls"),
+        step("image list -q"),
+        step("i ls name==example.com/multi:latest"),
+        step("images ls 'bad filter=='"),
+        step("images label docker.io/library/small:1 foo=bar"),
+        step("images label docker.io/library/small:1 foo="),
+        step("images label -r example.com/multi:latest z=1"),
+        step("images label nope x=y"),
+        step("images label"),
+        step("images ls"),
+        step("containers ls"),
+        step("c ls -q"),
+        step("container list runtime.name==io.containerd.runc.v2"),
+        step("c ls 'bad=='"),
+        step("containers info c1"),
+        step("c info --spec c2"),
+        step("c info c2"),
+        step("c info nope"),
+        step("c info"),
+        step("c label c1 a=b"),
+        step("c label c1 a="),
+        step("c label nope x=y"),
+        step("c label"),
+        step("c rm nope c1"),
+        step("c rm"),
+        step("c ls"),
+        step("images rm nope docker.io/library/small:1"),
+        step("i del --sync example.com/multi:latest example.com/broken:1"),
+        step("images ls"),
     ]
 }
 
@@ -511,6 +542,130 @@ fn publish_raw(sock: &Path) {
     });
 }
 
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(data);
+    format!("sha256:{}", sum.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Images and containers for the `images`/`containers` steps: a manifest
+/// and its config (ingested under a lease that never expires, so the
+/// garbage collector keeps them), an index over it, and records pointing
+/// at them (one at missing content), plus two containers.
+fn seed(sock: &Path) {
+    use containerd_client::services::v1::container::Runtime;
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::content_client::ContentClient;
+    use containerd_client::services::v1::images_client::ImagesClient;
+    use containerd_client::services::v1::leases_client::LeasesClient;
+    use containerd_client::services::v1::{
+        Container, CreateContainerRequest, CreateImageRequest, CreateRequest, Image, WriteAction, WriteContentRequest,
+    };
+    use containerd_client::types::Descriptor;
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Endpoint, Uri};
+
+    fn req<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("containerd-namespace", "default".parse().unwrap());
+        r.metadata_mut().insert("containerd-lease", "parity-seed".parse().unwrap());
+        r
+    }
+    fn any(url: &str, value: &[u8]) -> prost_types::Any {
+        prost_types::Any { type_url: url.into(), value: value.to_vec() }
+    }
+    fn desc(media_type: &str, digest: &str, size: usize) -> Option<Descriptor> {
+        Some(Descriptor {
+            media_type: media_type.into(),
+            digest: digest.into(),
+            size: size as i64,
+            ..Default::default()
+        })
+    }
+
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{}","size":1234567}}]}}"#,
+        sha256(&config),
+        config.len(),
+        "1".repeat(64)
+    )
+    .into_bytes();
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":500,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+        "2".repeat(64),
+        sha256(&manifest),
+        manifest.len()
+    )
+    .into_bytes();
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let path = sock.to_path_buf();
+        let channel = Endpoint::from_static("http://[::]:0")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap();
+        let lease = CreateRequest { id: "parity-seed".into(), labels: Default::default() };
+        LeasesClient::new(channel.clone()).create(req(lease)).await.unwrap();
+        for (i, blob) in [&config, &manifest, &index].into_iter().enumerate() {
+            let w = WriteContentRequest {
+                action: WriteAction::Commit as i32,
+                r#ref: format!("seed-{i}"),
+                total: blob.len() as i64,
+                expected: sha256(blob),
+                offset: 0,
+                data: blob.clone(),
+                labels: Default::default(),
+            };
+            let mut resp =
+                ContentClient::new(channel.clone()).write(req(tokio_stream::iter(vec![w]))).await.unwrap().into_inner();
+            while resp.message().await.unwrap().is_some() {}
+        }
+        let mut images = ImagesClient::new(channel.clone());
+        for (name, target, labels) in [
+            ("docker.io/library/small:1", desc("application/vnd.oci.image.manifest.v1+json", &sha256(&manifest), manifest.len()), vec![]),
+            ("example.com/multi:latest", desc("application/vnd.oci.image.index.v1+json", &sha256(&index), index.len()), vec![("k", "v")]),
+            ("example.com/broken:1", desc("application/vnd.oci.image.manifest.v1+json", Z, 10), vec![]),
+        ] {
+            let image = Image {
+                name: name.into(),
+                labels: labels.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                target,
+                created_at: None,
+                updated_at: None,
+            };
+            images.create(req(CreateImageRequest { image: Some(image), source_date_epoch: None })).await.unwrap();
+        }
+        let spec1 = br#"{"ociVersion":"1.0.2-dev","process":{"args":["true"],"cwd":"/"},"root":{"path":"rootfs"}}"#;
+        let spec2 = br#"{"ociVersion":"1.0.2-dev","process":{"terminal":true,"user":{"uid":1,"gid":2},"env":["A=<b>"],"cwd":"/w","noNewPrivileges":true},"hostname":"h","mounts":[{"destination":"/proc","type":"proc","source":"proc"}],"annotations":{"z":"1","a":"2"},"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/x"}],"maskedPaths":["/m"]},"unknown":1}"#;
+        let spec_url = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+        let mut c2 = Container {
+            id: "c2".into(),
+            image: String::new(),
+            labels: [("x".to_string(), "y".to_string())].into_iter().collect(),
+            runtime: Some(Runtime { name: "io.containerd.runtime.v1.linux".into(), options: Some(any("example.com/Opts", b"\x01\x02")) }),
+            spec: Some(any(spec_url, spec2)),
+            ..Default::default()
+        };
+        c2.extensions.insert("my.ext".into(), any("example.com/Ext", b"hi"));
+        let c1 = Container {
+            id: "c1".into(),
+            image: "docker.io/library/small:1".into(),
+            runtime: Some(Runtime { name: "io.containerd.runc.v2".into(), options: None }),
+            spec: Some(any(spec_url, spec1)),
+            ..Default::default()
+        };
+        let mut containers = ContainersClient::new(channel);
+        for c in [c1, c2] {
+            containers.create(req(CreateContainerRequest { container: Some(c) })).await.unwrap();
+        }
+    });
+}
+
 /// Run the whole sequence with one client on a fresh daemon.
 fn transcript(ctr: &'static str, tag: &'static str, server: Server) -> (Vec<String>, String, String) {
     let daemon = Daemon::start(tag, server);
@@ -519,7 +674,17 @@ fn transcript(ctr: &'static str, tag: &'static str, server: Server) -> (Vec<Stri
     let filtered = Events::start(ctr, &sock, &["topic~=\"/namespaces/\""]);
     // Let the subscriptions register before anything happens.
     std::thread::sleep(Duration::from_millis(300));
-    let outputs: Vec<String> = fix_stdin(steps()).iter().map(|s| run(ctr, &sock, s)).collect();
+    let outputs: Vec<String> = fix_stdin(steps())
+        .iter()
+        .map(|s| {
+            if s.0 == ["#seed"] {
+                seed(&sock);
+                String::new()
+            } else {
+                run(ctr, &sock, s)
+            }
+        })
+        .collect();
     publish_raw(&sock);
     std::thread::sleep(Duration::from_millis(300));
     let all = all.finish();

@@ -63,8 +63,11 @@ impl std::fmt::Display for FilterError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (before, rest) = self.input.split_at(self.position.min(self.input.len()));
         let mut chars = rest.chars();
-        let at = chars.next().map_or_else(|| "EOF".to_string(), String::from);
-        write!(f, "filters: parse error: [{before} >|{at}|< {}]: {}", chars.as_str(), self.message)
+        match chars.next() {
+            Some(at) => write!(f, "filters: parse error: [{before} >|{at}|< {}]: {}", chars.as_str(), self.message),
+            // At the end of the input containerd shows the input alone.
+            None => write!(f, "filters: parse error: [{before}]: {}", self.message),
+        }
     }
 }
 
@@ -220,7 +223,7 @@ impl Parser<'_> {
     fn value(&mut self) -> Result<String, FilterError> {
         match self.peek() {
             Some('"') | Some('`') => self.quoted(),
-            None | Some(',') => Err(self.error("expected a value")),
+            None | Some(',') => Err(self.error("expected value or quoted")),
             Some(_) => {
                 let mut s = String::new();
                 while let Some(c) = self.peek().filter(|c| !matches!(c, ',' | '"' | '=')) {
@@ -346,5 +349,6 @@ mod tests {
             parse("bad filter==").unwrap_err().to_string(),
             r#"filters: parse error: [bad  >|f|< ilter==]: expected an operator ("=="|"!="|"~=")"#
         );
+        assert_eq!(parse("bad==").unwrap_err().to_string(), "filters: parse error: [bad==]: expected value or quoted");
     }
 }

@@ -3,8 +3,10 @@
 //! `Subcommand` type and an `async fn run(&GlobalArgs, ...)`, a variant in
 //! [`Command`], and a line in [`run`].
 
+pub mod containers;
 pub mod content;
 pub mod events;
+pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;
@@ -80,6 +82,16 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Manage containers
+    #[command(
+        visible_aliases = ["c", "container"],
+        subcommand_required = true,
+        arg_required_else_help = true
+    )]
+    Containers {
+        #[command(subcommand)]
+        command: containers::ContainersCommand,
+    },
     /// Manage content
     #[command(subcommand_required = true, arg_required_else_help = true)]
     Content {
@@ -89,6 +101,12 @@ pub enum Command {
     /// Display containerd events
     #[command(visible_alias = "event")]
     Events(events::EventsArgs),
+    /// Manage images
+    #[command(visible_aliases = ["image", "i"], subcommand_required = true, arg_required_else_help = true)]
+    Images {
+        #[command(subcommand)]
+        command: images::ImagesCommand,
+    },
     /// Manage leases
     #[command(subcommand_required = true, arg_required_else_help = true)]
     Leases {
@@ -120,8 +138,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
+            Command::Containers { command } => containers::run(&cli.global, command).await,
             Command::Content { command } => content::run(&cli.global, command).await,
             Command::Events(args) => events::run(&cli.global, args).await,
+            Command::Images { command } => images::run(&cli.global, command).await,
             Command::Leases { command } => leases::run(&cli.global, command).await,
             Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
             Command::Plugins { command } => plugins::run(&cli.global, command).await,

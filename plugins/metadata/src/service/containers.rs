@@ -10,7 +10,7 @@ use containerd_client::services::v1::{
     UpdateContainerResponse,
 };
 use crated_events_api::topics;
-use crated_plugin_api::{filters::AnyFilter, Call, ServiceRouter, Status};
+use crated_plugin_api::{Call, ServiceRouter, Status};
 
 use super::{any_in, any_out, blocking, labels_in, labels_out, namespace, timestamp, Events};
 use crate::containers::{self as store, ContainerStore};
@@ -66,7 +66,7 @@ pub fn routes(router: ServiceRouter, store: ContainerStore, events: Events) -> S
             let s = s2.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)?;
+                let filter = super::store_filter(&req.filters)?;
                 let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 Ok(ListContainersResponse { containers: all.into_iter().map(out).collect() })
             }
@@ -75,7 +75,7 @@ pub fn routes(router: ServiceRouter, store: ContainerStore, events: Events) -> S
             let s = s3.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)?;
+                let filter = super::store_filter(&req.filters)?;
                 let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 Ok(futures::stream::iter(
                     all.into_iter().map(|c| Ok::<_, Status>(ListContainerMessage { container: Some(out(c)) })),

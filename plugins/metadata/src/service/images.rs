@@ -13,7 +13,7 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Descriptor;
 use crated_events_api::topics;
-use crated_plugin_api::{filters::AnyFilter, Call, ServiceRouter, Status};
+use crated_plugin_api::{Call, ServiceRouter, Status};
 
 use super::{blocking, labels_in, labels_out, namespace, timestamp, Events};
 use crate::images::{self as store, ImageStore};
@@ -76,7 +76,7 @@ pub fn routes(router: ServiceRouter, store: ImageStore, events: Events) -> Servi
             let s = s2.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)?;
+                let filter = super::store_filter(&req.filters)?;
                 let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 Ok(ListImagesResponse { images: all.into_iter().map(out).collect() })
             }

@@ -7,7 +7,7 @@ use containerd_client::services::v1::{
     AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease, ListRequest,
     ListResourcesRequest, ListResourcesResponse, ListResponse, Resource,
 };
-use crated_plugin_api::{filters::AnyFilter, Call, ServiceRouter, Status};
+use crated_plugin_api::{Call, ServiceRouter, Status};
 
 use super::{blocking, labels_in, labels_out, namespace, timestamp};
 use crate::leases::{self as store, random_id, LeaseStore};
@@ -47,9 +47,7 @@ pub fn routes(router: ServiceRouter, store: LeaseStore) -> ServiceRouter {
             let s = s3.clone();
             async move {
                 let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)
-                    // containerd's lease store wraps the error once more.
-                    .map_err(|e| Status::invalid_argument(format!("{e}: invalid argument: invalid argument")))?;
+                let filter = super::store_filter(&req.filters)?;
                 let leases = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
                 Ok(ListResponse { leases: leases.into_iter().map(out).collect() })
             }

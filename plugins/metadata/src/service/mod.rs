@@ -89,6 +89,13 @@ impl From<ContainerError> for Status {
     }
 }
 
+/// The filters of a List, with containerd's metadata-store wording: its
+/// stores wrap the parse error (already "invalid argument") once more.
+pub(crate) fn store_filter(filters: &[String]) -> Result<crated_plugin_api::filters::AnyFilter, Status> {
+    crated_plugin_api::filters::AnyFilter::parse(filters)
+        .map_err(|e| Status::invalid_argument(format!("{e}: invalid argument: invalid argument")))
+}
+
 /// Runs blocking store work (redb) off the async threads.
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
