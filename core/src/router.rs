@@ -122,13 +122,7 @@ pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result
             Ok(RErr(s)) => Err(s.into()),
             Err(_) => Err(panicked()),
         },
-        Target::Core(r) => {
-            let call = Call {
-                method: head.method.into_string(),
-                headers: head.headers.into_iter().map(|t| (t.0.into_string(), t.1.into_string())).collect(),
-            };
-            r.call_unary(call, body.into_vec()).await.map(RVec::from)
-        }
+        Target::Core(r) => r.call_unary(Call::from_head(head), body.into_vec()).await.map(RVec::from),
     }
 }
 

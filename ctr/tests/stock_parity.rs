@@ -505,24 +505,30 @@ fn fix_stdin(mut steps: Vec<Step>) -> Vec<Step> {
     steps
 }
 
+/// A gRPC channel to the daemon's unix socket.
+async fn unix_channel(sock: &Path) -> tonic::transport::Channel {
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Endpoint, Uri};
+
+    let path = sock.to_path_buf();
+    Endpoint::from_static("http://[::]:0")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
 /// Publish raw events (an unknown type and a known one) as a third party
 /// would, to check how both clients render them.
 fn publish_raw(sock: &Path) {
     use containerd_client::services::v1::events_client::EventsClient;
     use containerd_client::services::v1::PublishRequest;
-    use hyper_util::rt::TokioIo;
-    use tonic::transport::{Endpoint, Uri};
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let path = sock.to_path_buf();
-        let channel = Endpoint::from_static("http://[::]:0")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap();
+        let channel = unix_channel(sock).await;
         let mut client = EventsClient::new(channel);
         // containerd.events.TaskOOM{container_id: "c1"}, then an unknown type.
         for (url, value) in [
@@ -562,8 +568,6 @@ fn seed(sock: &Path) {
         Container, CreateContainerRequest, CreateImageRequest, CreateRequest, Image, WriteAction, WriteContentRequest,
     };
     use containerd_client::types::Descriptor;
-    use hyper_util::rt::TokioIo;
-    use tonic::transport::{Endpoint, Uri};
 
     fn req<T>(msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
@@ -601,14 +605,7 @@ fn seed(sock: &Path) {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let path = sock.to_path_buf();
-        let channel = Endpoint::from_static("http://[::]:0")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-            }))
-            .await
-            .unwrap();
+        let channel = unix_channel(sock).await;
         let lease = CreateRequest { id: "parity-seed".into(), labels: Default::default() };
         LeasesClient::new(channel.clone()).create(req(lease)).await.unwrap();
         for (i, blob) in [&config, &manifest, &index].into_iter().enumerate() {

@@ -30,8 +30,8 @@
 //! message; it never crashes on it.
 //!
 //! # Rules the SDK enforces for you
-//! - Every handler runs on the library's own tokio runtime ([`runtime`]);
-//!   use tokio freely inside handlers.
+//! - Every handler runs on, or inside the context of, the library's own
+//!   tokio runtime ([`runtime`]); use tokio freely inside handlers.
 //! - A panic in a handler becomes an `Internal` status for that call only.
 //! - Errors are [`Status`] values; give your own error type a
 //!   `From<MyError> for Status` and use `?`.

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     abi::{InitContext, InitError, InitErrorKind, PluginInstance, Registration},
     host::Host,
-    runtime::{catch_panic, runtime, AbortOnDrop},
+    runtime::{catch_panic, spawn_joined, TaskEnd},
     service::ServiceRouter,
 };
 
@@ -172,15 +172,12 @@ pub fn registration<P: Plugin>() -> Registration {
 extern "C" fn init_entry<P: Plugin>(ctx: InitContext) -> FfiFuture<RResult<PluginInstance, InitError>> {
     let started = catch_panic(move || {
         let ctx = InitCtx::from_abi(ctx)?;
-        let mut task = AbortOnDrop(runtime().spawn(P::init(ctx)));
+        let joined = spawn_joined(P::init(ctx));
         Ok::<_, PluginError>(async move {
-            match (&mut task.0).await {
+            match joined.await {
                 Ok(r) => r,
-                Err(e) if e.is_panic() => Err(PluginError::failed(format!(
-                    "init panicked: {}",
-                    crate::runtime::panic_message(&*e.into_panic())
-                ))),
-                Err(_) => Err(PluginError::failed("init was cancelled")),
+                Err(TaskEnd::Panicked(m)) => Err(PluginError::failed(format!("init panicked: {m}"))),
+                Err(TaskEnd::Cancelled) => Err(PluginError::failed("init was cancelled")),
             }
         })
     });

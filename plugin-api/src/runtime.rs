@@ -54,6 +54,32 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// How a spawned task ended without a value.
+pub enum TaskEnd {
+    /// It panicked, with this message.
+    Panicked(String),
+    /// It was aborted.
+    Cancelled,
+}
+
+/// Spawns `fut` on this library's runtime; the returned future (which the
+/// core may poll from any thread) yields its value, or how it ended without
+/// one. Dropping the returned future aborts the task.
+pub fn spawn_joined<T, F>(fut: F) -> impl Future<Output = Result<T, TaskEnd>> + Send + 'static
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let mut task = AbortOnDrop(runtime().spawn(fut));
+    async move {
+        match (&mut task.0).await {
+            Ok(value) => Ok(value),
+            Err(e) if e.is_panic() => Err(TaskEnd::Panicked(panic_message(&*e.into_panic()))),
+            Err(_) => Err(TaskEnd::Cancelled),
+        }
+    }
+}
+
 /// Runs `fut` on this library's runtime and returns a future the core can
 /// poll from any thread. A panic in `fut` becomes `Internal`.
 pub fn on_runtime<T, F>(fut: F) -> impl Future<Output = Result<T, Status>> + Send + 'static
@@ -61,14 +87,12 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, Status>> + Send + 'static,
 {
-    let mut task = AbortOnDrop(runtime().spawn(fut));
+    let joined = spawn_joined(fut);
     async move {
-        match (&mut task.0).await {
+        match joined.await {
             Ok(result) => result,
-            Err(e) if e.is_panic() => {
-                Err(Status::internal(format!("plugin panicked: {}", panic_message(&*e.into_panic()))))
-            }
-            Err(_) => Err(Status::new(crate::Code::Cancelled, "plugin task was cancelled")),
+            Err(TaskEnd::Panicked(m)) => Err(Status::internal(format!("plugin panicked: {m}"))),
+            Err(TaskEnd::Cancelled) => Err(Status::new(crate::Code::Cancelled, "plugin task was cancelled")),
         }
     }
 }

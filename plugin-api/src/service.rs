@@ -52,7 +52,8 @@ impl Call {
             .ok_or_else(|| Status::failed_precondition("namespace is required: no namespace specified"))
     }
 
-    pub(crate) fn from_head(head: CallHead) -> Call {
+    /// The call as the ABI carries it, in Rust types.
+    pub fn from_head(head: CallHead) -> Call {
         Call {
             method: head.method.into_string(),
             headers: head.headers.into_iter().map(|t| (t.0.into_string(), t.1.into_string())).collect(),

@@ -266,9 +266,9 @@ impl Writer {
     /// store names refs with our `<namespace>/` prefix; the client never
     /// sees it, in errors either.
     async fn exchange(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
-        let prefixed = format!("\"{}/", self.ns);
-        self.exchange_raw(req).await.map_err(|mut s| {
-            s.message = s.message.replace(&prefixed, "\"");
+        let result = self.exchange_raw(req).await;
+        result.map_err(|mut s| {
+            s.message = s.message.replace(&format!("\"{}/", self.ns), "\"");
             s
         })
     }
