@@ -22,6 +22,8 @@ pub struct Node {
     pub plugin_type: String,
     pub id: String,
     pub requires: Vec<String>,
+    /// Types among `requires` that may be absent: they order, never refuse.
+    pub optional: Vec<String>,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ pub fn plan(nodes: &[Node]) -> Plan {
                         graph.add_edge(dep, ix, ());
                     }
                 }
+                None if n.optional.contains(req) => {}
                 None => missing.entry(ix).or_default().push(req.clone()),
             }
         }
@@ -118,11 +121,31 @@ mod tests {
     use super::*;
 
     fn n(t: &str, id: &str, req: &[&str]) -> Node {
-        Node { plugin_type: t.into(), id: id.into(), requires: req.iter().map(|s| s.to_string()).collect() }
+        Node {
+            plugin_type: t.into(),
+            id: id.into(),
+            requires: req.iter().map(|s| s.to_string()).collect(),
+            optional: vec![],
+        }
     }
 
     fn pos(p: &Plan, i: usize) -> usize {
         p.order.iter().position(|x| *x == i).unwrap()
+    }
+
+    #[test]
+    fn an_absent_optional_type_orders_nothing_and_refuses_nothing() {
+        let mut meta = n("t.meta", "m", &["t.content", "t.snap"]);
+        meta.optional = vec!["t.snap".into()];
+        let p = plan(&[meta.clone(), n("t.content", "c", &[])]);
+        assert!(p.refused.is_empty(), "{:?}", p.refused);
+        assert!(pos(&p, 1) < pos(&p, 0));
+        // Present, it still comes first.
+        let p = plan(&[meta, n("t.content", "c", &[]), n("t.snap", "s", &[])]);
+        assert!(pos(&p, 2) < pos(&p, 0));
+        // Not optional, its absence refuses the dependent.
+        let p = plan(&[n("t.meta", "m", &["t.snap"])]);
+        assert_eq!(p.refused.len(), 1);
     }
 
     #[test]

@@ -132,19 +132,19 @@ pub fn core_services(records: Records, uuid: String) -> Vec<CoreService> {
     );
     vec![
         CoreService {
-            plugin_type: "io.containerd.grpc.v1",
+            plugin_type: crated_plugin_api::types::GRPC,
             id: "introspection",
             services: vec![INTROSPECTION_SERVICE.into()],
             router: introspection,
         },
         CoreService {
-            plugin_type: "io.containerd.grpc.v1",
+            plugin_type: crated_plugin_api::types::GRPC,
             id: "version",
             services: vec![VERSION_SERVICE.into()],
             router: version,
         },
         CoreService {
-            plugin_type: "io.containerd.grpc.v1",
+            plugin_type: crated_plugin_api::types::GRPC,
             id: "healthcheck",
             services: vec![HEALTH_SERVICE.into()],
             router: health,

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The type under which a library that failed to load is listed.
-pub const LIBRARY_PLUGIN_TYPE: &str = "io.crated.library.v1";
+pub const LIBRARY_PLUGIN_TYPE: &str = crated_plugin_api::types::LIBRARY;
 /// Export keys that say where a plugin came from.
 pub const EXPORT_LIBRARY: &str = "io.crated.plugin.library";
 pub const EXPORT_ABI: &str = "io.crated.plugin.abi";
@@ -144,6 +144,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             owner: format!("{}.{}", c.plugin_type, c.id),
             target: Target::Core(c.router),
             streaming: HashMap::new(),
+            services: c.services.iter().cloned().collect(),
         });
         if let Err(e) = routes.insert(&c.services, route.clone(), &HashSet::new()) {
             tracing::error!("{e}");
@@ -165,6 +166,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             plugin_type: c.reg.plugin_type.to_string(),
             id: c.reg.id.to_string(),
             requires: c.reg.requires.iter().map(|r| r.to_string()).collect(),
+            optional: c.reg.optional.iter().map(|r| r.to_string()).collect(),
         })
         .collect();
     let plan = graph::plan(&nodes);
@@ -179,15 +181,22 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
 
     // Type -> keys of running plugins of that type, filled as init goes.
     let mut running_by_type: HashMap<String, Vec<(String, PluginRef)>> = HashMap::new();
+    // Key -> route of every running plugin, for calls that name their callee.
+    let mut running_routes: HashMap<String, Arc<Route>> = HashMap::new();
     // Plugin key -> every plugin it depends on, directly or not.
     let mut closure: HashMap<String, HashSet<String>> = HashMap::new();
     for i in plan.order {
         let c = &candidates[i];
         let mut record = slot[i].take().unwrap_or_else(|| record_of(c));
         let key = record.key();
-        match init_one(config, c, &record, &running_by_type, &routes).await {
-            Ok((services, handler, streaming, exports, direct)) => {
-                let route = Arc::new(Route { owner: key.clone(), target: Target::Plugin(handler), streaming });
+        match init_one(config, c, &record, &running_by_type, &running_routes, &routes).await {
+            Ok(Started { services, internal, handler, streaming, exports, direct }) => {
+                let route = Arc::new(Route {
+                    owner: key.clone(),
+                    target: Target::Plugin(handler),
+                    streaming,
+                    services: services.iter().chain(&internal).cloned().collect(),
+                });
                 let mut wrapped: HashSet<String> = HashSet::new();
                 for d in direct {
                     wrapped.extend(closure.get(&d).into_iter().flatten().cloned());
@@ -205,7 +214,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                             PluginRef {
                                 plugin_type: record.plugin_type.as_str().into(),
                                 id: record.id.as_str().into(),
-                                services: services.iter().map(|s| RString::from(s.as_str())).collect(),
+                                services: services.iter().chain(&internal).map(|s| RString::from(s.as_str())).collect(),
                                 exports: record
                                     .exports
                                     .iter()
@@ -213,6 +222,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                                     .collect(),
                             },
                         ));
+                        running_routes.insert(key.clone(), route.clone());
                         running.push((key.clone(), route));
                     }
                     Err(e) => {
@@ -273,9 +283,18 @@ fn record_of(c: &Candidate) -> PluginRecord {
     }
 }
 
-/// Services, handler, streaming methods, exports, and direct dependencies.
-type Started =
-    (Vec<String>, HandlerBox, HashMap<String, crated_plugin_api::abi::CallKind>, Vec<(String, String)>, Vec<String>);
+/// A plugin that came through init.
+struct Started {
+    /// Served on the socket.
+    services: Vec<String>,
+    /// Served to dependents only.
+    internal: Vec<String>,
+    handler: HandlerBox,
+    streaming: HashMap<String, crated_plugin_api::abi::CallKind>,
+    exports: Vec<(String, String)>,
+    /// Keys of its direct dependencies.
+    direct: Vec<String>,
+}
 
 /// Initialises one plugin whose dependencies have all been through init.
 async fn init_one(
@@ -283,6 +302,7 @@ async fn init_one(
     c: &Candidate,
     record: &PluginRecord,
     running_by_type: &HashMap<String, Vec<(String, PluginRef)>>,
+    running_routes: &HashMap<String, Arc<Route>>,
     routes: &RouteTable,
 ) -> Result<Started, PluginState> {
     let key = record.key();
@@ -294,6 +314,7 @@ async fn init_one(
         }
         match running_by_type.get(req) {
             Some(v) if !v.is_empty() => deps.extend(v.iter().cloned()),
+            _ if c.reg.optional.iter().any(|o| o == req) => {}
             _ => return Err(PluginState::Failed(format!("dependency not available: no plugin of type {req} started"))),
         }
     }
@@ -316,7 +337,8 @@ async fn init_one(
 
     let owners: Vec<String> = deps.iter().map(|(k, _)| k.clone()).collect();
     let host = DependencyHost {
-        table: routes.restricted_to(&owners),
+        public: routes.restricted_to(&owners),
+        named: owners.iter().filter_map(|k| Some((k.clone(), running_routes.get(k)?.clone()))).collect(),
         dependencies: deps.into_iter().map(|(_, p)| p).collect(),
     };
     let ctx = InitContext {
@@ -332,13 +354,14 @@ async fn init_one(
         log: plugin_log,
     };
     match AssertUnwindSafe((c.reg.init)(ctx)).catch_unwind().await {
-        Ok(ROk(inst)) => Ok((
-            inst.services.iter().map(|s| s.to_string()).collect(),
-            inst.handler,
-            inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
-            inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
-            owners,
-        )),
+        Ok(ROk(inst)) => Ok(Started {
+            services: inst.services.iter().map(|s| s.to_string()).collect(),
+            internal: inst.internal.iter().map(|s| s.to_string()).collect(),
+            handler: inst.handler,
+            streaming: inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
+            exports: inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
+            direct: owners,
+        }),
         Ok(RErr(e)) => Err(match e.kind {
             InitErrorKind::Skip => PluginState::Skipped(format!("{}: skip plugin", e.message)),
             InitErrorKind::Failed => PluginState::Failed(e.message.into_string()),

@@ -14,7 +14,12 @@
 //! `FfiFuture` ("FFI future panicked"); it is caught where the core polls it
 //! and becomes `Internal` for that call alone.
 
-use std::{collections::HashMap, convert::Infallible, panic::AssertUnwindSafe, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+};
 
 use abi_stable::std_types::{RErr, RNone, ROk, RResult, RSome, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
@@ -46,6 +51,8 @@ pub struct Route {
     pub target: Target,
     /// Streaming methods by path; anything else is unary.
     pub streaming: HashMap<String, CallKind>,
+    /// Every service the owner serves, on the socket or to dependents only.
+    pub services: HashSet<String>,
 }
 
 /// Services by name.
@@ -66,12 +73,7 @@ impl RouteTable {
     /// while still reaching the wrapped plugin in process, as containerd's
     /// metadata store wraps the raw content store and exposes the
     /// namespaced Content service.
-    pub fn insert(
-        &mut self,
-        services: &[String],
-        route: Arc<Route>,
-        wrapped: &std::collections::HashSet<String>,
-    ) -> Result<(), String> {
+    pub fn insert(&mut self, services: &[String], route: Arc<Route>, wrapped: &HashSet<String>) -> Result<(), String> {
         if let Some((s, other)) = services
             .iter()
             .find_map(|s| self.services.get(s).map(|r| (s, r)))
@@ -310,7 +312,7 @@ impl GrpcRouter {
             return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
         };
         let kind = route.streaming.get(&path).copied().unwrap_or(CallKind::Unary);
-        let head = CallHead { method: path.as_str().into(), headers: metadata(req.headers()) };
+        let head = CallHead { method: path.as_str().into(), target: "".into(), headers: metadata(req.headers()) };
         let svc = Dispatch { route, head };
         let mut grpc =
             Grpc::new(PassThrough).max_decoding_message_size(self.max_recv).max_encoding_message_size(self.max_send);
@@ -335,15 +337,68 @@ impl hyper::service::Service<Request<Incoming>> for GrpcRouter {
 
 /// The in-process side: what a plugin's [`crated_plugin_api::Host`] calls.
 /// It only reaches the plugins the caller depends on.
+///
+/// A call that names its callee (`CallHead::target`, `type.id`) goes to that
+/// dependency, whatever it serves, on the socket or internally. A call that
+/// does not goes where the socket would send it among the dependencies (so
+/// a wrapper such as the metadata plugin wins over the store it wraps), or
+/// else to the one dependency serving the service internally; when several
+/// do (two snapshotters), the caller must name one.
 pub struct DependencyHost {
-    pub table: RouteTable,
+    /// The socket's route table restricted to the caller's dependencies.
+    pub public: RouteTable,
+    /// Every dependency by `type.id`.
+    pub named: HashMap<String, Arc<Route>>,
     pub dependencies: Vec<PluginRef>,
 }
 
-fn not_a_dependency(method: &str) -> RpcStatus {
-    RpcStatus {
-        code: crated_plugin_api::Code::Unimplemented as i32,
-        message: format!("{} is not served by a dependency of this plugin", service_of(method)).into(),
+fn rpc(code: crated_plugin_api::Code, message: String) -> RpcStatus {
+    RpcStatus { code: code as i32, message: message.into() }
+}
+
+impl DependencyHost {
+    /// The route that answers `call`, or why there is none.
+    fn resolve(&self, call: &CallHead) -> Result<Arc<Route>, RpcStatus> {
+        use crated_plugin_api::Code;
+        let service = service_of(&call.method);
+        if !call.target.is_empty() {
+            let Some(route) = self.named.get(call.target.as_str()) else {
+                let mut deps: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                deps.sort_unstable();
+                return Err(rpc(
+                    Code::NotFound,
+                    format!(
+                        "{} is not a running dependency of this plugin (dependencies: {})",
+                        call.target,
+                        deps.join(", ")
+                    ),
+                ));
+            };
+            if !route.services.contains(service) {
+                return Err(rpc(Code::Unimplemented, format!("{} does not serve {service}", call.target)));
+            }
+            return Ok(route.clone());
+        }
+        if let Some(route) = self.public.lookup(service) {
+            return Ok(route.clone());
+        }
+        let mut serving: Vec<(&String, &Arc<Route>)> =
+            self.named.iter().filter(|(_, r)| r.services.contains(service)).collect();
+        match serving.len() {
+            0 => Err(rpc(Code::Unimplemented, format!("{service} is not served by a dependency of this plugin"))),
+            1 => Ok(serving[0].1.clone()),
+            _ => {
+                serving.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let names: Vec<&str> = serving.iter().map(|(k, _)| k.as_str()).collect();
+                Err(rpc(
+                    Code::FailedPrecondition,
+                    format!(
+                        "{service} is served by several dependencies ({}): the call must name one",
+                        names.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 }
 
@@ -356,17 +411,17 @@ fn to_rresult<T>(r: Result<T, Status>) -> RResult<T, RpcStatus> {
 
 impl ServiceHost for DependencyHost {
     fn unary(&self, call: CallHead, body: RVec<u8>) -> FfiFuture<RResult<RVec<u8>, RpcStatus>> {
-        let Some(route) = self.table.lookup(service_of(&call.method)).cloned() else {
-            return futures::future::ready(RErr(not_a_dependency(&call.method))).into_ffi();
-        };
-        async move { to_rresult(call_unary(&route, call, body).await) }.into_ffi()
+        match self.resolve(&call) {
+            Ok(route) => async move { to_rresult(call_unary(&route, call, body).await) }.into_ffi(),
+            Err(s) => futures::future::ready(RErr(s)).into_ffi(),
+        }
     }
 
     fn streaming(&self, call: CallHead, input: ByteStream) -> FfiFuture<RResult<ByteStream, RpcStatus>> {
-        let Some(route) = self.table.lookup(service_of(&call.method)).cloned() else {
-            return futures::future::ready(RErr(not_a_dependency(&call.method))).into_ffi();
-        };
-        async move { to_rresult(call_streaming(&route, call, input).await) }.into_ffi()
+        match self.resolve(&call) {
+            Ok(route) => async move { to_rresult(call_streaming(&route, call, input).await) }.into_ffi(),
+            Err(s) => futures::future::ready(RErr(s)).into_ffi(),
+        }
     }
 
     fn dependencies(&self) -> RVec<PluginRef> {

@@ -26,7 +26,11 @@ use async_ffi::FfiFuture;
 
 /// The plugin-api ABI version this crate implements. The core refuses a
 /// library that reports another one, with a message naming both.
-pub const ABI_VERSION: u32 = 1;
+///
+/// History: 2 added [`CallHead::target`] (calls to one named dependency),
+/// [`PluginInstance::internal`] (services for dependents only) and
+/// [`Registration::optional`].
+pub const ABI_VERSION: u32 = 2;
 
 /// A gRPC status as it crosses the boundary.
 #[repr(C)]
@@ -65,6 +69,12 @@ pub struct MethodDecl {
 pub struct CallHead {
     /// `/package.Service/Method`
     pub method: RString,
+    /// For in-process calls: the `type.id` of the dependency that must
+    /// answer, e.g. `io.containerd.snapshotter.v1.overlayfs`. Empty means
+    /// whichever dependency serves the method's service. Several plugins of
+    /// one type serve the same API, so only a name can tell them apart.
+    /// Always empty on calls from the socket.
+    pub target: RString,
     /// The request's gRPC metadata (ASCII values only), including
     /// `containerd-namespace`.
     pub headers: RVec<Tuple2<RString, RString>>,
@@ -172,8 +182,14 @@ pub struct InitError {
 #[repr(C)]
 #[derive(StableAbi)]
 pub struct PluginInstance {
-    /// Fully qualified service names, e.g. `containerd.services.content.v1.Content`.
+    /// Fully qualified service names, e.g. `containerd.services.content.v1.Content`,
+    /// served on the socket (and to dependents).
     pub services: RVec<RString>,
+    /// Services served to dependents only, in process, never on the socket.
+    /// Any number of plugins may serve the same internal service (every
+    /// snapshotter serves Snapshots); a dependent picks one by
+    /// [`CallHead::target`].
+    pub internal: RVec<RString>,
     /// Exports known only after init (e.g. a root directory); merged over the
     /// registration's static exports.
     pub exports: RVec<Tuple2<RString, RString>>,
@@ -194,6 +210,9 @@ pub struct Registration {
     pub id: RString,
     /// Plugin types this one needs initialised first; `*` means all others.
     pub requires: RVec<RString>,
+    /// The types among `requires` that may have no running plugin at all
+    /// (ordering only): the metadata plugin starts without any snapshotter.
+    pub optional: RVec<RString>,
     /// `os/arch[/variant]`, e.g. `linux/amd64`.
     pub platforms: RVec<RString>,
     pub exports: RVec<Tuple2<RString, RString>>,

@@ -22,15 +22,37 @@ pub struct Dependency {
     pub exports: Vec<(String, String)>,
 }
 
+impl Dependency {
+    /// Its plugin URI, `type.id`, as [`Host::to`] takes it.
+    pub fn key(&self) -> String {
+        crate::types::key(&self.plugin_type, &self.id)
+    }
+}
+
 /// The handle a plugin uses to call its dependencies.
 #[derive(Clone)]
 pub struct Host {
     inner: std::sync::Arc<HostBox>,
+    /// The dependency every call goes to (`type.id`); empty: by service.
+    target: std::sync::Arc<str>,
 }
 
 impl Host {
     pub(crate) fn new(inner: HostBox) -> Host {
-        Host { inner: std::sync::Arc::new(inner) }
+        Host { inner: std::sync::Arc::new(inner), target: "".into() }
+    }
+
+    /// The same host, with every call going to the dependency `key`
+    /// (`type.id`, e.g. `io.containerd.snapshotter.v1.native`). Needed
+    /// where several dependencies serve the same service; a call to a
+    /// plugin that is not a dependency is `NotFound`.
+    pub fn to(&self, key: &str) -> Host {
+        Host { inner: self.inner.clone(), target: key.into() }
+    }
+
+    /// The running dependencies of one plugin type (see [`crate::types`]).
+    pub fn dependencies_of_type(&self, plugin_type: &str) -> Vec<Dependency> {
+        self.dependencies().into_iter().filter(|d| d.plugin_type == plugin_type).collect()
     }
 
     /// The initialised plugins this plugin may call.
@@ -61,7 +83,7 @@ impl Host {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        match self.inner.unary(call.to_head(), req.encode_to_vec().into()).await {
+        match self.inner.unary(call.to_head(&self.target), req.encode_to_vec().into()).await {
             ROk(bytes) => Ok(Resp::decode(bytes.as_slice())?),
             RErr(s) => Err(s.into()),
         }
@@ -79,7 +101,7 @@ impl Host {
         Resp: prost::Message + Default + 'static,
         S: Stream<Item = Result<Req, Status>> + Send + 'static,
     {
-        match self.inner.streaming(call.to_head(), encode_stream(input)).await {
+        match self.inner.streaming(call.to_head(&self.target), encode_stream(input)).await {
             ROk(out) => Ok(frames(out).map(|r| r.and_then(|b| Ok(Resp::decode(b.as_slice())?))).boxed()),
             RErr(s) => Err(s.into()),
         }

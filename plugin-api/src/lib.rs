@@ -48,8 +48,11 @@ pub mod logging;
 pub mod plugin;
 pub mod runtime;
 pub mod service;
+#[cfg(feature = "snapshots")]
+pub mod snapshots;
 pub mod status;
 pub mod stream;
+pub mod types;
 pub mod validate;
 
 pub use abi_stable;

@@ -24,6 +24,8 @@ pub struct PluginInfo {
     pub id: String,
     /// Plugin types that must be initialised first; `*` for all others.
     pub requires: Vec<String>,
+    /// Types among `requires` that may have no running plugin (ordering only).
+    pub optional: Vec<String>,
     /// Empty means the platform the library was built for.
     pub platforms: Vec<String>,
     pub exports: Vec<(String, String)>,
@@ -38,6 +40,15 @@ impl PluginInfo {
     }
     pub fn requires(mut self, types: &[&str]) -> Self {
         self.requires = types.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Types to initialise first when they exist, without failing when
+    /// none of them runs (e.g. the metadata plugin and snapshotters).
+    pub fn requires_optional(mut self, types: &[&str]) -> Self {
+        for t in types {
+            self.requires.push(t.to_string());
+            self.optional.push(t.to_string());
+        }
         self
     }
     pub fn export(mut self, key: &str, value: &str) -> Self {
@@ -161,6 +172,7 @@ pub fn registration<P: Plugin>() -> Registration {
         plugin_type: info.plugin_type.into(),
         id: info.id.into(),
         requires: strings(info.requires),
+        optional: strings(info.optional),
         platforms: strings(platforms),
         exports: info.exports.into_iter().map(|(k, v)| (RString::from(k), RString::from(v)).into()).collect(),
         capabilities: strings(info.capabilities),
@@ -189,6 +201,7 @@ extern "C" fn init_entry<P: Plugin>(ctx: InitContext) -> FfiFuture<RResult<Plugi
     fut.map(|r| match r {
         Ok(router) => ROk(PluginInstance {
             services: strings(router.services()),
+            internal: strings(router.internal_services()),
             exports: RVec::new(),
             streaming: router.streaming_methods().into(),
             handler: router.into_handler(),

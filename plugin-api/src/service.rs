@@ -60,9 +60,12 @@ impl Call {
         }
     }
 
-    pub(crate) fn to_head(&self) -> CallHead {
+    /// The call as the ABI carries it; `target` names the dependency that
+    /// must answer (`type.id`), empty for "whoever serves the service".
+    pub(crate) fn to_head(&self, target: &str) -> CallHead {
         CallHead {
             method: self.method.as_str().into(),
+            target: target.into(),
             headers: self.headers.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into()).into()).collect(),
         }
     }
@@ -77,6 +80,8 @@ type ShutdownFn = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 #[derive(Default, Clone)]
 pub struct ServiceRouter {
     services: BTreeSet<String>,
+    /// Services served to dependents only (see [`ServiceRouter::internal`]).
+    internal: BTreeSet<String>,
     unary: HashMap<String, UnaryFn>,
     streaming: HashMap<String, (CallKind, StreamFn)>,
     shutdown: Option<ShutdownFn>,
@@ -200,9 +205,24 @@ impl ServiceRouter {
         self
     }
 
-    /// The gRPC service names this router serves.
+    /// Serves `service` to the plugins that depend on this one, in process,
+    /// and never on the socket. Several plugins may serve the same internal
+    /// service; a dependent names the one it calls ([`crate::Host::to`]).
+    /// This is how every snapshotter serves the Snapshots API while only the
+    /// metadata plugin's namespaced Snapshots is on the socket.
+    pub fn internal(mut self, service: &str) -> Self {
+        self.internal.insert(service.to_string());
+        self
+    }
+
+    /// The gRPC service names this router serves on the socket.
     pub fn services(&self) -> Vec<String> {
-        self.services.iter().cloned().collect()
+        self.services.difference(&self.internal).cloned().collect()
+    }
+
+    /// The services this router serves to dependents only.
+    pub fn internal_services(&self) -> Vec<String> {
+        self.services.intersection(&self.internal).cloned().collect()
     }
 
     /// Every streaming method, for the core's router.

@@ -134,7 +134,8 @@ async fn out_of_tree_plugin_loads_lists_and_serves() {
             std::fs::canonicalize(&copied).unwrap(),
             "{who}: the library export must point at the copy in plugin_dir:\n{text}"
         );
-        assert_eq!(export(&text, "io.crated.plugin.abi"), Some("1"), "{who}:\n{text}");
+        let abi = crated_plugin_api::abi::ABI_VERSION.to_string();
+        assert_eq!(export(&text, "io.crated.plugin.abi"), Some(abi.as_str()), "{who}:\n{text}");
         assert_eq!(export(&text, "greeting_source"), Some("config"), "{who}: the plugin's own export:\n{text}");
     }
 

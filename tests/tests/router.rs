@@ -182,3 +182,34 @@ async fn a_second_plugin_serving_the_same_service_without_depending_on_it_is_ref
     let expected = if refused[0] == "io.crated.test.v1.echo" { "hi" } else { "intruder" };
     assert_eq!(r.text, expected, "the socket keeps the first owner");
 }
+
+/// Two plugins of one type serve the same service to dependents only; the
+/// socket never sees it, and a dependent reaches each one by its name.
+#[tokio::test]
+async fn a_dependency_is_called_by_name_among_several_of_one_type() {
+    let d = Setup::new(&["named"]).start();
+    let ch = d.channel().await;
+    let relay = format!("/{RELAY_SERVICE}/Echo");
+    for side in ["left", "right"] {
+        let r: EchoResponse =
+            unary(&ch, &relay, Some(&format!("io.crated.testmulti.v1.{side}")), req("hi", 0)).await.unwrap();
+        assert_eq!(r.text, format!("{side}: hi"));
+    }
+    // Unnamed, the call is ambiguous and says which plugins could answer.
+    let e = unary::<_, EchoResponse>(&ch, &relay, None, req("hi", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("io.crated.testmulti.v1.left, io.crated.testmulti.v1.right"), "{}", e.message());
+    // A name that is not a dependency is NotFound, naming the dependencies.
+    let e = unary::<_, EchoResponse>(&ch, &relay, Some("io.crated.testmulti.v1.nope"), req("x", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert!(e.message().contains("io.crated.testmulti.v1.left"), "{}", e.message());
+    // Internal services are not on the socket, even with two owners.
+    let e = unary::<_, EchoResponse>(&ch, &echo_method("Echo"), None, req("x", 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{}", e.message());
+    // All three plugins run.
+    let out = d.ctr(&["plugins", "ls"]);
+    let text = common::stdout(&out);
+    for id in ["left", "right", "picker"] {
+        assert!(text.lines().any(|l| l.contains(id) && l.trim_end().ends_with("ok")), "{text}");
+    }
+}

@@ -21,7 +21,7 @@ pub struct ContentPlugin;
 
 impl Plugin for ContentPlugin {
     fn info() -> PluginInfo {
-        PluginInfo::new("io.containerd.content.v1", "content")
+        PluginInfo::new(crated_plugin_api::types::CONTENT, "content")
     }
 
     async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {

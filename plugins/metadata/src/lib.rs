@@ -16,7 +16,7 @@ pub mod service;
 
 use std::time::Duration;
 
-use crated_plugin_api::{export_plugins, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 use crate::{
     containers::ContainerStore, content::ContentStore, db::Db, images::ImageStore, leases::LeaseStore,
@@ -30,8 +30,8 @@ pub struct Metadata;
 
 impl Plugin for Metadata {
     fn info() -> PluginInfo {
-        PluginInfo::new("io.containerd.metadata.v1", "redb")
-            .requires(&["io.containerd.content.v1", crated_events_api::PLUGIN_TYPE])
+        PluginInfo::new(types::METADATA, "redb")
+            .requires(&[types::CONTENT, types::EVENT])
             // How often leases past their `containerd.io/gc.expire` are removed.
             .config_defaults("lease_expiry_interval_ms = 10000\n")
     }

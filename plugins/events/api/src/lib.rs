@@ -62,7 +62,7 @@ use containerd_client::services::v1::PublishRequest;
 use crated_plugin_api::{Host, Status};
 
 /// The plugin type a publisher lists in `requires`.
-pub const PLUGIN_TYPE: &str = "io.containerd.event.v1";
+pub const PLUGIN_TYPE: &str = crated_plugin_api::types::EVENT;
 /// The plugin id.
 pub const PLUGIN_ID: &str = "exchange";
 /// The gRPC service.
