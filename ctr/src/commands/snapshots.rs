@@ -25,11 +25,12 @@ use crate::golog::go_quote;
 use crate::gotime::{rfc3339_nano_utc, rfc3339_with_offset, Timestamp, GO_ZERO_TIME_SECS};
 use crate::tabwriter::TabWriter;
 
-/// What an empty `--snapshotter` stands for. Stock ctr's client would read
+/// What an empty `--snapshotter` stands for. containerd's client would try
 /// the namespace's `containerd.io/defaults/snapshotter` label first, but it
-/// looks it up without a namespace (ctr sets none on the client itself), the
-/// lookup fails and it always falls back to this name; observed with
-/// containerd 1.6.20, where a namespace label is ignored.
+/// reads it with a context that carries no namespace and ctr gives the
+/// client no default one, so the lookup fails and stock ctr always falls
+/// back to this name (observed with 1.6.20: the label is ignored, even for
+/// `-n` or `CONTAINERD_NAMESPACE`).
 const DEFAULT_SNAPSHOTTER: &str = "overlayfs";
 
 /// The label that keeps what ctr creates from the garbage collector.
