@@ -10,6 +10,7 @@ pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;
+pub mod snapshots;
 pub mod version;
 
 use std::collections::{BTreeMap, HashMap};
@@ -129,6 +130,9 @@ pub enum Command {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
     },
+    /// Manage snapshots
+    #[command(visible_alias = "snapshot", subcommand_required = true, arg_required_else_help = true)]
+    Snapshots(snapshots::SnapshotsArgs),
     /// Print the client and server versions
     Version,
 }
@@ -145,6 +149,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Leases { command } => leases::run(&cli.global, command).await,
             Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
+            Command::Snapshots(args) => snapshots::run(&cli.global, args).await,
             Command::Version => version::run(&cli.global).await,
         }
     })
