@@ -11,11 +11,11 @@ use crated_snapshot_conformance::{run, Target};
 #[command(name = "snapshot-conformance", about = "Check a snapshotter against containerd's Snapshots API semantics")]
 struct Args {
     /// The unix socket serving containerd.services.snapshots.v1.Snapshots.
-    #[arg(long)]
-    address: String,
+    #[arg(long, required_unless_present = "list")]
+    address: Option<String>,
     /// The `snapshotter` field of every request (e.g. overlayfs, native).
-    #[arg(long)]
-    snapshotter: String,
+    #[arg(long, required_unless_present = "list")]
+    snapshotter: Option<String>,
     /// Sent as the containerd-namespace header; an empty value sends none.
     #[arg(long, default_value = "conformance")]
     namespace: String,
@@ -39,7 +39,11 @@ async fn main() -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("snapshot-conformance must run as root: it mounts the snapshots it prepares");
     }
-    let target = Target { address: args.address, snapshotter: args.snapshotter, namespace: args.namespace };
+    let target = Target {
+        address: args.address.unwrap_or_default(),
+        snapshotter: args.snapshotter.unwrap_or_default(),
+        namespace: args.namespace,
+    };
     let report = run(&target, args.filter.as_deref()).await;
     if report.cases.is_empty() {
         bail!("no case matches the filter {:?}", args.filter.unwrap_or_default());
