@@ -5,11 +5,13 @@
 #   containerd         the stock `ctr` of containerd 1.6, the reference client in tests
 #   busybox-static     the binary test images are built from
 #   docker-registry    a real registry on 127.0.0.1 for pull/push tests
+#   python3-venv       `python3 -m venv` (Debian splits it out), for the venv
+#                      with grpcio from PyPI the gRPC client tests make
 # The packages' own services are not used: tests start what they need on
 # temporary sockets and ports.
 set -euo pipefail
 
-packages=(protobuf-compiler runc containerd busybox-static docker-registry)
+packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
