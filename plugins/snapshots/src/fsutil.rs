@@ -153,7 +153,7 @@ fn copy_metadata(src: &Path, dst: &Path, m: &fs::Metadata) -> io::Result<()> {
 }
 
 fn copy_xattrs(src: &Path, dst: &Path, symlink: bool) -> io::Result<()> {
-    let size = match rustix::fs::llistxattr(src, &mut [0u8; 0][..]) {
+    let size = match rustix::fs::llistxattr_query(src) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -165,7 +165,7 @@ fn copy_xattrs(src: &Path, dst: &Path, symlink: bool) -> io::Result<()> {
     let n = rustix::fs::llistxattr(src, &mut names[..])?;
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = OsStr::new(std::str::from_utf8(name).map_err(io::Error::other)?);
-        let len = rustix::fs::lgetxattr(src, name, &mut [0u8; 0][..])?;
+        let len = rustix::fs::lgetxattr_query(src, name)?;
         let mut value = vec![0u8; len];
         let len = rustix::fs::lgetxattr(src, name, &mut value[..])?;
         match rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty()) {

@@ -128,7 +128,7 @@ impl<L: Layout> Snapshots<L> {
         let mkdir = |p: &Path| -> Result<()> {
             match fs::create_dir(p) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                    return Err(SnapshotError::io(format!("create {}", p.display()), e))
+                    Err(SnapshotError::io(format!("create {}", p.display()), e))
                 }
                 Err(_) => Ok(()),
                 Ok(()) => fs::set_permissions(p, fs::Permissions::from_mode(0o700))

@@ -114,7 +114,6 @@ impl SnapshotterPlugin for Overlay {
     async fn new(ctx: InitCtx) -> Result<Self, PluginError> {
         let root = ctx.root.clone();
         tokio::task::spawn_blocking(move || {
-            fs::create_dir_all(&root).map_err(|e| PluginError::failed(format!("create {}: {e}", root.display())))?;
             supported(&root).map_err(PluginError::skip)?;
             Overlay::open(&root, OverlayLayout::detect(&root)).map_err(PluginError::failed)
         })
@@ -128,6 +127,7 @@ impl SnapshotterPlugin for Overlay {
 /// small overlay with two lower layers mounts in a scratch directory under
 /// `root`. The reason is returned when not.
 pub fn supported(root: &Path) -> Result<(), String> {
+    fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
     let scratch = root.join(fsutil::unique_name("overlay-check"));
     fs::create_dir(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
     let result = check_in(root, &scratch);
@@ -188,7 +188,7 @@ pub fn needs_userxattr(root: &Path) -> bool {
         return false;
     }
     const TMPFS_MAGIC: i64 = 0x0102_1994;
-    if rustix::fs::statfs(root).is_ok_and(|s| s.f_type as i64 == TMPFS_MAGIC) {
+    if rustix::fs::statfs(root).is_ok_and(|s| s.f_type == TMPFS_MAGIC) {
         return false;
     }
     if kernel_at_least(5, 11) {

@@ -581,7 +581,7 @@ mod tests {
         s.create(Kind::Active, "k", "", labels, &parents, |_| Ok(())).unwrap();
         let (_, info, _) = s.get_info("k").unwrap();
         assert_eq!(info.labels, HashMap::from([("a".to_string(), "1".to_string())]));
-        let created = info.created_at.clone();
+        let created = info.created_at;
 
         let l = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
