@@ -215,6 +215,9 @@ impl MetaStore {
     /// daemon on the same root fails here instead of sharing it.
     pub fn open(path: &Path) -> Result<MetaStore> {
         let db = Database::create(path)?;
+        // Labels may carry anything; containerd keeps the file to root.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| SnapshotError::io(format!("chmod {}", path.display()), e))?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
