@@ -269,11 +269,13 @@ async fn snapshotter_names_and_a_panicking_snapshotter() {
     let ch = d.channel().await;
 
     // No name, an unknown name: InvalidArgument naming what is loaded.
-    for (name, says) in [("", "snapshotter argument missing"), ("overlayfs", "snapshotter not loaded: overlayfs")] {
+    for (name, says) in
+        [("", "snapshotter argument missing"), ("overlayfs", "snapshotter not loaded: overlayfs: invalid argument")]
+    {
         let e = prepare(&ch, "default", name, "k", "", &[]).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(says), "{e:?}");
-        assert!(e.message().contains("dirsnap, faulty"), "{e:?}");
+        assert!(e.message().contains("loaded snapshotters: dirsnap, faulty"), "{e:?}");
         assert_eq!(list(&ch, "default", name, &[]).await.unwrap_err().code(), Code::InvalidArgument);
     }
 

@@ -316,19 +316,23 @@ impl SnapshotStore {
         if self.backends.is_empty() {
             "no snapshotter is loaded".into()
         } else {
-            format!("loaded: {}", self.snapshotters().join(", "))
+            format!("loaded snapshotters: {}", self.snapshotters().join(", "))
         }
     }
 
     /// The snapshotter a request names, as containerd's snapshots service
-    /// picks it, with the loaded ones named in the error.
+    /// picks it (same codes and wording), with the loaded ones named in the
+    /// error.
     fn backend(&self, sn: &str) -> Result<&Backend, SnapshotError> {
         if sn.is_empty() {
-            return Err(SnapshotError::Snapshotter(format!("snapshotter argument missing ({})", self.loaded())));
+            return Err(SnapshotError::Snapshotter(format!(
+                "snapshotter argument missing: invalid argument; {}",
+                self.loaded()
+            )));
         }
-        self.backends
-            .get(sn)
-            .ok_or_else(|| SnapshotError::Snapshotter(format!("snapshotter not loaded: {sn} ({})", self.loaded())))
+        self.backends.get(sn).ok_or_else(|| {
+            SnapshotError::Snapshotter(format!("snapshotter not loaded: {sn}: invalid argument; {}", self.loaded()))
+        })
     }
 
     async fn blocking<T: Send + 'static>(
