@@ -16,11 +16,16 @@
 //! | `lease_resources` | (namespace, lease id, type, id)     | `()`                  |
 //! | `images`          | (namespace, image name)             | JSON [`ImageRecord`]  |
 //! | `containers`      | (namespace, container id)           | JSON [`ContainerRecord`] |
+//! | `snapshots`       | (namespace, snapshotter, key)       | JSON [`SnapshotRecord`] |
+//! | `snapshot_children` | (namespace, snapshotter, parent key, child key) | `()` |
+//! | `snapshot_refs`   | (snapshotter, backend key, namespace, key) | `()`: who references a backend snapshot |
 //!
 //! Every change is one write transaction (redb commits are atomic and, with
 //! the default `Durability::Immediate`, durable when `commit` returns), so a
 //! daemon killed at any point restarts with either all or none of a change.
-//! `content` and `blob_refs` are always written in the same transaction.
+//! `content` and `blob_refs` are always written in the same transaction, and
+//! so are `snapshots`, `snapshot_children` and `snapshot_refs`. The
+//! `meta` key `"snapshot_seq"` numbers backend snapshot keys.
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
@@ -35,6 +40,9 @@ pub const LEASES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("l
 pub const LEASE_RESOURCES: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("lease_resources");
 pub const IMAGES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("images");
 pub const CONTAINERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("containers");
+pub const SNAPSHOTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("snapshots");
+pub const SNAPSHOT_CHILDREN: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("snapshot_children");
+pub const SNAPSHOT_REFS: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("snapshot_refs");
 
 /// Bumped whenever the layout above changes incompatibly (a new table is
 /// compatible: [`Db::open`] creates it in an existing file).
@@ -110,6 +118,22 @@ pub struct ContainerRecord {
     pub extensions: BTreeMap<String, AnyRecord>,
     #[serde(default)]
     pub sandbox: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+/// A snapshot as a namespace sees it. `backend_key` is the key the
+/// snapshotter knows it by (`<namespace>/<seq>/<key>`, or another
+/// namespace's key when a committed layer is shared).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    #[serde(default)]
+    pub parent: String,
+    /// `active`, `view` or `committed`.
+    pub kind: String,
+    pub backend_key: String,
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(default)]
@@ -212,6 +236,9 @@ impl Db {
             txn.open_table(LEASE_RESOURCES)?;
             txn.open_table(IMAGES)?;
             txn.open_table(CONTAINERS)?;
+            txn.open_table(SNAPSHOTS)?;
+            txn.open_table(SNAPSHOT_CHILDREN)?;
+            txn.open_table(SNAPSHOT_REFS)?;
         }
         txn.commit()?;
         Ok(Db { inner: Arc::new(db) })

@@ -1,9 +1,12 @@
 //! io.containerd.metadata.v1.redb: namespaces, leases, namespaced content
-//! records, images and containers on redb, serving containerd's Namespaces,
-//! Leases, (namespaced) Content, Images and Containers services.
+//! records, images, containers and snapshot records on redb, serving
+//! containerd's Namespaces, Leases, (namespaced) Content, Images, Containers
+//! and (namespaced) Snapshots services. Snapshotters are optional
+//! dependencies: each request names the one it goes to.
 //!
 //! Like containerd, the stores are plain library modules ([`db`],
-//! [`namespaces`], [`leases`], [`content`], [`images`], [`containers`]) and
+//! [`namespaces`], [`leases`], [`content`], [`images`], [`containers`],
+//! [`snapshots`]) and
 //! [`service`] maps gRPC to them; this file only registers the plugin.
 
 pub mod containers;
@@ -13,14 +16,17 @@ pub mod images;
 pub mod leases;
 pub mod namespaces;
 pub mod service;
+pub mod snapshots;
 
 use std::time::Duration;
 
-use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{
+    export_plugins, snapshots::SnapshotterClient, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter,
+};
 
 use crate::{
     containers::ContainerStore, content::ContentStore, db::Db, images::ImageStore, leases::LeaseStore,
-    namespaces::NamespaceStore, service::content::ContentService, service::Events,
+    namespaces::NamespaceStore, service::content::ContentService, service::Events, snapshots::SnapshotStore,
 };
 
 /// The plugin's database file, under its root directory.
@@ -32,6 +38,8 @@ impl Plugin for Metadata {
     fn info() -> PluginInfo {
         PluginInfo::new(types::METADATA, "redb")
             .requires(&[types::CONTENT, types::EVENT])
+            // With no snapshotter the Snapshots service answers that none is loaded.
+            .requires_optional(&[types::SNAPSHOTTER])
             // How often leases past their `containerd.io/gc.expire` are removed.
             .config_defaults("lease_expiry_interval_ms = 10000\n")
     }
@@ -53,6 +61,26 @@ impl Plugin for Metadata {
         let leases = LeaseStore::new(db.clone());
         let events = Events::new(ctx.host.clone());
         let content = ContentService::new(ContentStore::new(db.clone()), ctx.host.clone(), events.clone());
+
+        let snapshotters: Vec<(String, SnapshotterClient)> = ctx
+            .host
+            .dependencies_of_type(types::SNAPSHOTTER)
+            .into_iter()
+            .map(|d| (d.id.clone(), SnapshotterClient::new(&ctx.host, &d.key())))
+            .collect();
+        let snapshots = SnapshotStore::new(db.clone(), snapshotters);
+        // Repair what a crash left between a record and its backend
+        // snapshot before the first request (snapshots.rs explains why).
+        for sn in snapshots.snapshotters() {
+            match snapshots.recover(&sn).await {
+                Ok((0, 0)) => {}
+                Ok((dropped, removed)) => crated_plugin_api::tracing::warn!(
+                    "snapshotter {sn}: dropped {dropped} records without a backend snapshot, removed {removed} \
+                     backend snapshots without a record"
+                ),
+                Err(e) => crated_plugin_api::tracing::warn!("snapshotter {sn}: recovery failed: {e}"),
+            }
+        }
 
         let sweeper = leases.clone();
         let expiry = tokio::spawn(async move {
@@ -79,7 +107,8 @@ impl Plugin for Metadata {
         let router = service::namespaces::routes(router, NamespaceStore::new(db.clone()), events.clone());
         let router = service::leases::routes(router, leases);
         let router = service::images::routes(router, ImageStore::new(db.clone()), events.clone());
-        let router = service::containers::routes(router, ContainerStore::new(db.clone()), events);
+        let router = service::containers::routes(router, ContainerStore::new(db.clone()), events.clone());
+        let router = service::snapshots::routes(router, snapshots, events);
         Ok(service::content::routes(router, content))
     }
 }

@@ -130,6 +130,10 @@ impl NamespaceStore {
             if any_in_ns(&txn.open_table(LEASES).map_err(DbError::from)?, name)? {
                 kinds.push("leases");
             }
+            let snapshotters = crate::snapshots::snapshotters_in(txn, name)?;
+            let snapshot_kinds: Vec<String> =
+                snapshotters.iter().map(|sn| format!("snapshots on {sn:?} snapshotter")).collect();
+            kinds.extend(snapshot_kinds.iter().map(String::as_str));
             if !kinds.is_empty() {
                 return Err(NamespaceError::NotEmpty { name: name.into(), kinds: kinds.join(", ") });
             }

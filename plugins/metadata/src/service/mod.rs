@@ -1,5 +1,5 @@
 //! gRPC services over the stores: containerd's Namespaces, Leases, the
-//! namespaced Content API, Images and Containers. Each store error becomes a [`Status`] in exactly
+//! namespaced Content API, Images, Containers and Snapshots. Each store error becomes a [`Status`] in exactly
 //! one `From` impl here.
 
 pub mod containers;
@@ -7,6 +7,7 @@ pub mod content;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,7 +15,7 @@ use crated_plugin_api::{Call, Code, Host, Status};
 
 use crate::{
     containers::ContainerError, content::ContentError, db::DbError, images::ImageError, leases::LeaseError,
-    namespaces::NamespaceError,
+    namespaces::NamespaceError, snapshots::SnapshotError,
 };
 
 impl From<DbError> for Status {
@@ -84,6 +85,22 @@ impl From<ContainerError> for Status {
             ContainerError::NotFound(_) => Code::NotFound,
             ContainerError::AlreadyExists(_) => Code::AlreadyExists,
             ContainerError::Db(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<SnapshotError> for Status {
+    fn from(e: SnapshotError) -> Status {
+        let code = match &e {
+            SnapshotError::InvalidArgument(_) | SnapshotError::Snapshotter(_) => Code::InvalidArgument,
+            SnapshotError::NotFound(_) => Code::NotFound,
+            SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
+            SnapshotError::FailedPrecondition(_) => Code::FailedPrecondition,
+            SnapshotError::Unexpected(_) => Code::Unknown,
+            SnapshotError::Lease(l) => lease_code(l),
+            SnapshotError::Backend(s) => s.code,
+            SnapshotError::Db(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }
