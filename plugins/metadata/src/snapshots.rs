@@ -758,6 +758,9 @@ impl SnapshotStore {
                 )));
             }
         }
+        // The request's labels are checked as given: an empty value (which
+        // removes a label) does not make an oversized key acceptable.
+        check_labels(&labels)?;
         let _g = b.lock.lock().await;
         let mut rec = self.record(ns, sn, key).await?;
         let mut new = rec.labels.clone();
