@@ -29,6 +29,7 @@ use abi_stable::std_types::{RErr, ROk, RVec};
 use crated_plugin_api::{
     abi::{ByteStream, CallHead},
     grpc::{self, Limits, PassThrough},
+    runtime::AbortOnDrop,
     stream, Code, Status,
 };
 use futures::{FutureExt, StreamExt};
@@ -76,6 +77,14 @@ impl Origin {
 
 /// The client side of one proxy plugin.
 pub struct Proxy {
+    client: Arc<Client>,
+    /// The daemon's runtime. In-process callers poll from their own
+    /// library's runtime, whose tokio is another copy: the connection's I/O
+    /// and the stream pumps must run here.
+    runtime: tokio::runtime::Handle,
+}
+
+struct Client {
     origin: Origin,
     channel: Channel,
     limits: Limits,
@@ -94,9 +103,38 @@ impl Proxy {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
-        Proxy { origin: Origin { key: key.into(), address: address.into() }, channel, limits: Limits::default() }
+        let client =
+            Client { origin: Origin { key: key.into(), address: address.into() }, channel, limits: Limits::default() };
+        Proxy { client: Arc::new(client), runtime: tokio::runtime::Handle::current() }
     }
 
+    /// Runs `f` on the daemon's runtime; dropping the returned future (a
+    /// cancelled call) aborts it.
+    async fn on_daemon<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    ) -> Result<T, Status> {
+        let mut task = AbortOnDrop(self.runtime.spawn(f));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(Status::internal(format!("proxy call to {} failed: {e}", self.client.origin.key))),
+        }
+    }
+
+    /// Forwards a unary call.
+    pub async fn unary(&self, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
+        let client = self.client.clone();
+        self.on_daemon(async move { client.unary(head, body).await }).await
+    }
+
+    /// Forwards a streaming call of any kind.
+    pub async fn streaming(&self, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
+        let client = self.client.clone();
+        self.on_daemon(async move { client.streaming(head, input).await }).await
+    }
+}
+
+impl Client {
     async fn client(&self) -> Result<tonic::client::Grpc<Channel>, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone())
             .max_decoding_message_size(self.limits.max_recv)
@@ -105,8 +143,7 @@ impl Proxy {
         Ok(grpc)
     }
 
-    /// Forwards a unary call.
-    pub async fn unary(&self, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
+    async fn unary(&self, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
         let path = method_path(&head)?;
         let mut grpc = self.client().await?;
         match grpc.unary(request(&head, body), path, PassThrough).await {
@@ -115,8 +152,7 @@ impl Proxy {
         }
     }
 
-    /// Forwards a streaming call of any kind.
-    pub async fn streaming(&self, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
+    async fn streaming(&self, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
         let path = method_path(&head)?;
         let mut grpc = self.client().await?;
         // A caller's stream that fails must not reach the proxy as a clean
