@@ -24,7 +24,8 @@ pub enum DaemonError {
     Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
 
-/// Checks the `[proxy_plugins]` tables; serving them comes later.
+/// Checks the `[proxy_plugins]` tables before anything starts (`plugins.rs`
+/// starts them).
 pub fn validate_proxy_plugins(config: &Config) -> Result<(), DaemonError> {
     for (name, p) in &config.proxy_plugins {
         let bad = |reason: &str| DaemonError::ProxyPlugin { name: name.clone(), reason: reason.into() };

@@ -8,5 +8,6 @@ pub mod graph;
 pub mod introspection;
 pub mod loader;
 pub mod plugins;
+pub mod proxy;
 pub mod router;
 pub mod server;

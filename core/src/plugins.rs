@@ -18,15 +18,17 @@ use abi_stable::{
     sabi_trait::TD_Opaque,
     std_types::{RErr, ROk, RString},
 };
-use crated_plugin_api::abi::{
-    HandlerBox, InitContext, InitErrorKind, PluginRef, Registration, ServiceHost_TO, ABI_VERSION,
+use crated_plugin_api::{
+    abi::{InitContext, InitErrorKind, PluginRef, Registration, ServiceHost_TO, ABI_VERSION},
+    types,
 };
 use futures::FutureExt;
 
 use crate::{
-    config::Config,
+    config::{Config, ProxyPlugin},
     graph::{self, Node},
     loader::Scan,
+    proxy::Proxy,
     router::{DependencyHost, Route, RouteTable, Target},
 };
 
@@ -86,6 +88,70 @@ struct Candidate {
     library: PathBuf,
     sdk: String,
     abi: u32,
+}
+
+/// A `[proxy_plugins]` entry, started as a plugin of its type.
+struct ProxyCandidate {
+    plugin_type: &'static str,
+    name: String,
+    config: ProxyPlugin,
+}
+
+impl ProxyCandidate {
+    fn key(&self) -> String {
+        types::key(self.plugin_type, &self.name)
+    }
+
+    /// Its `ctr plugins ls` line: the configured platform (containerd 1.6
+    /// lists none), capabilities and exports, plus the `address` export
+    /// containerd adds.
+    fn record(&self) -> PluginRecord {
+        let mut exports = self.config.exports.clone();
+        exports.insert("address".into(), self.config.address.clone());
+        PluginRecord {
+            plugin_type: self.plugin_type.into(),
+            id: self.name.clone(),
+            requires: vec![],
+            platforms: [&self.config.platform].into_iter().filter(|p| !p.is_empty()).cloned().collect(),
+            exports,
+            capabilities: self.config.capabilities.clone(),
+            state: PluginState::Failed("not initialised".into()),
+        }
+    }
+
+    /// A proxy starts without touching its socket (connections are lazy),
+    /// so it never fails nor delays the daemon's start.
+    fn start(&self) -> Result<Started, PluginState> {
+        let key = self.key();
+        let service = types::proxy_service(self.plugin_type)
+            .ok_or_else(|| PluginState::Failed(format!("crated cannot proxy plugins of type {}", self.plugin_type)))?;
+        Ok(Started {
+            services: vec![],
+            internal: vec![service.to_string()],
+            target: Target::Proxy(Arc::new(Proxy::new(&key, &self.config.address))),
+            streaming: HashMap::new(),
+            exports: vec![],
+            direct: vec![],
+        })
+    }
+}
+
+/// The `[proxy_plugins]` entries crated can start, minus disabled ones.
+fn proxy_candidates(config: &Config) -> Vec<ProxyCandidate> {
+    let mut out = Vec::new();
+    for (name, p) in &config.proxy_plugins {
+        let Some(plugin_type) = types::proxy_type(&p.r#type) else {
+            tracing::warn!(proxy_plugin = %name, r#type = %p.r#type, "unsupported proxy plugin type; ignored");
+            continue;
+        };
+        let c = ProxyCandidate { plugin_type, name: name.clone(), config: p.clone() };
+        if config.disabled_plugins.contains(&c.key()) {
+            tracing::info!(plugin = %c.key(), "disabled by config");
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A core service that appears in introspection like any plugin.
@@ -160,6 +226,9 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
         });
     }
 
+    // Proxies come after the libraries' plugins: index `candidates.len() + j`
+    // in the graph is `proxies[j]`.
+    let proxies = proxy_candidates(config);
     let nodes: Vec<Node> = candidates
         .iter()
         .map(|c| Node {
@@ -168,10 +237,17 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             requires: c.reg.requires.iter().map(|r| r.to_string()).collect(),
             optional: c.reg.optional.iter().map(|r| r.to_string()).collect(),
         })
+        .chain(proxies.iter().map(|p| Node {
+            plugin_type: p.plugin_type.to_string(),
+            id: p.name.clone(),
+            requires: vec![],
+            optional: vec![],
+        }))
         .collect();
     let plan = graph::plan(&nodes);
 
-    let mut slot: Vec<Option<PluginRecord>> = candidates.iter().map(|c| Some(record_of(c))).collect();
+    let mut slot: Vec<Option<PluginRecord>> =
+        candidates.iter().map(record_of).chain(proxies.iter().map(ProxyCandidate::record)).map(Some).collect();
     for (i, reason) in &plan.refused {
         if let Some(r) = slot[*i].as_mut() {
             tracing::error!(plugin = %r.key(), "{reason}");
@@ -186,14 +262,17 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     // Plugin key -> every plugin it depends on, directly or not.
     let mut closure: HashMap<String, HashSet<String>> = HashMap::new();
     for i in plan.order {
-        let c = &candidates[i];
-        let mut record = slot[i].take().unwrap_or_else(|| record_of(c));
+        let Some(mut record) = slot[i].take() else { continue };
         let key = record.key();
-        match init_one(config, c, &record, &running_by_type, &running_routes, &routes).await {
-            Ok(Started { services, internal, handler, streaming, exports, direct }) => {
+        let started = match candidates.get(i) {
+            Some(c) => init_one(config, c, &record, &running_by_type, &running_routes, &routes).await,
+            None => proxies[i - candidates.len()].start(),
+        };
+        match started {
+            Ok(Started { services, internal, target, streaming, exports, direct }) => {
                 let route = Arc::new(Route {
                     owner: key.clone(),
-                    target: Target::Plugin(handler),
+                    target,
                     streaming,
                     services: services.iter().chain(&internal).cloned().collect(),
                 });
@@ -289,7 +368,7 @@ struct Started {
     services: Vec<String>,
     /// Served to dependents only.
     internal: Vec<String>,
-    handler: HandlerBox,
+    target: Target,
     streaming: HashMap<String, crated_plugin_api::abi::CallKind>,
     exports: Vec<(String, String)>,
     /// Keys of its direct dependencies.
@@ -357,7 +436,7 @@ async fn init_one(
         Ok(ROk(inst)) => Ok(Started {
             services: inst.services.iter().map(|s| s.to_string()).collect(),
             internal: inst.internal.iter().map(|s| s.to_string()).collect(),
-            handler: inst.handler,
+            target: Target::Plugin(inst.handler),
             streaming: inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
             exports: inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
             direct: owners,

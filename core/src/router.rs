@@ -1,4 +1,6 @@
 //! The one gRPC router: every service of every plugin on one socket.
+//! (The pass-through codec and the call dispatcher it shares with the SDK's
+//! proxy server live in `crated_plugin_api::grpc`.)
 //!
 //! A request's path (`/pkg.Service/Method`) names its service; the route
 //! table maps the service to the plugin that registered it. The frame is
@@ -21,20 +23,18 @@ use std::{
     sync::Arc,
 };
 
-use abi_stable::std_types::{RErr, RNone, ROk, RResult, RSome, RVec};
+use abi_stable::std_types::{RErr, ROk, RResult, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
-use bytes::{Buf, BufMut, Bytes};
 use crated_plugin_api::{
     abi::{ByteStream, CallHead, CallKind, HandlerBox, PluginRef, RpcStatus, ServiceHost},
-    stream, Call, ServiceRouter, Status,
+    grpc::{self, Backend, Limits},
+    Call, ServiceRouter, Status,
 };
-use futures::{future::BoxFuture, stream::BoxStream, FutureExt, StreamExt};
+use futures::{future::BoxFuture, FutureExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tonic::{
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    server::{ClientStreamingService, Grpc, ServerStreamingService, StreamingService, UnaryService},
-};
+
+use crate::proxy::Proxy;
 
 /// Who answers a service.
 pub enum Target {
@@ -42,6 +42,8 @@ pub enum Target {
     Plugin(HandlerBox),
     /// A service of the core itself (introspection, version, health).
     Core(ServiceRouter),
+    /// A `[proxy_plugins]` entry: frames forwarded to its socket.
+    Proxy(Arc<Proxy>),
 }
 
 /// The owner of one or more services.
@@ -108,14 +110,6 @@ fn panicked() -> Status {
     Status::internal("plugin panicked while handling the call")
 }
 
-fn to_tonic(s: Status) -> tonic::Status {
-    tonic::Status::new(tonic::Code::from(s.code as i32), s.message)
-}
-
-fn from_tonic(s: &tonic::Status) -> RpcStatus {
-    RpcStatus { code: s.code() as i32, message: s.message().into() }
-}
-
 /// Calls a unary method on a route.
 pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
     match &route.target {
@@ -125,6 +119,7 @@ pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result
             Err(_) => Err(panicked()),
         },
         Target::Core(r) => r.call_unary(Call::from_head(head), body.into_vec()).await.map(RVec::from),
+        Target::Proxy(p) => p.unary(head, body).await,
     }
 }
 
@@ -137,158 +132,16 @@ pub async fn call_streaming(route: &Route, head: CallHead, input: ByteStream) ->
             Err(_) => Err(panicked()),
         },
         Target::Core(_) => Err(Status::unimplemented(format!("{} does not stream", head.method))),
+        Target::Proxy(p) => p.streaming(head, input).await,
     }
 }
 
-/// Reads a plugin's output stream, turning a panic into `Internal`.
-fn outgoing(bs: ByteStream) -> BoxStream<'static, Result<RVec<u8>, tonic::Status>> {
-    futures::stream::unfold(Some(bs), |state| async move {
-        let bs = state?;
-        match AssertUnwindSafe(bs.next_frame()).catch_unwind().await {
-            Ok(RSome(ROk(b))) => Some((Ok(b), Some(bs))),
-            Ok(RSome(RErr(s))) => Some((Err(to_tonic(s.into())), None)),
-            Ok(RNone) => None,
-            Err(_) => Some((Err(to_tonic(panicked())), None)),
-        }
-    })
-    .boxed()
-}
-
-/// Feeds a client's request stream to a plugin, from the core's runtime.
-fn incoming(mut input: tonic::Streaming<Bytes>) -> ByteStream {
-    let (tx, bs) = stream::channel();
-    tokio::spawn(async move {
-        loop {
-            let frame = match input.message().await {
-                Ok(Some(b)) => ROk(RVec::from(&b[..])),
-                Ok(None) => break,
-                Err(s) => RErr(from_tonic(&s)),
-            };
-            let last = frame.is_err();
-            if tx.send(frame).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    bs
-}
-
-fn one_frame(body: Bytes) -> ByteStream {
-    let (tx, bs) = stream::channel();
-    // The channel has room for one frame, so this never waits.
-    let _ = tx.try_send(ROk(RVec::from(&body[..])));
-    bs
-}
-
-/// The gRPC metadata of a request, as the ABI carries it.
-fn metadata(
-    headers: &http::HeaderMap,
-) -> RVec<abi_stable::std_types::Tuple2<abi_stable::std_types::RString, abi_stable::std_types::RString>> {
-    headers
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "content-type" | "te" | "user-agent" | "grpc-accept-encoding"))
-        .filter_map(|(k, v)| Some((k.as_str().into(), v.to_str().ok()?.into()).into()))
-        .collect()
-}
-
-/// The codec that moves frames without decoding them.
-#[derive(Default, Clone, Copy)]
-struct PassThrough;
-
-impl Codec for PassThrough {
-    type Encode = RVec<u8>;
-    type Decode = Bytes;
-    type Encoder = PassThrough;
-    type Decoder = PassThrough;
-    fn encoder(&mut self) -> Self::Encoder {
-        PassThrough
+impl Backend for Route {
+    fn unary(&self, head: CallHead, body: RVec<u8>) -> BoxFuture<'_, Result<RVec<u8>, Status>> {
+        call_unary(self, head, body).boxed()
     }
-    fn decoder(&mut self) -> Self::Decoder {
-        PassThrough
-    }
-}
-
-impl Encoder for PassThrough {
-    type Item = RVec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: RVec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for PassThrough {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// One call on its way to a plugin; implements each of tonic's call kinds.
-struct Dispatch {
-    route: Arc<Route>,
-    head: CallHead,
-}
-
-type TonicFuture<T> = BoxFuture<'static, Result<tonic::Response<T>, tonic::Status>>;
-type OutStream = BoxStream<'static, Result<RVec<u8>, tonic::Status>>;
-
-impl UnaryService<Bytes> for Dispatch {
-    type Response = RVec<u8>;
-    type Future = TonicFuture<RVec<u8>>;
-    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
-        let (route, head) = (self.route.clone(), std::mem::take(&mut self.head));
-        async move {
-            let body = RVec::from(&req.get_ref()[..]);
-            call_unary(&route, head, body).await.map(tonic::Response::new).map_err(to_tonic)
-        }
-        .boxed()
-    }
-}
-
-impl ServerStreamingService<Bytes> for Dispatch {
-    type Response = RVec<u8>;
-    type ResponseStream = OutStream;
-    type Future = TonicFuture<OutStream>;
-    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
-        let (route, head) = (self.route.clone(), std::mem::take(&mut self.head));
-        async move {
-            let out = call_streaming(&route, head, one_frame(req.into_inner())).await.map_err(to_tonic)?;
-            Ok(tonic::Response::new(outgoing(out)))
-        }
-        .boxed()
-    }
-}
-
-impl ClientStreamingService<Bytes> for Dispatch {
-    type Response = RVec<u8>;
-    type Future = TonicFuture<RVec<u8>>;
-    fn call(&mut self, req: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
-        let (route, head) = (self.route.clone(), std::mem::take(&mut self.head));
-        async move {
-            let out = call_streaming(&route, head, incoming(req.into_inner())).await.map_err(to_tonic)?;
-            match outgoing(out).next().await {
-                Some(Ok(b)) => Ok(tonic::Response::new(b)),
-                Some(Err(s)) => Err(s),
-                None => Err(tonic::Status::internal("plugin ended a client-streaming call without a response")),
-            }
-        }
-        .boxed()
-    }
-}
-
-impl StreamingService<Bytes> for Dispatch {
-    type Response = RVec<u8>;
-    type ResponseStream = OutStream;
-    type Future = TonicFuture<OutStream>;
-    fn call(&mut self, req: tonic::Request<tonic::Streaming<Bytes>>) -> Self::Future {
-        let (route, head) = (self.route.clone(), std::mem::take(&mut self.head));
-        async move {
-            let out = call_streaming(&route, head, incoming(req.into_inner())).await.map_err(to_tonic)?;
-            Ok(tonic::Response::new(outgoing(out)))
-        }
-        .boxed()
+    fn streaming(&self, head: CallHead, input: ByteStream) -> BoxFuture<'_, Result<ByteStream, Status>> {
+        call_streaming(self, head, input).boxed()
     }
 }
 
@@ -296,32 +149,22 @@ impl StreamingService<Bytes> for Dispatch {
 #[derive(Clone)]
 pub struct GrpcRouter {
     table: Arc<RouteTable>,
-    max_recv: usize,
-    max_send: usize,
+    limits: Limits,
 }
 
 impl GrpcRouter {
     pub fn new(table: Arc<RouteTable>, max_recv: usize, max_send: usize) -> Self {
-        GrpcRouter { table, max_recv, max_send }
+        GrpcRouter { table, limits: Limits { max_recv, max_send } }
     }
 
     async fn dispatch(self, req: Request<Incoming>) -> Response<tonic::body::Body> {
-        let path = req.uri().path().to_string();
-        let service = service_of(&path);
+        let path = req.uri().path();
+        let service = service_of(path);
         let Some(route) = self.table.lookup(service).cloned() else {
             return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
         };
-        let kind = route.streaming.get(&path).copied().unwrap_or(CallKind::Unary);
-        let head = CallHead { method: path.as_str().into(), target: "".into(), headers: metadata(req.headers()) };
-        let svc = Dispatch { route, head };
-        let mut grpc =
-            Grpc::new(PassThrough).max_decoding_message_size(self.max_recv).max_encoding_message_size(self.max_send);
-        match kind {
-            CallKind::Unary => grpc.unary(svc, req).await,
-            CallKind::ServerStreaming => grpc.server_streaming(svc, req).await,
-            CallKind::ClientStreaming => grpc.client_streaming(svc, req).await,
-            CallKind::BidiStreaming => grpc.streaming(svc, req).await,
-        }
+        let kind = route.streaming.get(path).copied().unwrap_or(CallKind::Unary);
+        grpc::dispatch(route, kind, req, self.limits).await
     }
 }
 

@@ -43,9 +43,13 @@
 
 pub mod abi;
 pub mod filters;
+#[cfg(feature = "proxy-server")]
+pub mod grpc;
 pub mod host;
 pub mod logging;
 pub mod plugin;
+#[cfg(feature = "proxy-server")]
+pub mod proxy;
 pub mod runtime;
 pub mod service;
 #[cfg(feature = "snapshots")]

@@ -41,6 +41,17 @@ pub fn proxy_type(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// The gRPC service a plugin of `plugin_type` serves to its dependents,
+/// for the types a `[proxy_plugins]` entry can stand for: what the proxy's
+/// socket must serve.
+pub fn proxy_service(plugin_type: &str) -> Option<&'static str> {
+    match plugin_type {
+        SNAPSHOTTER => Some("containerd.services.snapshots.v1.Snapshots"),
+        CONTENT => Some("containerd.services.content.v1.Content"),
+        _ => None,
+    }
+}
+
 /// A plugin's URI, `<type>.<id>`.
 pub fn key(plugin_type: &str, id: &str) -> String {
     format!("{plugin_type}.{id}")

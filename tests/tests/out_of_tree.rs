@@ -8,9 +8,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::OnceLock,
-    time::Instant,
 };
 
 use common::{stderr, stdout, unary, Setup};
@@ -33,45 +31,11 @@ struct HelloReply {
 const SAY_HELLO: &str = "/example.hello.v1.Greeter/SayHello";
 const LIBRARY: &str = "libhello_plugin.so";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// Builds the example with its own lockfile, once per test process (cargo's
-/// own lock serialises concurrent test processes), into
-/// `target/out-of-tree` so it neither waits on the workspace's target dir
-/// nor rebuilds from scratch on every run.
+/// The example's `.so`, built once per test process.
 fn hello_so() -> &'static Path {
     static SO: OnceLock<PathBuf> = OnceLock::new();
     SO.get_or_init(|| {
-        let root = repo_root();
-        let manifest = root.join("examples/hello-plugin/Cargo.toml");
-        let target = root.join("target/out-of-tree");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!(
-            "building {} with its own Cargo.lock into {} (a cold build takes a minute or two)",
-            manifest.display(),
-            target.display()
-        );
-        let started = Instant::now();
-        let out = Command::new(cargo)
-            .arg("build")
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--locked")
-            // rustup picks the pinned toolchain from the directory.
-            .current_dir(manifest.parent().unwrap())
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .expect("run cargo");
-        eprintln!("cargo build of hello-plugin took {:.1?}", started.elapsed());
-        assert!(
-            out.status.success(),
-            "building the out-of-tree example failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let so = target.join("debug").join(LIBRARY);
+        let so = common::build_out_of_tree("hello-plugin").join(LIBRARY);
         assert!(so.exists(), "{} is missing after the build", so.display());
         so
     })

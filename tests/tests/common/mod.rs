@@ -413,6 +413,42 @@ impl Daemon {
     }
 }
 
+/// Builds `examples/<name>`, a crate outside the workspace, the way its
+/// author would: with its own lockfile (`--locked` proves it is used), into
+/// `target/out-of-tree` so it neither waits on the workspace's target dir
+/// nor rebuilds from scratch on every run (cargo's own lock serialises
+/// concurrent test processes). Returns `target/out-of-tree/debug`.
+pub fn build_out_of_tree(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
+    let manifest = root.join("examples").join(name).join("Cargo.toml");
+    let target = root.join("target/out-of-tree");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!(
+        "building {} with its own Cargo.lock into {} (a cold build takes a minute or two)",
+        manifest.display(),
+        target.display()
+    );
+    let started = Instant::now();
+    let out = Command::new(cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--locked")
+        // rustup picks the pinned toolchain from the directory.
+        .current_dir(manifest.parent().unwrap())
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run cargo");
+    eprintln!("cargo build of {name} took {:.1?}", started.elapsed());
+    assert!(
+        out.status.success(),
+        "building the out-of-tree example {name} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("debug")
+}
+
 /// A stock containerd 1.6 (Debian's `containerd`) on temporary directories,
 /// the reference the tests and benchmarks compare with. Stopped by its pid.
 pub struct StockContainerd {
@@ -422,13 +458,18 @@ pub struct StockContainerd {
 
 impl StockContainerd {
     pub fn start() -> StockContainerd {
+        Self::start_with("")
+    }
+
+    /// Starts one with `extra` appended to its config (e.g. `[proxy_plugins]`).
+    pub fn start_with(extra: &str) -> StockContainerd {
         let bin = PathBuf::from("/usr/bin/containerd");
         assert!(bin.exists(), "the stock containerd is missing: install Debian's containerd package (.ci/run does)");
         let dir = tempfile::Builder::new().prefix("stock-containerd").tempdir().unwrap();
         let p = |s: &str| dir.path().join(s).display().to_string();
         let cfg = format!(
             "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = {:?}\n",
+             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = {:?}\n{extra}\n",
             p("root"),
             p("state"),
             p("c.sock"),
@@ -455,6 +496,15 @@ impl StockContainerd {
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("c.sock")
+    }
+
+    /// The stock `ctr` against this containerd.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        run_client(&stock_ctr_bin(), &self.socket(), args)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 }
 
