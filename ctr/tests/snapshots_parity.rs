@@ -211,14 +211,21 @@ fn snapshots_parity() {
 /// containerd, and our ctr must answer exactly as stock ctr does against
 /// crated. Needs crated's snapshotter plugins (native and overlayfs).
 #[test]
-#[ignore = "needs the snapshotter plugins"]
 fn snapshots_parity_against_crated() {
     for sn in ["native", "overlayfs"] {
         let containerd =
             std::thread::spawn(move || transcript(STOCK_CTR, &format!("snap-containerd-{sn}"), Server::Containerd, sn));
         let crated_stock = transcript(STOCK_CTR, &format!("snap-crated-{sn}"), Server::Crated, sn);
         let containerd = containerd.join().expect("containerd run panicked");
-        assert_same("stock ctr against containerd", &containerd, "stock ctr against crated", &crated_stock);
+        // The one deliberate difference: crated names the loaded
+        // snapshotters when a request names another one.
+        let listed = " (loaded snapshotters: native, overlayfs)";
+        if sn == "overlayfs" {
+            // (the run that asks for an unknown snapshotter)
+            assert!(crated_stock.iter().any(|s| s.contains(&format!("snapshotter not loaded: nope{listed}"))));
+        }
+        let crated_as_containerd: Vec<String> = crated_stock.iter().map(|s| s.replace(listed, "")).collect();
+        assert_same("stock ctr against containerd", &containerd, "stock ctr against crated", &crated_as_containerd);
 
         let crated_ours = transcript(OURS, &format!("snap-crated-ours-{sn}"), Server::Crated, sn);
         assert_same("stock ctr against crated", &crated_stock, "our ctr against crated", &crated_ours);

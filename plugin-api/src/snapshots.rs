@@ -60,9 +60,8 @@ pub mod labels {
     pub const TARGET_REF: &str = "containerd.io/snapshot/cri.image-ref";
     /// The chain of layers below (remote snapshotters).
     pub const TARGET_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
-    /// A remote snapshotter that already has the layer answers Prepare with
-    /// `AlreadyExists` and commits it under this name itself.
-    pub const TARGET_CHAIN_ID: &str = "containerd.io/snapshot/remote/target.chainid";
+    /// The manifest the layer belongs to (remote snapshotters).
+    pub const TARGET_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 }
 
 /// Disk usage of a snapshot: bytes and inodes.
@@ -130,6 +129,9 @@ pub trait Snapshotter: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<Info>, Self::Error>> + Send;
 
     /// Removes what no snapshot uses any more (left-overs of crashes).
+    // Spelt out rather than `async fn` so that the returned future is
+    // declared `Send`, as every other method's is.
+    #[allow(clippy::manual_async_fn)]
     fn cleanup(&self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         async { Ok(()) }
     }

@@ -1,5 +1,5 @@
 //! Hostile and malformed requests against every method of the content,
-//! metadata and events plugins and the core: each gets a clear status (never
+//! metadata, snapshotter and events plugins and the core: each gets a clear status (never
 //! `Internal`, which would mean a panic or an unhandled failure), nothing
 //! stored is lost, and the daemon keeps serving.
 
@@ -58,12 +58,22 @@ const UNARY: &[&str] = &[
     "/containerd.services.introspection.v1.Introspection/Plugins",
     "/containerd.services.introspection.v1.Introspection/Server",
     "/containerd.services.version.v1.Version/Version",
+    "/containerd.services.snapshots.v1.Snapshots/Prepare",
+    "/containerd.services.snapshots.v1.Snapshots/View",
+    "/containerd.services.snapshots.v1.Snapshots/Mounts",
+    "/containerd.services.snapshots.v1.Snapshots/Commit",
+    "/containerd.services.snapshots.v1.Snapshots/Remove",
+    "/containerd.services.snapshots.v1.Snapshots/Stat",
+    "/containerd.services.snapshots.v1.Snapshots/Update",
+    "/containerd.services.snapshots.v1.Snapshots/Usage",
+    "/containerd.services.snapshots.v1.Snapshots/Cleanup",
 ];
 
 const SERVER_STREAMING: &[&str] = &[
     "/containerd.services.content.v1.Content/Read",
     "/containerd.services.content.v1.Content/List",
     "/containerd.services.events.v1.Events/Subscribe",
+    "/containerd.services.snapshots.v1.Snapshots/List",
 ];
 
 fn check(method: &str, what: &str, r: Result<(), tonic::Status>) {
@@ -76,7 +86,7 @@ fn check(method: &str, what: &str, r: Result<(), tonic::Status>) {
 
 #[tokio::test]
 async fn malformed_and_empty_requests_get_clear_statuses_and_nothing_is_lost() {
-    let d = Setup::new(&[]).with_real_plugins(&["content", "metadata", "events"]).start();
+    let d = Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots"]).start();
     let ch = d.channel().await;
     let ns = Namespace { name: "keep".into(), labels: [("k".to_string(), "v".to_string())].into() };
     let _: () = unary(

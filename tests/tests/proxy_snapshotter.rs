@@ -8,10 +8,10 @@
 //!   again once it is back;
 //! - run as the same proxy for a stock containerd 1.6.
 //!
-//! crated's socket reaches a snapshotter through the test plugin
-//! `snapshot_relay` (a stand-in for the metadata plugin's namespaced
-//! Snapshots service), so the stock `ctr snapshots --snapshotter NAME`
-//! drives all three the same way.
+//! crated's socket reaches a snapshotter through the metadata plugin's
+//! namespaced Snapshots service, as a user's would, so the stock
+//! `ctr snapshots --snapshotter NAME` drives all three the same way, and
+//! the conformance suite runs unchanged against the `.so` and the proxy.
 
 mod common;
 
@@ -23,11 +23,16 @@ use std::{
 };
 
 use common::{stderr, stdout, unary, Daemon, Setup, StockContainerd};
-use containerd_client::services::v1::snapshots::{StatSnapshotRequest, StatSnapshotResponse};
+use containerd_client::services::v1::snapshots::{
+    PrepareSnapshotRequest, PrepareSnapshotResponse, StatSnapshotRequest, StatSnapshotResponse,
+};
 use tonic::Code;
 
 const LIBRARY: &str = "libsnapshotter_example.so";
+/// The plugins behind the socket's namespaced Snapshots service.
+const STACK: &[&str] = &["content", "metadata", "events"];
 const STAT: &str = "/containerd.services.snapshots.v1.Snapshots/Stat";
+const PREPARE: &str = "/containerd.services.snapshots.v1.Snapshots/Prepare";
 
 /// `target/out-of-tree/debug` with the example built, once per process.
 fn built() -> &'static Path {
@@ -189,7 +194,7 @@ fn stat(key: &str, snapshotter: &str) -> StatSnapshotRequest {
 
 #[tokio::test]
 async fn example_snapshotter_as_a_library() {
-    let setup = Setup::new(&["snapshot_relay"]);
+    let setup = Setup::new(&[]).with_real_plugins(STACK);
     std::fs::copy(built().join(LIBRARY), setup.plugin_dir().join(LIBRARY)).unwrap();
     let d = setup.start();
     assert_listed_ok(&d, "example");
@@ -205,7 +210,7 @@ async fn example_snapshotter_as_a_crated_proxy_plugin() {
         "[proxy_plugins.ex]\ntype = \"snapshot\"\naddress = {address:?}\n[proxy_plugins.ex.exports]\nflavour = \"copies\"\n"
     );
     // The proxy is not running yet: the daemon must start anyway.
-    let d = Setup::new(&["snapshot_relay"]).extra(&config).start();
+    let d = Setup::new(&[]).with_real_plugins(STACK).extra(&config).start();
     assert_listed_ok(&d, "ex");
     for (who, out) in [
         ("our ctr", d.ctr(&["plugins", "ls", "-d", "id==ex"])),
@@ -222,7 +227,8 @@ async fn example_snapshotter_as_a_crated_proxy_plugin() {
         assert_eq!(e.code(), Code::Unavailable, "{e:?}\n{}", d.log());
         assert!(e.message().contains(&address), "{e:?}");
     };
-    down(unary::<_, StatSnapshotResponse>(&ch, STAT, Some("default"), stat("any", "ex")).await.unwrap_err());
+    let probe = PrepareSnapshotRequest { snapshotter: "ex".into(), key: "probe".into(), ..Default::default() };
+    down(unary::<_, PrepareSnapshotResponse>(&ch, PREPARE, Some("default"), probe.clone()).await.unwrap_err());
 
     let mut proxy = ProxyServer::start(&tmp.path().join("root"), &socket);
     exercise(&|args| d.stock_ctr(args), "ex", true, &|| format!("{}\n{}", d.log(), proxy.log()));
@@ -256,4 +262,33 @@ fn example_snapshotter_as_a_stock_containerd_proxy_plugin() {
     let r = row(&listing, "io.containerd.snapshotter.v1", "x").unwrap_or_else(|| panic!("{listing}"));
     assert_eq!(r.last(), Some(&"ok"), "{listing}");
     exercise(&|args| c.ctr(args), "x", false, &|| format!("{}\n{}", c.log(), proxy.log()));
+}
+
+fn conformance_target(d: &Daemon, snapshotter: &str) -> crated_snapshot_conformance::Target {
+    crated_snapshot_conformance::Target {
+        address: d.socket().display().to_string(),
+        snapshotter: snapshotter.into(),
+        namespace: "conformance".into(),
+    }
+}
+
+/// The conformance suite, unchanged, against the example loaded as a `.so`
+/// behind the metadata plugin, as a user would deploy it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_snapshotter_library_conforms() {
+    let setup = Setup::new(&[]).with_real_plugins(STACK);
+    std::fs::copy(built().join(LIBRARY), setup.plugin_dir().join(LIBRARY)).unwrap();
+    let d = setup.start();
+    crated_snapshot_conformance::assert_conforms(&conformance_target(&d, "example"), &[]).await;
+}
+
+/// The same suite against the same crate served as a proxy plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_snapshotter_proxy_conforms() {
+    let tmp = tempfile::Builder::new().prefix("proxy-conformance").tempdir().unwrap();
+    let socket = tmp.path().join("example.sock");
+    let _proxy = ProxyServer::start(&tmp.path().join("root"), &socket);
+    let config = format!("[proxy_plugins.ex]\ntype = \"snapshot\"\naddress = {:?}\n", socket.display().to_string());
+    let d = Setup::new(&[]).with_real_plugins(STACK).extra(&config).start();
+    crated_snapshot_conformance::assert_conforms(&conformance_target(&d, "ex"), &[]).await;
 }

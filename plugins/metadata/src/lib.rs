@@ -70,16 +70,22 @@ impl Plugin for Metadata {
             .collect();
         let snapshots = SnapshotStore::new(db.clone(), snapshotters);
         // Repair what a crash left between a record and its backend
-        // snapshot before the first request (snapshots.rs explains why).
+        // snapshot (snapshots.rs explains why). Each repair holds its
+        // snapshotter's lock, so that snapshotter's changes wait for it;
+        // it runs in the background so that a proxy snapshotter that hangs
+        // or is down delays only its own calls, never the daemon's start.
         for sn in snapshots.snapshotters() {
-            match snapshots.recover(&sn).await {
-                Ok((0, 0)) => {}
-                Ok((dropped, removed)) => crated_plugin_api::tracing::warn!(
-                    "snapshotter {sn}: dropped {dropped} records without a backend snapshot, removed {removed} \
-                     backend snapshots without a record"
-                ),
-                Err(e) => crated_plugin_api::tracing::warn!("snapshotter {sn}: recovery failed: {e}"),
-            }
+            let snapshots = snapshots.clone();
+            tokio::spawn(async move {
+                match snapshots.recover(&sn).await {
+                    Ok((0, 0)) => {}
+                    Ok((dropped, removed)) => crated_plugin_api::tracing::warn!(
+                        "snapshotter {sn}: dropped {dropped} records without a backend snapshot, removed {removed} \
+                         backend snapshots without a record"
+                    ),
+                    Err(e) => crated_plugin_api::tracing::warn!("snapshotter {sn}: recovery failed: {e}"),
+                }
+            });
         }
 
         let sweeper = leases.clone();

@@ -314,24 +314,25 @@ impl SnapshotStore {
 
     fn loaded(&self) -> String {
         if self.backends.is_empty() {
-            "no snapshotter is loaded".into()
+            "(no snapshotter is loaded)".into()
         } else {
-            format!("loaded snapshotters: {}", self.snapshotters().join(", "))
+            format!("(loaded snapshotters: {})", self.snapshotters().join(", "))
         }
     }
 
     /// The snapshotter a request names, as containerd's snapshots service
-    /// picks it (same codes and wording), with the loaded ones named in the
-    /// error.
+    /// picks it (same code and wording), with the loaded ones named in the
+    /// error, which containerd does not do. The message still ends with
+    /// the kind, so Go clients do not repeat it.
     fn backend(&self, sn: &str) -> Result<&Backend, SnapshotError> {
         if sn.is_empty() {
             return Err(SnapshotError::Snapshotter(format!(
-                "snapshotter argument missing: invalid argument; {}",
+                "snapshotter argument missing {}: invalid argument",
                 self.loaded()
             )));
         }
         self.backends.get(sn).ok_or_else(|| {
-            SnapshotError::Snapshotter(format!("snapshotter not loaded: {sn}: invalid argument; {}", self.loaded()))
+            SnapshotError::Snapshotter(format!("snapshotter not loaded: {sn} {}: invalid argument", self.loaded()))
         })
     }
 
@@ -448,8 +449,12 @@ impl SnapshotStore {
                         let prec = get(&table, &n, &s, &p)?
                             .ok_or_else(|| SnapshotError::NotFound(format!("parent snapshot {p} does not exist")))?;
                         if prec.kind != kind_str(Kind::Committed) {
+                            // containerd leaves this check to the snapshotter,
+                            // whose message names the backend key; we refuse
+                            // before touching it, in the same words.
                             return Err(SnapshotError::InvalidArgument(format!(
-                                "parent {p:?} is not committed snapshot: invalid argument"
+                                "failed to create snapshot: parent {:?} is not committed snapshot: invalid argument",
+                                prec.backend_key
                             )));
                         }
                         bparent = prec.backend_key;

@@ -63,6 +63,9 @@ pub trait Layout: Send + Sync + 'static {
     fn usage_path(&self, dir: &Path) -> PathBuf;
     /// The mounts of an active snapshot or view; `dirs` names directories.
     fn mounts(&self, dirs: &Dirs, s: &Snapshot) -> Vec<Mount>;
+    /// What a failed Mounts says it was doing (each of containerd's
+    /// snapshotters words it its own way).
+    fn mounts_context(&self) -> &'static str;
 }
 
 /// Where snapshots live: `<root>/snapshots`.
@@ -172,7 +175,7 @@ fn create<L: Layout>(
     labels: HashMap<String, String>,
 ) -> Result<Snapshot> {
     // Fail early (before any copy) on a bad parent or a taken key.
-    let parents = i.store.check_new(key, parent)?;
+    let parents = i.store.check_new(key, parent).map_err(|e| e.context("failed to create snapshot"))?;
     let temp = if i.layout.has_dir(kind, &parents) {
         let name = fsutil::unique_name("new");
         let path = i.dirs.named(&name);
@@ -253,7 +256,11 @@ impl<L: Layout> Snapshotter for Snapshots<L> {
 
     async fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let key = key.to_string();
-        self.blocking(move |i| Ok(i.layout.mounts(&i.dirs, &i.store.get_snapshot(&key)?))).await
+        self.blocking(move |i| {
+            let s = i.store.get_snapshot(&key).map_err(|e| e.context(i.layout.mounts_context()))?;
+            Ok(i.layout.mounts(&i.dirs, &s))
+        })
+        .await
     }
 
     async fn prepare(&self, key: &str, parent: &str, labels: HashMap<String, String>) -> Result<Vec<Mount>> {

@@ -26,6 +26,10 @@ pub type Native = Snapshots<NativeLayout>;
 pub struct NativeLayout;
 
 impl Layout for NativeLayout {
+    fn mounts_context(&self) -> &'static str {
+        "failed to get snapshot mount"
+    }
+
     /// A view of a committed parent is that parent's directory, read-only;
     /// only active snapshots and views of nothing get a directory.
     fn has_dir(&self, kind: Kind, parent_ids: &[u64]) -> bool {

@@ -59,6 +59,19 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Prefixes the message with what was being done, keeping the kind
+    /// (containerd's snapshotters wrap their storage errors the same way,
+    /// and clients print the whole chain).
+    pub fn context(self, what: &str) -> SnapshotError {
+        match self {
+            SnapshotError::NotFound(m) => SnapshotError::NotFound(format!("{what}: {m}")),
+            SnapshotError::AlreadyExists(m) => SnapshotError::AlreadyExists(format!("{what}: {m}")),
+            SnapshotError::FailedPrecondition(m) => SnapshotError::FailedPrecondition(format!("{what}: {m}")),
+            SnapshotError::InvalidArgument(m) => SnapshotError::InvalidArgument(format!("{what}: {m}")),
+            other => other,
+        }
+    }
+
     /// An I/O failure with what was being done.
     pub fn io(context: impl std::fmt::Display, source: std::io::Error) -> SnapshotError {
         SnapshotError::Io { context: context.to_string(), source }
