@@ -184,6 +184,65 @@ impl ServiceRouter {
         })
     }
 
+    /// Serves a unary method of a typed service: `f(service, call, request)`,
+    /// with the service (a cheap `Clone`, such as a struct of `Arc`s) cloned
+    /// per call. Lets a plugin write its service as a struct with one async
+    /// method per RPC (`.unary_with(path, &svc, MyService::create)`) instead
+    /// of copying its state into a closure per method.
+    pub fn unary_with<S, Req, Resp, F, Fut>(self, path: &str, service: &S, f: F) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        Req: prost::Message + Default + 'static,
+        Resp: prost::Message + 'static,
+        F: Fn(S, Call, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let service = service.clone();
+        self.unary(path, move |call, req| f(service.clone(), call, req))
+    }
+
+    /// [`ServiceRouter::server_streaming`] for a typed service (see
+    /// [`ServiceRouter::unary_with`]).
+    pub fn server_streaming_with<Sv, Req, Resp, F, Fut, St>(self, path: &str, service: &Sv, f: F) -> Self
+    where
+        Sv: Clone + Send + Sync + 'static,
+        Req: prost::Message + Default + 'static,
+        Resp: prost::Message + 'static,
+        F: Fn(Sv, Call, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<St, Status>> + Send + 'static,
+        St: Stream<Item = Result<Resp, Status>> + Send + 'static,
+    {
+        let service = service.clone();
+        self.server_streaming(path, move |call, req| f(service.clone(), call, req))
+    }
+
+    /// [`ServiceRouter::client_streaming`] for a typed service.
+    pub fn client_streaming_with<Sv, Req, Resp, F, Fut>(self, path: &str, service: &Sv, f: F) -> Self
+    where
+        Sv: Clone + Send + Sync + 'static,
+        Req: prost::Message + Default + 'static,
+        Resp: prost::Message + 'static,
+        F: Fn(Sv, Call, Streaming<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Status>> + Send + 'static,
+    {
+        let service = service.clone();
+        self.client_streaming(path, move |call, input| f(service.clone(), call, input))
+    }
+
+    /// [`ServiceRouter::bidi_streaming`] for a typed service.
+    pub fn bidi_streaming_with<Sv, Req, Resp, F, Fut, St>(self, path: &str, service: &Sv, f: F) -> Self
+    where
+        Sv: Clone + Send + Sync + 'static,
+        Req: prost::Message + Default + 'static,
+        Resp: prost::Message + 'static,
+        F: Fn(Sv, Call, Streaming<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<St, Status>> + Send + 'static,
+        St: Stream<Item = Result<Resp, Status>> + Send + 'static,
+    {
+        let service = service.clone();
+        self.bidi_streaming(path, move |call, input| f(service.clone(), call, input))
+    }
+
     fn add_stream(
         mut self,
         path: &str,

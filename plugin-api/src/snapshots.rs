@@ -218,91 +218,87 @@ const LIST_BATCH: usize = 100;
 /// Serves `s` as the raw Snapshots API. The plugin entry point marks it
 /// internal; a proxy server serves the same router on its own socket.
 pub fn router<S: Snapshotter>(s: S) -> ServiceRouter {
-    let s = Arc::new(s);
-    let r = ServiceRouter::new();
-    let x = s.clone();
-    let r = r.unary(method::PREPARE, move |_: Call, req: api::PrepareSnapshotRequest| {
-        let s = x.clone();
-        async move {
-            validate_labels(&req.labels)?;
-            let mounts = s.prepare(&req.key, &req.parent, req.labels).await.map_err(status)?;
-            Ok(api::PrepareSnapshotResponse { mounts })
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::VIEW, move |_: Call, req: api::ViewSnapshotRequest| {
-        let s = x.clone();
-        async move {
-            validate_labels(&req.labels)?;
-            let mounts = s.view(&req.key, &req.parent, req.labels).await.map_err(status)?;
-            Ok(api::ViewSnapshotResponse { mounts })
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::MOUNTS, move |_: Call, req: api::MountsRequest| {
-        let s = x.clone();
-        async move { Ok(api::MountsResponse { mounts: s.mounts(&req.key).await.map_err(status)? }) }
-    });
-    let x = s.clone();
-    let r = r.unary(method::COMMIT, move |_: Call, req: api::CommitSnapshotRequest| {
-        let s = x.clone();
-        async move {
-            validate_labels(&req.labels)?;
-            s.commit(&req.name, &req.key, req.labels).await.map_err(status)?;
-            Ok(())
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::REMOVE, move |_: Call, req: api::RemoveSnapshotRequest| {
-        let s = x.clone();
-        async move {
-            s.remove(&req.key).await.map_err(status)?;
-            Ok(())
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::STAT, move |_: Call, req: api::StatSnapshotRequest| {
-        let s = x.clone();
-        async move { Ok(api::StatSnapshotResponse { info: Some(s.stat(&req.key).await.map_err(status)?) }) }
-    });
-    let x = s.clone();
-    let r = r.unary(method::UPDATE, move |_: Call, req: api::UpdateSnapshotRequest| {
-        let s = x.clone();
-        async move {
-            let info = req.info.ok_or_else(|| Status::invalid_argument("update: info is required"))?;
-            validate_labels(&info.labels)?;
-            let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-            Ok(api::UpdateSnapshotResponse { info: Some(s.update(info, paths).await.map_err(status)?) })
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::USAGE, move |_: Call, req: api::UsageRequest| {
-        let s = x.clone();
-        async move {
-            let u = s.usage(&req.key).await.map_err(status)?;
-            Ok(api::UsageResponse { size: u.size, inodes: u.inodes })
-        }
-    });
-    let x = s.clone();
-    let r = r.unary(method::CLEANUP, move |_: Call, _: api::CleanupRequest| {
-        let s = x.clone();
-        async move {
-            s.cleanup().await.map_err(status)?;
-            Ok(())
-        }
-    });
-    let x = s;
-    r.server_streaming(method::LIST, move |_: Call, req: api::ListSnapshotsRequest| {
-        let s = x.clone();
-        async move {
-            let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let infos: Vec<Info> =
-                s.list().await.map_err(status)?.into_iter().filter(|i| filter.matches(&InfoFields(i))).collect();
-            let batches: Vec<Result<api::ListSnapshotsResponse, Status>> =
-                infos.chunks(LIST_BATCH).map(|c| Ok(api::ListSnapshotsResponse { info: c.to_vec() })).collect();
-            Ok(futures::stream::iter(batches))
-        }
-    })
+    let svc = SnapshotsService(Arc::new(s));
+    ServiceRouter::new()
+        .unary_with(method::PREPARE, &svc, SnapshotsService::prepare)
+        .unary_with(method::VIEW, &svc, SnapshotsService::view)
+        .unary_with(method::MOUNTS, &svc, SnapshotsService::mounts)
+        .unary_with(method::COMMIT, &svc, SnapshotsService::commit)
+        .unary_with(method::REMOVE, &svc, SnapshotsService::remove)
+        .unary_with(method::STAT, &svc, SnapshotsService::stat)
+        .unary_with(method::UPDATE, &svc, SnapshotsService::update)
+        .unary_with(method::USAGE, &svc, SnapshotsService::usage)
+        .unary_with(method::CLEANUP, &svc, SnapshotsService::cleanup)
+        .server_streaming_with(method::LIST, &svc, SnapshotsService::list)
+}
+
+/// The gRPC face of a [`Snapshotter`]: decodes, validates, converts errors.
+struct SnapshotsService<S>(Arc<S>);
+
+impl<S> Clone for SnapshotsService<S> {
+    fn clone(&self) -> Self {
+        SnapshotsService(self.0.clone())
+    }
+}
+
+impl<S: Snapshotter> SnapshotsService<S> {
+    async fn prepare(self, _: Call, req: api::PrepareSnapshotRequest) -> Result<api::PrepareSnapshotResponse, Status> {
+        validate_labels(&req.labels)?;
+        let mounts = self.0.prepare(&req.key, &req.parent, req.labels).await.map_err(status)?;
+        Ok(api::PrepareSnapshotResponse { mounts })
+    }
+
+    async fn view(self, _: Call, req: api::ViewSnapshotRequest) -> Result<api::ViewSnapshotResponse, Status> {
+        validate_labels(&req.labels)?;
+        let mounts = self.0.view(&req.key, &req.parent, req.labels).await.map_err(status)?;
+        Ok(api::ViewSnapshotResponse { mounts })
+    }
+
+    async fn mounts(self, _: Call, req: api::MountsRequest) -> Result<api::MountsResponse, Status> {
+        Ok(api::MountsResponse { mounts: self.0.mounts(&req.key).await.map_err(status)? })
+    }
+
+    async fn commit(self, _: Call, req: api::CommitSnapshotRequest) -> Result<(), Status> {
+        validate_labels(&req.labels)?;
+        self.0.commit(&req.name, &req.key, req.labels).await.map_err(status)
+    }
+
+    async fn remove(self, _: Call, req: api::RemoveSnapshotRequest) -> Result<(), Status> {
+        self.0.remove(&req.key).await.map_err(status)
+    }
+
+    async fn stat(self, _: Call, req: api::StatSnapshotRequest) -> Result<api::StatSnapshotResponse, Status> {
+        Ok(api::StatSnapshotResponse { info: Some(self.0.stat(&req.key).await.map_err(status)?) })
+    }
+
+    async fn update(self, _: Call, req: api::UpdateSnapshotRequest) -> Result<api::UpdateSnapshotResponse, Status> {
+        let info = req.info.ok_or_else(|| Status::invalid_argument("update: info is required"))?;
+        validate_labels(&info.labels)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        Ok(api::UpdateSnapshotResponse { info: Some(self.0.update(info, paths).await.map_err(status)?) })
+    }
+
+    async fn usage(self, _: Call, req: api::UsageRequest) -> Result<api::UsageResponse, Status> {
+        let u = self.0.usage(&req.key).await.map_err(status)?;
+        Ok(api::UsageResponse { size: u.size, inodes: u.inodes })
+    }
+
+    async fn cleanup(self, _: Call, _: api::CleanupRequest) -> Result<(), Status> {
+        self.0.cleanup().await.map_err(status)
+    }
+
+    async fn list(
+        self,
+        _: Call,
+        req: api::ListSnapshotsRequest,
+    ) -> Result<impl futures::Stream<Item = Result<api::ListSnapshotsResponse, Status>>, Status> {
+        let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let infos: Vec<Info> =
+            self.0.list().await.map_err(status)?.into_iter().filter(|i| filter.matches(&InfoFields(i))).collect();
+        let batches: Vec<Result<api::ListSnapshotsResponse, Status>> =
+            infos.chunks(LIST_BATCH).map(|c| Ok(api::ListSnapshotsResponse { info: c.to_vec() })).collect();
+        Ok(futures::stream::iter(batches))
+    }
 }
 
 fn validate_labels(labels: &HashMap<String, String>) -> Result<(), Status> {
