@@ -420,6 +420,18 @@ pub fn tar_files(tar: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, ImageError> {
     Ok(files)
 }
 
+/// The archive with the blob `digest` changed in place (same size, one
+/// byte flipped in its middle), so that importing it must fail the digest
+/// check.
+pub fn with_corrupted_blob(archive: &Archive, digest: &str) -> Result<Vec<u8>, ImageError> {
+    let mut files = tar_files(&archive.tar)?;
+    if let Some(blob) = files.get_mut(&format!("blobs/sha256/{}", hex_of(digest))) {
+        let middle = blob.len() / 2;
+        blob[middle] ^= 0xff;
+    }
+    outer_tar(files, &[])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +559,15 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
+    }
+
+    #[test]
+    fn a_corrupted_blob_no_longer_matches_its_name() {
+        let a = oci_archive(&ImageOptions::default()).unwrap();
+        let files = tar_files(&with_corrupted_blob(&a, &a.layers[0]).unwrap()).unwrap();
+        let blob = &files[&format!("blobs/sha256/{}", hex_of(&a.layers[0]))];
+        assert_ne!(sha256_digest(blob), a.layers[0]);
+        assert_eq!(files.len(), tar_files(&a.tar).unwrap().len());
     }
 
     #[test]
