@@ -180,16 +180,25 @@ fn steps() -> Vec<Op> {
         Ctr("leases ls"),
         Ctr("images unmount {M}"),
         Ctr("images unmount --rm {M}"),
+        // Removing the mount's lease schedules the collector: run it.
+        Ctr("images tag example.com/bb:latest gc/now:1"),
+        Ctr("images rm --sync gc/now:1"),
         Ctr("snapshots ls"),
+        Ctr("leases ls"),
         // Mounting unpacks what is not unpacked yet: the docker image's
         // second layer into native, over the first one the import put there.
         Ctr("images mount --snapshotter native example.com/docker:1.0 {M}"),
         Ls("etc"),
         Ls("opt/data"),
         Cat("etc/hostname"),
-        Ctr("images unmount --rm --snapshotter native {M}"),
-        Ctr("images check"),
         Ctr("snapshots --snapshotter native ls"),
+        Ctr("images unmount --rm --snapshotter native {M}"),
+        // Nothing but the lease held the new native snapshot (the image's
+        // config is labelled for overlayfs only): collected.
+        Ctr("images tag example.com/bb:latest gc/now:1"),
+        Ctr("images rm --sync gc/now:1"),
+        Ctr("snapshots --snapshotter native ls"),
+        Ctr("images check"),
         Ctr("images mount nope {M}"),
         Ctr("images mount example.com/bb:latest"),
         // Export, remove, re-import: the same digests come back.
