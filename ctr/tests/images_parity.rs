@@ -438,6 +438,19 @@ fn assert_meaningful(transcript: &[String]) {
     has("# ls {M}/etc\nhostname (7 bytes)\n# ");
     has("# ls {M}/opt/data\nc (15 bytes)\n# ");
     has("sh -> busybox\n");
+    // Mounting the docker image with native unpacked its second layer
+    // there: the native listing while mounted shows the two-layer chain.
+    let native_mounted = transcript
+        .iter()
+        .skip_while(|s| !s.starts_with("$ ctr images mount --snapshotter native"))
+        .find(|s| s.starts_with("$ ctr snapshots --snapshotter native ls"))
+        .expect("the native listing while mounted");
+    let chain_top = transcript
+        .iter()
+        .find(|s| s.starts_with("$ ctr images mount example.com/bb:latest {M}"))
+        .and_then(|s| s.lines().nth(1))
+        .expect("the overlayfs mount prints the chain id");
+    assert!(chain_top.starts_with("sha256:") && native_mounted.contains(chain_top), "{native_mounted}");
     has(&format!("busybox ({} bytes)", std::fs::metadata(crated_tests::images::BUSYBOX).unwrap().len()));
     // The export names the same manifest, and re-importing it brings back
     // the digest the archive was built with.
