@@ -185,16 +185,16 @@ fn steps() -> Vec<Op> {
         Ctr("images rm --sync gc/now:1"),
         Ctr("snapshots ls"),
         Ctr("leases ls"),
-        // Mounting unpacks what is not unpacked yet: the docker image's
-        // second layer into native, over the first one the import put there.
+        // A mount naming native, of an image imported without unpacking:
+        // what 1.6 does with the flag (the listings show which snapshotter
+        // ends up holding what) is recorded as it is.
         Ctr("images mount --snapshotter native example.com/docker:1.0 {M}"),
         Ls("etc"),
         Ls("opt/data"),
         Cat("etc/hostname"),
         Ctr("snapshots --snapshotter native ls"),
         Ctr("images unmount --rm --snapshotter native {M}"),
-        // Nothing but the lease held the new native snapshot (the image's
-        // config is labelled for overlayfs only): collected.
+        // Collect what only the mount's lease held.
         Ctr("images tag example.com/bb:latest gc/now:1"),
         Ctr("images rm --sync gc/now:1"),
         Ctr("snapshots --snapshotter native ls"),
@@ -438,19 +438,6 @@ fn assert_meaningful(transcript: &[String]) {
     has("# ls {M}/etc\nhostname (7 bytes)\n# ");
     has("# ls {M}/opt/data\nc (15 bytes)\n# ");
     has("sh -> busybox\n");
-    // Mounting the docker image with native unpacked its second layer
-    // there: the native listing while mounted shows the two-layer chain.
-    let native_mounted = transcript
-        .iter()
-        .skip_while(|s| !s.starts_with("$ ctr images mount --snapshotter native"))
-        .find(|s| s.starts_with("$ ctr snapshots --snapshotter native ls"))
-        .expect("the native listing while mounted");
-    let chain_top = transcript
-        .iter()
-        .find(|s| s.starts_with("$ ctr images mount example.com/bb:latest {M}"))
-        .and_then(|s| s.lines().nth(1))
-        .expect("the overlayfs mount prints the chain id");
-    assert!(chain_top.starts_with("sha256:") && native_mounted.contains(chain_top), "{native_mounted}");
     has(&format!("busybox ({} bytes)", std::fs::metadata(crated_tests::images::BUSYBOX).unwrap().len()));
     // The export names the same manifest, and re-importing it brings back
     // the digest the archive was built with.
