@@ -1,6 +1,9 @@
-//! Shared pieces of crated's test plugins: the messages of the test
+//! Shared pieces of crated's tests and test plugins: the messages of the test
 //! service `crated.test.Echo`, written with prost derives so no protoc run
-//! is needed. The integration tests use the same types as clients.
+//! is needed. The integration tests use the same types as clients. [`images`]
+//! builds the OCI and docker image archives the image tests import.
+
+pub mod images;
 
 /// The test service's name.
 pub const ECHO_SERVICE: &str = "crated.test.Echo";
