@@ -199,6 +199,8 @@ impl<W: Write> Walk<'_, W> {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
         h.set_mode(0);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(0);
         let name = format!("{dir}.wh.{base}");
         self.tar.append_data(&mut h, &name, io::empty()).map_err(ctx("write whiteout", Path::new(&name)))
