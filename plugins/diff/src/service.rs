@@ -382,11 +382,11 @@ impl DiffService {
 struct ContentWriter {
     host: Host,
     call: Call,
-    conn: Option<(
-        futures::channel::mpsc::Sender<Result<WriteContentRequest, Status>>,
-        futures::stream::BoxStream<'static, Result<WriteContentResponse, Status>>,
-    )>,
+    conn: Option<(WriteRequests, WriteResponses)>,
 }
+
+type WriteRequests = futures::channel::mpsc::Sender<Result<WriteContentRequest, Status>>;
+type WriteResponses = futures::stream::BoxStream<'static, Result<WriteContentResponse, Status>>;
 
 impl ContentWriter {
     async fn exchange(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
