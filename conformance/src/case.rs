@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 
 use crate::cases::CaseDef;
 use crate::client::Snapshots;
-use crate::mount::{MountError, MountedDir};
+use crated_plugin_api::mount::{MountError, MountedDir};
 
 /// Every snapshot the suite creates carries this label, so that containerd's
 /// garbage collector (which collects unreferenced snapshots) leaves it alone.

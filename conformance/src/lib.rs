@@ -6,12 +6,11 @@
 //! function ([`cases`]); it gets its own key prefix, so cases run
 //! concurrently without colliding, and everything it created is removed
 //! afterwards, even when it failed or panicked. The suite mounts what the
-//! snapshotter returns (see [`mount`]), so it must run as root.
+//! snapshotter returns (see [`crated_plugin_api::mount`]), so it must run as root.
 
 mod case;
 mod cases;
 mod client;
-pub mod mount;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -47,6 +47,8 @@ pub mod filters;
 pub mod grpc;
 pub mod host;
 pub mod logging;
+#[cfg(feature = "mount")]
+pub mod mount;
 pub mod plugin;
 #[cfg(feature = "proxy-server")]
 pub mod proxy;

@@ -1,0 +1,426 @@
+//! containerd's `containerd.services.diff.v1.Diff` (Apply and Diff) over
+//! the applier and the comparison, with blobs read from and written to the
+//! metadata plugin's namespaced Content service in process.
+//!
+//! The async side only moves bytes: the content stream is pumped through a
+//! small bounded channel into a blocking thread that mounts, decompresses,
+//! hashes and extracts in one pass (no layer is ever held whole in memory),
+//! and the other way for Diff. Mounts live in guards on that thread, so they
+//! are undone whatever happens there.
+
+use std::{
+    collections::HashMap,
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use containerd_client::{
+    services::v1::{
+        AbortRequest, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, InfoRequest, InfoResponse,
+        ReadContentRequest, ReadContentResponse, UpdateRequest, UpdateResponse, WriteAction, WriteContentRequest,
+        WriteContentResponse,
+    },
+    types::{Descriptor, Mount},
+};
+use crated_plugin_api::{mount::MountedDir, Call, Code, Host, ServiceRouter, Status};
+use futures::{SinkExt, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::{
+    apply::{Applier, ApplyError, Tee, Whiteouts},
+    compare::write_diff,
+    media::{self, Compression},
+};
+
+pub const SERVICE: &str = "containerd.services.diff.v1.Diff";
+const CONTENT: &str = "/containerd.services.content.v1.Content";
+/// Chunks in flight between the async side and the blocking thread.
+const CHANNEL_DEPTH: usize = 4;
+/// Size of the chunks a Diff writes to content.
+const WRITE_CHUNK: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct DiffService {
+    host: Host,
+    /// Where temporary mount points go (the plugin's state directory).
+    mounts_dir: Arc<PathBuf>,
+}
+
+fn content_call(method: &str, ns: &str) -> Call {
+    Host::call(&format!("{CONTENT}/{method}"), Some(ns))
+}
+
+fn sha256_digest(h: Sha256) -> String {
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+fn unknown(msg: impl std::fmt::Display) -> Status {
+    Status::new(Code::Unknown, msg.to_string())
+}
+
+/// A blocking reader over chunks sent from the async side.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Some(Err(s)) => return Err(io::Error::other(format!("read content: {}", s.message))),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A blocking writer that sends chunks to the async side, hashing them.
+struct ChannelWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+    hash: Sha256,
+    size: u64,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| io::Error::other("content write stream closed"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hash.update(data);
+        self.size += data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that hashes what goes through it (the uncompressed digest).
+struct HashingWriter<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hash.update(&data[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The directory an overlay mount's upper layer lives in, with its lower
+/// directories (top first), when the mounts are exactly one overlay with an
+/// upper directory: then a layer is applied there directly, with overlay
+/// whiteouts, as containerd does.
+fn overlay_upper(mounts: &[Mount]) -> Option<(PathBuf, Vec<PathBuf>)> {
+    let [m] = mounts else { return None };
+    if m.r#type != "overlay" {
+        return None;
+    }
+    let mut upper = None;
+    let mut lowers = Vec::new();
+    for o in &m.options {
+        if let Some(u) = o.strip_prefix("upperdir=") {
+            upper = Some(PathBuf::from(u));
+        } else if let Some(l) = o.strip_prefix("lowerdir=") {
+            lowers = l.split(':').map(PathBuf::from).collect();
+        }
+    }
+    upper.map(|u| (u, lowers))
+}
+
+/// The mounts made read-only, as containerd's read-only temporary mounts:
+/// an overlay's upper directory becomes its top lower directory.
+fn readonly(mounts: &[Mount]) -> Vec<Mount> {
+    mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if m.r#type == "overlay" {
+                let upper = m.options.iter().find_map(|o| o.strip_prefix("upperdir=").map(str::to_string));
+                if let Some(upper) = upper {
+                    let lower = m.options.iter().find_map(|o| o.strip_prefix("lowerdir=").map(str::to_string));
+                    m.options.retain(|o| {
+                        !o.starts_with("upperdir=") && !o.starts_with("workdir=") && !o.starts_with("lowerdir=")
+                    });
+                    let lowerdir = match lower {
+                        Some(l) => format!("lowerdir={upper}:{l}"),
+                        None => format!("lowerdir={upper}"),
+                    };
+                    m.options.push(lowerdir);
+                }
+            }
+            m.options.retain(|o| o != "rw");
+            m.options.push("ro".to_string());
+            m
+        })
+        .collect()
+}
+
+fn apply_failed(e: ApplyError) -> Status {
+    unknown(format!("failed to apply layer: {e}"))
+}
+
+/// Mount (or not), decompress, hash and extract: the blocking half of Apply.
+fn apply_blocking(
+    mounts: Vec<Mount>,
+    mounts_dir: &Path,
+    compression: Compression,
+    input: ChannelReader,
+) -> Result<(String, u64), Status> {
+    let decoder = compression.decoder(input).map_err(|e| unknown(format!("failed to apply layer: {e}")))?;
+    let mut hash = Sha256::new();
+    let mut tee = Tee::new(decoder, |b: &[u8]| hash.update(b));
+    if let Some((upper, lowers)) = overlay_upper(&mounts) {
+        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        let mut applier = Applier::new(&upper, Whiteouts::Overlay, &lowers).map_err(apply_failed)?;
+        applier.apply(&mut tee).map_err(apply_failed)?;
+    } else {
+        if mounts.is_empty() {
+            return Err(Status::invalid_argument("no mounts to apply the layer onto"));
+        }
+        let mounted =
+            MountedDir::mount_all(mounts_dir, &mounts).map_err(|e| unknown(format!("failed to mount: {e}")))?;
+        let mut applier = Applier::new(mounted.path(), Whiteouts::Remove, &[]).map_err(apply_failed)?;
+        applier.apply(&mut tee).map_err(apply_failed)?;
+        drop(mounted);
+    }
+    // Trailing data (padding after the end of the archive) is part of the
+    // uncompressed blob, and a bad gzip trailer surfaces only here.
+    io::copy(&mut tee, &mut io::sink()).map_err(|e| unknown(format!("failed to apply layer: {e}")))?;
+    let size = tee.count;
+    drop(tee);
+    Ok((sha256_digest(hash), size))
+}
+
+impl DiffService {
+    pub fn new(host: Host, mounts_dir: PathBuf) -> DiffService {
+        DiffService { host, mounts_dir: Arc::new(mounts_dir) }
+    }
+
+    pub async fn apply(&self, ns: &str, req: ApplyRequest) -> Result<ApplyResponse, Status> {
+        let desc = req.diff.ok_or_else(|| Status::invalid_argument("diff descriptor is required"))?;
+        let compression = Compression::of_layer(&desc.media_type).ok_or_else(|| {
+            unknown(format!("failed to get stream processor for {}: no processor for media-type", desc.media_type))
+        })?;
+        // As containerd's ReaderAt: the blob must be known in the namespace.
+        let _: InfoResponse = self
+            .host
+            .unary(&content_call("Info", ns), &InfoRequest { digest: desc.digest.clone() })
+            .await
+            .map_err(|s| Status::new(s.code, format!("failed to get reader from content store: {}", s.message)))?;
+        let read = ReadContentRequest { digest: desc.digest.clone(), offset: 0, size: 0 };
+        let mut stream = self
+            .host
+            .streaming::<_, ReadContentResponse, _>(
+                &content_call("Read", ns),
+                futures::stream::once(async { Ok(read) }),
+            )
+            .await?;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let pump = tokio::spawn(async move {
+            while let Some(item) = stream.next().await {
+                let stop = item.is_err();
+                if tx.send(item.map(|r| r.data)).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let dir = self.mounts_dir.clone();
+        let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+        let result = tokio::task::spawn_blocking(move || apply_blocking(req.mounts, &dir, compression, reader))
+            .await
+            .map_err(|e| Status::internal(format!("apply task: {e}")))?;
+        pump.abort();
+        let (digest, size) = result?;
+        Ok(ApplyResponse {
+            applied: Some(Descriptor {
+                media_type: media::LAYER.to_string(),
+                digest,
+                size: size as i64,
+                annotations: HashMap::new(),
+            }),
+        })
+    }
+
+    pub async fn diff(&self, ns: &str, req: DiffRequest) -> Result<DiffResponse, Status> {
+        let media_type = if req.media_type.is_empty() { media::LAYER_GZIP.to_string() } else { req.media_type };
+        let compression = Compression::of_diff(&media_type).ok_or_else(|| {
+            Status::unimplemented(format!("unsupported diff media type: {media_type}: not implemented"))
+        })?;
+        let reference = if req.r#ref.is_empty() {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+            format!("{nanos}-{}", uuid::Uuid::new_v4().simple())
+        } else {
+            req.r#ref
+        };
+
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
+        let (lower, upper, dir) = (readonly(&req.left), readonly(&req.right), self.mounts_dir.clone());
+        let worker = tokio::task::spawn_blocking(move || -> Result<(String, String, u64), Status> {
+            let failed = |e: &dyn std::fmt::Display| unknown(format!("failed to write diff: {e}"));
+            let lower = MountedDir::mount_all(&dir, &lower).map_err(|e| failed(&e))?;
+            let upper = MountedDir::mount_all(&dir, &upper).map_err(|e| failed(&e))?;
+            let sink =
+                ChannelWriter { tx: chunk_tx, buf: Vec::with_capacity(WRITE_CHUNK), hash: Sha256::new(), size: 0 };
+            let encoder = compression.encoder(sink).map_err(|e| failed(&e))?;
+            let hashing = HashingWriter { inner: encoder, hash: Sha256::new() };
+            let hashing = write_diff(lower.path(), upper.path(), hashing).map_err(|e| failed(&e))?;
+            let uncompressed = sha256_digest(hashing.hash);
+            let mut sink = hashing.inner.finish().map_err(|e| failed(&e))?;
+            sink.send().map_err(|e| failed(&e))?;
+            Ok((uncompressed, sha256_digest(sink.hash), sink.size))
+        });
+
+        let mut writer = ContentWriter { host: self.host.clone(), call: content_call("Write", ns), conn: None };
+        let mut offset = 0i64;
+        let mut write_err = None;
+        while let Some(chunk) = chunk_rx.recv().await {
+            let len = chunk.len() as i64;
+            let w = WriteContentRequest {
+                action: WriteAction::Write as i32,
+                r#ref: reference.clone(),
+                offset,
+                data: chunk,
+                ..Default::default()
+            };
+            if let Err(e) = writer.exchange(w).await {
+                write_err = Some(e);
+                break;
+            }
+            offset += len;
+        }
+        // Unblocks the worker if the write stream failed.
+        drop(chunk_rx);
+        let worker = worker.await.map_err(|e| Status::internal(format!("diff task: {e}")));
+        let (uncompressed, digest, size) = match (write_err, worker) {
+            (None, Ok(Ok(done))) => done,
+            (Some(e), _) | (None, Err(e)) | (None, Ok(Err(e))) => {
+                self.abort(ns, &reference).await;
+                return Err(e);
+            }
+        };
+        let mut labels = req.labels;
+        if compression != Compression::None {
+            labels.insert(media::UNCOMPRESSED_LABEL.to_string(), uncompressed.clone());
+        }
+        let commit = WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            r#ref: reference.clone(),
+            total: size as i64,
+            offset,
+            expected: digest.clone(),
+            labels,
+            ..Default::default()
+        };
+        match writer.exchange(commit).await {
+            Ok(_) => {}
+            Err(s) if s.code == Code::AlreadyExists => self.abort(ns, &reference).await,
+            Err(s) => {
+                self.abort(ns, &reference).await;
+                return Err(Status::new(s.code, format!("failed to commit: {}", s.message)));
+            }
+        }
+        let info: InfoResponse =
+            self.host.unary(&content_call("Info", ns), &InfoRequest { digest: digest.clone() }).await?;
+        let mut info = info.info.unwrap_or_default();
+        // A blob that existed before without the label gets it, as containerd
+        // does.
+        if compression != Compression::None && !info.labels.contains_key(media::UNCOMPRESSED_LABEL) {
+            info.labels.insert(media::UNCOMPRESSED_LABEL.to_string(), uncompressed);
+            let update = UpdateRequest {
+                info: Some(info.clone()),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![format!("labels.{}", media::UNCOMPRESSED_LABEL)],
+                }),
+            };
+            let _: UpdateResponse = self.host.unary(&content_call("Update", ns), &update).await?;
+        }
+        Ok(DiffResponse {
+            diff: Some(Descriptor { media_type, digest: info.digest, size: info.size, annotations: HashMap::new() }),
+        })
+    }
+
+    /// Drops an ingest left by a failed Diff (best effort: it may not exist).
+    async fn abort(&self, ns: &str, reference: &str) {
+        let req = AbortRequest { r#ref: reference.to_string() };
+        let _: Result<(), Status> = self.host.unary(&content_call("Abort", ns), &req).await;
+    }
+}
+
+/// One client-side Write stream to content: each request gets its answer
+/// before the next goes.
+struct ContentWriter {
+    host: Host,
+    call: Call,
+    conn: Option<(WriteRequests, WriteResponses)>,
+}
+
+type WriteRequests = futures::channel::mpsc::Sender<Result<WriteContentRequest, Status>>;
+type WriteResponses = futures::stream::BoxStream<'static, Result<WriteContentResponse, Status>>;
+
+impl ContentWriter {
+    async fn exchange(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
+        let closed = || Status::internal("content write stream closed");
+        match &mut self.conn {
+            Some((tx, _)) => tx.send(Ok(req)).await.map_err(|_| closed())?,
+            None => {
+                let (mut tx, rx) = futures::channel::mpsc::channel(1);
+                // Sent before connecting: the store reads it before answering.
+                tx.send(Ok(req)).await.map_err(|_| closed())?;
+                let out = self.host.streaming::<WriteContentRequest, WriteContentResponse, _>(&self.call, rx).await?;
+                self.conn = Some((tx, out));
+            }
+        }
+        let (_, out) = self.conn.as_mut().expect("connected above");
+        out.next().await.unwrap_or_else(|| Err(closed()))
+    }
+}
+
+pub fn router(svc: DiffService) -> ServiceRouter {
+    let (a, d) = (svc.clone(), svc);
+    ServiceRouter::new()
+        .unary(&format!("/{SERVICE}/Apply"), move |call: Call, req: ApplyRequest| {
+            let svc = a.clone();
+            async move {
+                let ns = call.require_namespace()?.to_string();
+                svc.apply(&ns, req).await
+            }
+        })
+        .unary(&format!("/{SERVICE}/Diff"), move |call: Call, req: DiffRequest| {
+            let svc = d.clone();
+            async move {
+                let ns = call.require_namespace()?.to_string();
+                svc.diff(&ns, req).await
+            }
+        })
+}
