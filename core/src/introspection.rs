@@ -96,28 +96,36 @@ fn to_proto(r: &PluginRecord) -> Plugin {
     }
 }
 
+/// The Introspection service: the plugin list and the server's identity.
+#[derive(Clone)]
+struct IntrospectionService {
+    records: Records,
+    uuid: String,
+}
+
+impl IntrospectionService {
+    async fn plugins(self, _: Call, req: PluginsRequest) -> Result<PluginsResponse, Status> {
+        let filter = AnyFilter::parse(&req.filters)?;
+        let plugins = self
+            .records
+            .get()
+            .map(|all| all.iter().filter(|r| filter.matches(&RecordFields(r))).map(to_proto).collect())
+            .unwrap_or_default();
+        Ok(PluginsResponse { plugins })
+    }
+
+    async fn server(self, _: Call, _: ()) -> Result<ServerResponse, Status> {
+        let pidns = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0);
+        Ok(ServerResponse { uuid: self.uuid, pid: u64::from(std::process::id()), pidns, deprecations: vec![] })
+    }
+}
+
 /// The core's services, ready to be put in the route table.
 pub fn core_services(records: Records, uuid: String) -> Vec<CoreService> {
-    let plugins_records = records.clone();
+    let svc = IntrospectionService { records, uuid };
     let introspection = ServiceRouter::new()
-        .unary(&format!("/{INTROSPECTION_SERVICE}/Plugins"), move |_c: Call, req: PluginsRequest| {
-            let records = plugins_records.clone();
-            async move {
-                let filter = AnyFilter::parse(&req.filters)?;
-                let plugins = records
-                    .get()
-                    .map(|all| all.iter().filter(|r| filter.matches(&RecordFields(r))).map(to_proto).collect())
-                    .unwrap_or_default();
-                Ok(PluginsResponse { plugins })
-            }
-        })
-        .unary(&format!("/{INTROSPECTION_SERVICE}/Server"), move |_c: Call, _req: ()| {
-            let uuid = uuid.clone();
-            async move {
-                let pidns = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0);
-                Ok(ServerResponse { uuid, pid: u64::from(std::process::id()), pidns, deprecations: vec![] })
-            }
-        });
+        .unary_with(&format!("/{INTROSPECTION_SERVICE}/Plugins"), &svc, IntrospectionService::plugins)
+        .unary_with(&format!("/{INTROSPECTION_SERVICE}/Server"), &svc, IntrospectionService::server);
     let version = ServiceRouter::new().unary(&format!("/{VERSION_SERVICE}/Version"), |_c: Call, _req: ()| async {
         Ok(VersionResponse { version: VERSION.to_string(), revision: REVISION.to_string() })
     });

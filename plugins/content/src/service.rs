@@ -75,120 +75,150 @@ fn status_to_api(s: IngestStatus) -> api::Status {
 
 /// The router of the Content service.
 pub fn router(store: ContentStore) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5, s6, s7, s8) = (
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-    );
+    let svc = ContentService { store };
     ServiceRouter::new()
-        .unary(&method("Info"), move |_c: Call, req: api::InfoRequest| {
-            let store = s1.clone();
-            async move {
-                let d = parse_digest(&req.digest)?;
-                Ok(api::InfoResponse { info: Some(info_to_api(store.info(&d).await?)) })
-            }
-        })
-        .unary(&method("Update"), move |_c: Call, req: api::UpdateRequest| {
-            let store = s2.clone();
-            async move {
-                let info = req.info.ok_or_else(|| Status::invalid_argument("update: info is required"))?;
-                let d = parse_digest(&info.digest)?;
-                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-                let updated = store.update(&d, info.labels, &paths).await?;
-                Ok(api::UpdateResponse { info: Some(info_to_api(updated)) })
-            }
-        })
-        .server_streaming(&method("List"), move |_c: Call, req: api::ListContentRequest| {
-            let store = s3.clone();
-            async move {
-                let filter = parse_filters(&req.filters)?;
-                let infos = store.list(&filter).await?;
-                let mut batches: Vec<Result<api::ListContentResponse, Status>> = Vec::new();
-                let mut it = infos.into_iter().map(info_to_api).peekable();
-                while it.peek().is_some() {
-                    batches.push(Ok(api::ListContentResponse { info: it.by_ref().take(LIST_BATCH).collect() }));
-                }
-                Ok(stream::iter(batches))
-            }
-        })
-        .unary(&method("Delete"), move |_c: Call, req: api::DeleteContentRequest| {
-            let store = s4.clone();
-            async move {
-                let d = parse_digest(&req.digest)?;
-                store.delete(&d).await?;
-                Ok(())
-            }
-        })
-        .server_streaming(&method("Read"), move |_c: Call, req: api::ReadContentRequest| {
-            let store = s5.clone();
-            async move { read(store, req).await }
-        })
-        .unary(&method("Status"), move |_c: Call, req: api::StatusRequest| {
-            let store = s6.clone();
-            async move {
-                let st = store.status(&req.r#ref).await?;
-                Ok(api::StatusResponse { status: Some(status_to_api(st)) })
-            }
-        })
-        .unary(&method("ListStatuses"), move |_c: Call, req: api::ListStatusesRequest| {
-            let store = s7.clone();
-            async move {
-                let filter = parse_filters(&req.filters)?;
-                let statuses = store.list_statuses(&filter).await?;
-                Ok(api::ListStatusesResponse { statuses: statuses.into_iter().map(status_to_api).collect() })
-            }
-        })
-        .unary(&method("Abort"), move |_c: Call, req: api::AbortRequest| {
-            let store = s8.clone();
-            async move {
-                store.abort(&req.r#ref).await?;
-                Ok(())
-            }
-        })
-        .bidi_streaming(&method("Write"), move |_c: Call, input: Streaming<api::WriteContentRequest>| {
-            let store = store.clone();
-            async move { Ok(write(store, input)) }
-        })
+        .unary_with(&method("Info"), &svc, ContentService::info)
+        .unary_with(&method("Update"), &svc, ContentService::update)
+        .server_streaming_with(&method("List"), &svc, ContentService::list)
+        .unary_with(&method("Delete"), &svc, ContentService::delete)
+        .server_streaming_with(&method("Read"), &svc, ContentService::read)
+        .unary_with(&method("Status"), &svc, ContentService::status)
+        .unary_with(&method("ListStatuses"), &svc, ContentService::list_statuses)
+        .unary_with(&method("Abort"), &svc, ContentService::abort)
+        .bidi_streaming_with(&method("Write"), &svc, ContentService::write)
 }
 
-/// containerd's Read: a negative offset reads from 0, an offset past the
-/// end is `OutOfRange`, a size <= 0 or past the end reads to the end.
-/// Responses carry the absolute offset of their data (containerd counts
-/// from the requested offset; its clients ignore the field).
-async fn read(
+/// The gRPC face of a [`ContentStore`]: one method per RPC.
+#[derive(Clone)]
+struct ContentService {
     store: ContentStore,
-    req: api::ReadContentRequest,
-) -> Result<impl Stream<Item = Result<api::ReadContentResponse, Status>>, Status> {
-    let d = parse_digest(&req.digest)?;
-    let reader = store.reader(&d).await?;
-    let blob_size = reader.size();
-    let offset = req.offset.max(0) as u64;
-    if offset > blob_size {
-        return Err(Status::new(Code::OutOfRange, format!("read past object length {blob_size} bytes")));
+}
+
+impl ContentService {
+    async fn info(self, _: Call, req: api::InfoRequest) -> Result<api::InfoResponse, Status> {
+        let d = parse_digest(&req.digest)?;
+        Ok(api::InfoResponse { info: Some(info_to_api(self.store.info(&d).await?)) })
     }
-    let end = if req.size <= 0 { blob_size } else { offset.saturating_add(req.size as u64).min(blob_size) };
-    Ok(stream::unfold((reader, offset), move |(reader, pos)| async move {
-        if pos >= end {
-            return None;
+
+    async fn update(self, _: Call, req: api::UpdateRequest) -> Result<api::UpdateResponse, Status> {
+        let info = req.info.ok_or_else(|| Status::invalid_argument("update: info is required"))?;
+        let d = parse_digest(&info.digest)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let updated = self.store.update(&d, info.labels, &paths).await?;
+        Ok(api::UpdateResponse { info: Some(info_to_api(updated)) })
+    }
+
+    async fn list(
+        self,
+        _: Call,
+        req: api::ListContentRequest,
+    ) -> Result<impl Stream<Item = Result<api::ListContentResponse, Status>>, Status> {
+        let filter = parse_filters(&req.filters)?;
+        let infos = self.store.list(&filter).await?;
+        let mut batches: Vec<Result<api::ListContentResponse, Status>> = Vec::new();
+        let mut it = infos.into_iter().map(info_to_api).peekable();
+        while it.peek().is_some() {
+            batches.push(Ok(api::ListContentResponse { info: it.by_ref().take(LIST_BATCH).collect() }));
         }
-        let want = (end - pos).min(READ_CHUNK as u64) as usize;
-        match reader.read_at(pos, want).await {
-            Ok(data) if data.is_empty() => Some((
-                Err(Status::new(Code::DataLoss, format!("{} ended at {pos} bytes", reader.digest()))),
-                (reader, end),
-            )),
-            Ok(data) => {
-                let next = pos + data.len() as u64;
-                Some((Ok(api::ReadContentResponse { offset: pos as i64, data }), (reader, next)))
+        Ok(stream::iter(batches))
+    }
+
+    async fn delete(self, _: Call, req: api::DeleteContentRequest) -> Result<(), Status> {
+        let d = parse_digest(&req.digest)?;
+        self.store.delete(&d).await?;
+        Ok(())
+    }
+
+    /// containerd's Read: a negative offset reads from 0, an offset past the
+    /// end is `OutOfRange`, a size <= 0 or past the end reads to the end.
+    /// Responses carry the absolute offset of their data (containerd counts
+    /// from the requested offset; its clients ignore the field).
+    async fn read(
+        self,
+        _: Call,
+        req: api::ReadContentRequest,
+    ) -> Result<impl Stream<Item = Result<api::ReadContentResponse, Status>>, Status> {
+        let d = parse_digest(&req.digest)?;
+        let reader = self.store.reader(&d).await?;
+        let blob_size = reader.size();
+        let offset = req.offset.max(0) as u64;
+        if offset > blob_size {
+            return Err(Status::new(Code::OutOfRange, format!("read past object length {blob_size} bytes")));
+        }
+        let end = if req.size <= 0 { blob_size } else { offset.saturating_add(req.size as u64).min(blob_size) };
+        Ok(stream::unfold((reader, offset), move |(reader, pos)| async move {
+            if pos >= end {
+                return None;
             }
-            Err(e) => Some((Err(e.into()), (reader, end))),
-        }
-    }))
+            let want = (end - pos).min(READ_CHUNK as u64) as usize;
+            match reader.read_at(pos, want).await {
+                Ok(data) if data.is_empty() => Some((
+                    Err(Status::new(Code::DataLoss, format!("{} ended at {pos} bytes", reader.digest()))),
+                    (reader, end),
+                )),
+                Ok(data) => {
+                    let next = pos + data.len() as u64;
+                    Some((Ok(api::ReadContentResponse { offset: pos as i64, data }), (reader, next)))
+                }
+                Err(e) => Some((Err(e.into()), (reader, end))),
+            }
+        }))
+    }
+
+    async fn status(self, _: Call, req: api::StatusRequest) -> Result<api::StatusResponse, Status> {
+        let st = self.store.status(&req.r#ref).await?;
+        Ok(api::StatusResponse { status: Some(status_to_api(st)) })
+    }
+
+    async fn list_statuses(self, _: Call, req: api::ListStatusesRequest) -> Result<api::ListStatusesResponse, Status> {
+        let filter = parse_filters(&req.filters)?;
+        let statuses = self.store.list_statuses(&filter).await?;
+        Ok(api::ListStatusesResponse { statuses: statuses.into_iter().map(status_to_api).collect() })
+    }
+
+    async fn abort(self, _: Call, req: api::AbortRequest) -> Result<(), Status> {
+        self.store.abort(&req.r#ref).await?;
+        Ok(())
+    }
+
+    /// containerd's Write: the first message names the ref and takes its lock
+    /// (a second writer gets `Unavailable` "ref ... locked"); every message
+    /// gets one response; a commit ends the stream; the lock is released
+    /// when the stream ends.
+    async fn write(
+        self,
+        _: Call,
+        input: Streaming<api::WriteContentRequest>,
+    ) -> Result<impl Stream<Item = Result<api::WriteContentResponse, Status>>, Status> {
+        let session = Session {
+            store: self.store,
+            input,
+            writer: None,
+            reference: String::new(),
+            total: 0,
+            expected: None,
+            done: false,
+        };
+        Ok(stream::unfold(session, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let req = match s.input.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(e), Session { done: true, writer: None, ..s })),
+            };
+            match s.handle(req).await {
+                Ok(resp) => Some((Ok(resp), s)),
+                Err(e) => {
+                    s.writer = None;
+                    s.done = true;
+                    Some((Err(e), s))
+                }
+            }
+        })
+        .boxed())
+    }
 }
 
 /// The state of one Write stream.
@@ -200,37 +230,6 @@ struct Session {
     total: i64,
     expected: Option<Digest>,
     done: bool,
-}
-
-/// containerd's Write: the first message names the ref and takes its lock
-/// (a second writer gets `Unavailable` "ref ... locked"); every message
-/// gets one response; a commit ends the stream; the lock is released
-/// when the stream ends.
-fn write(
-    store: ContentStore,
-    input: Streaming<api::WriteContentRequest>,
-) -> impl Stream<Item = Result<api::WriteContentResponse, Status>> {
-    let session =
-        Session { store, input, writer: None, reference: String::new(), total: 0, expected: None, done: false };
-    stream::unfold(session, |mut s| async move {
-        if s.done {
-            return None;
-        }
-        let req = match s.input.message().await {
-            Ok(Some(req)) => req,
-            Ok(None) => return None,
-            Err(e) => return Some((Err(e), Session { done: true, writer: None, ..s })),
-        };
-        match s.handle(req).await {
-            Ok(resp) => Some((Ok(resp), s)),
-            Err(e) => {
-                s.writer = None;
-                s.done = true;
-                Some((Err(e), s))
-            }
-        }
-    })
-    .boxed()
 }
 
 impl Session {

@@ -51,85 +51,92 @@ fn container_in(c: Container) -> store::Container {
 }
 
 pub fn routes(router: ServiceRouter, store: ContainerStore, events: Events) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5, s6) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone(), store);
-    let (e1, e2, e3) = (events.clone(), events.clone(), events);
+    let svc = ContainerService { store, events };
     router
-        .unary(&format!("{SERVICE}/Get"), move |call: Call, req: GetContainerRequest| {
-            let s = s1.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let c = blocking(move || Ok(s.get(&ns, &req.id)?)).await?;
-                Ok(GetContainerResponse { container: Some(out(c)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/List"), move |call: Call, req: ListContainersRequest| {
-            let s = s2.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = super::store_filter(&req.filters)?;
-                let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
-                Ok(ListContainersResponse { containers: all.into_iter().map(out).collect() })
-            }
-        })
-        .server_streaming(&format!("{SERVICE}/ListStream"), move |call: Call, req: ListContainersRequest| {
-            let s = s3.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = super::store_filter(&req.filters)?;
-                let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
-                Ok(futures::stream::iter(
-                    all.into_iter().map(|c| Ok::<_, Status>(ListContainerMessage { container: Some(out(c)) })),
-                ))
-            }
-        })
-        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateContainerRequest| {
-            let (s, events) = (s4.clone(), e1.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let c = container_in(req.container.unwrap_or_default());
-                let n = ns.clone();
-                let c = blocking(move || Ok(s.create(&n, c)?)).await?;
-                let ev = ContainerCreate {
-                    id: c.id.clone(),
-                    image: c.image.clone(),
-                    runtime: Some(container_create::Runtime {
-                        name: c.runtime.name.clone(),
-                        options: c.runtime.options.clone().map(any_out),
-                    }),
-                };
-                events.publish(&ns, topics::CONTAINER_CREATE, &ev).await;
-                Ok(CreateContainerResponse { container: Some(out(c)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateContainerRequest| {
-            let (s, events) = (s5.clone(), e2.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let c = container_in(req.container.unwrap_or_default());
-                if c.id.is_empty() {
-                    return Err(Status::invalid_argument("Container.ID required"));
-                }
-                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-                let n = ns.clone();
-                let c = blocking(move || Ok(s.update(&n, c, &paths)?)).await?;
-                let ev = ContainerUpdate {
-                    id: c.id.clone(),
-                    image: c.image.clone(),
-                    labels: labels_out(c.labels.clone()),
-                    snapshot_key: c.snapshot_key.clone(),
-                };
-                events.publish(&ns, topics::CONTAINER_UPDATE, &ev).await;
-                Ok(UpdateContainerResponse { container: Some(out(c)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteContainerRequest| {
-            let (s, events) = (s6.clone(), e3.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let (n, id) = (ns.clone(), req.id.clone());
-                blocking(move || Ok(s.delete(&n, &id)?)).await?;
-                events.publish(&ns, topics::CONTAINER_DELETE, &ContainerDelete { id: req.id }).await;
-                Ok(())
-            }
-        })
+        .unary_with(&format!("{SERVICE}/Get"), &svc, ContainerService::get)
+        .unary_with(&format!("{SERVICE}/List"), &svc, ContainerService::list)
+        .server_streaming_with(&format!("{SERVICE}/ListStream"), &svc, ContainerService::list_stream)
+        .unary_with(&format!("{SERVICE}/Create"), &svc, ContainerService::create)
+        .unary_with(&format!("{SERVICE}/Update"), &svc, ContainerService::update)
+        .unary_with(&format!("{SERVICE}/Delete"), &svc, ContainerService::delete)
+}
+
+/// The Containers service over the namespace's containers; publishes its
+/// changes.
+#[derive(Clone)]
+struct ContainerService {
+    store: ContainerStore,
+    events: Events,
+}
+
+impl ContainerService {
+    async fn get(self, call: Call, req: GetContainerRequest) -> Result<GetContainerResponse, Status> {
+        let ns = namespace(&call)?;
+        let c = blocking(move || Ok(self.store.get(&ns, &req.id)?)).await?;
+        Ok(GetContainerResponse { container: Some(out(c)) })
+    }
+
+    async fn list(self, call: Call, req: ListContainersRequest) -> Result<ListContainersResponse, Status> {
+        let ns = namespace(&call)?;
+        let filter = super::store_filter(&req.filters)?;
+        let all = blocking(move || Ok(self.store.list(&ns, &filter)?)).await?;
+        Ok(ListContainersResponse { containers: all.into_iter().map(out).collect() })
+    }
+
+    async fn list_stream(
+        self,
+        call: Call,
+        req: ListContainersRequest,
+    ) -> Result<impl futures::Stream<Item = Result<ListContainerMessage, Status>>, Status> {
+        let ns = namespace(&call)?;
+        let filter = super::store_filter(&req.filters)?;
+        let all = blocking(move || Ok(self.store.list(&ns, &filter)?)).await?;
+        Ok(futures::stream::iter(
+            all.into_iter().map(|c| Ok::<_, Status>(ListContainerMessage { container: Some(out(c)) })),
+        ))
+    }
+
+    async fn create(self, call: Call, req: CreateContainerRequest) -> Result<CreateContainerResponse, Status> {
+        let ns = namespace(&call)?;
+        let c = container_in(req.container.unwrap_or_default());
+        let (s, n) = (self.store, ns.clone());
+        let c = blocking(move || Ok(s.create(&n, c)?)).await?;
+        let ev = ContainerCreate {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            runtime: Some(container_create::Runtime {
+                name: c.runtime.name.clone(),
+                options: c.runtime.options.clone().map(any_out),
+            }),
+        };
+        self.events.publish(&ns, topics::CONTAINER_CREATE, &ev).await;
+        Ok(CreateContainerResponse { container: Some(out(c)) })
+    }
+
+    async fn update(self, call: Call, req: UpdateContainerRequest) -> Result<UpdateContainerResponse, Status> {
+        let ns = namespace(&call)?;
+        let c = container_in(req.container.unwrap_or_default());
+        if c.id.is_empty() {
+            return Err(Status::invalid_argument("Container.ID required"));
+        }
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let (s, n) = (self.store, ns.clone());
+        let c = blocking(move || Ok(s.update(&n, c, &paths)?)).await?;
+        let ev = ContainerUpdate {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            labels: labels_out(c.labels.clone()),
+            snapshot_key: c.snapshot_key.clone(),
+        };
+        self.events.publish(&ns, topics::CONTAINER_UPDATE, &ev).await;
+        Ok(UpdateContainerResponse { container: Some(out(c)) })
+    }
+
+    async fn delete(self, call: Call, req: DeleteContainerRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        let (s, n, id) = (self.store, ns.clone(), req.id.clone());
+        blocking(move || Ok(s.delete(&n, &id)?)).await?;
+        self.events.publish(&ns, topics::CONTAINER_DELETE, &ContainerDelete { id: req.id }).await;
+        Ok(())
+    }
 }

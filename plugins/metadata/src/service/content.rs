@@ -89,6 +89,9 @@ impl Fields for StatusFields<'_> {
     }
 }
 
+/// The namespaced Content service: the namespaces' records, the raw content
+/// plugin it calls through the host, and the lock that orders commits
+/// against deletes of raw blobs.
 #[derive(Clone)]
 pub struct ContentService {
     store: ContentStore,
@@ -107,7 +110,8 @@ impl ContentService {
         r.info.ok_or_else(|| Status::internal("content store answered Info without info"))
     }
 
-    async fn info(&self, ns: &str, digest: &str) -> Result<store::Info, Status> {
+    /// The namespace's record of a blob.
+    async fn namespaced_info(&self, ns: &str, digest: &str) -> Result<store::Info, Status> {
         let (s, ns, d) = (self.store.clone(), ns.to_string(), digest.to_string());
         blocking(move || Ok(s.info(&ns, &d)?)).await
     }
@@ -130,26 +134,6 @@ impl ContentService {
             Committed::Created(info) => Ok(info),
             Committed::Existing(_) => Err(ContentError::AlreadyExists(digest.to_string()).into()),
         }
-    }
-
-    async fn delete(&self, ns: &str, digest: &str) -> Result<(), Status> {
-        {
-            let _guard = self.blob_lock.lock().await;
-            let (s, n, d) = (self.store.clone(), ns.to_string(), digest.to_string());
-            let orphan = blocking(move || Ok(s.delete(&n, &d)?)).await?;
-            if orphan {
-                let req = DeleteContentRequest { digest: digest.to_string() };
-                match self.host.unary::<_, ()>(&raw("Delete"), &req).await {
-                    Ok(()) => {}
-                    Err(e) if e.code == Code::NotFound => {}
-                    // The record is gone; a blob left behind is only space.
-                    Err(e) => crated_plugin_api::tracing::warn!("deleting blob {digest}: {e}"),
-                }
-            }
-        }
-        let ev = ContentDelete { digest: digest.to_string() };
-        self.events.publish(ns, topics::CONTENT_DELETE, &ev).await;
-        Ok(())
     }
 }
 
@@ -213,7 +197,7 @@ impl Writer {
         if req.expected.is_empty() {
             return Ok(());
         }
-        match self.svc.info(&self.ns, &req.expected).await {
+        match self.svc.namespaced_info(&self.ns, &req.expected).await {
             Ok(_) => {
                 if let Some(lease) = self.lease.clone() {
                     let (s, ns, d) = (self.svc.store.clone(), self.ns.clone(), req.expected.clone());
@@ -366,126 +350,144 @@ impl Writer {
 }
 
 pub fn routes(router: ServiceRouter, svc: ContentService) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5, s6, s7, s8, s9) =
-        (svc.clone(), svc.clone(), svc.clone(), svc.clone(), svc.clone(), svc.clone(), svc.clone(), svc.clone(), svc);
     router
-        .unary(&format!("{SERVICE}/Info"), move |call: Call, req: InfoRequest| {
-            let svc = s1.clone();
-            async move {
-                let ns = namespace(&call)?;
-                Ok(InfoResponse { info: Some(info_out(svc.info(&ns, &req.digest).await?)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateRequest| {
-            let svc = s2.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let info = req.info.ok_or_else(|| Status::invalid_argument("info must be provided"))?;
-                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-                let s = svc.store.clone();
-                let i = blocking(move || Ok(s.update(&ns, &info.digest, labels_in(info.labels), &paths)?)).await?;
-                Ok(UpdateResponse { info: Some(info_out(i)) })
-            }
-        })
-        .server_streaming(&format!("{SERVICE}/List"), move |call: Call, req: ListContentRequest| {
-            let svc = s3.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)?;
-                let s = svc.store.clone();
-                let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
-                let batches: Vec<Result<ListContentResponse, Status>> = all
-                    .chunks(LIST_BATCH)
-                    .map(|c| Ok(ListContentResponse { info: c.iter().cloned().map(info_out).collect() }))
-                    .collect();
-                Ok(futures::stream::iter(batches))
-            }
-        })
-        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteContentRequest| {
-            let svc = s4.clone();
-            async move {
-                let ns = namespace(&call)?;
-                svc.delete(&ns, &req.digest).await
-            }
-        })
-        .server_streaming(&format!("{SERVICE}/Read"), move |call: Call, req: ReadContentRequest| {
-            let svc = s5.clone();
-            async move {
-                let ns = namespace(&call)?;
-                svc.info(&ns, &req.digest).await?;
-                svc.host
-                    .streaming::<ReadContentRequest, ReadContentResponse, _>(
-                        &raw("Read"),
-                        futures::stream::iter([Ok(req)]),
-                    )
-                    .await
-            }
-        })
-        .unary(&format!("{SERVICE}/Status"), move |call: Call, req: StatusRequest| {
-            let svc = s6.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let inner = StatusRequest { r#ref: raw_ref(&ns, &req.r#ref) };
-                let mut r: StatusResponse = svc.host.unary(&raw("Status"), &inner).await?;
-                if let Some(st) = r.status.as_mut() {
-                    st.r#ref = req.r#ref;
+        .unary_with(&format!("{SERVICE}/Info"), &svc, ContentService::info)
+        .unary_with(&format!("{SERVICE}/Update"), &svc, ContentService::update)
+        .server_streaming_with(&format!("{SERVICE}/List"), &svc, ContentService::list)
+        .unary_with(&format!("{SERVICE}/Delete"), &svc, ContentService::delete)
+        .server_streaming_with(&format!("{SERVICE}/Read"), &svc, ContentService::read)
+        .unary_with(&format!("{SERVICE}/Status"), &svc, ContentService::status)
+        .unary_with(&format!("{SERVICE}/ListStatuses"), &svc, ContentService::list_statuses)
+        .unary_with(&format!("{SERVICE}/Abort"), &svc, ContentService::abort)
+        .bidi_streaming_with(&format!("{SERVICE}/Write"), &svc, ContentService::write)
+}
+
+/// The RPCs, one method each.
+impl ContentService {
+    async fn info(self, call: Call, req: InfoRequest) -> Result<InfoResponse, Status> {
+        let ns = namespace(&call)?;
+        Ok(InfoResponse { info: Some(info_out(self.namespaced_info(&ns, &req.digest).await?)) })
+    }
+
+    async fn update(self, call: Call, req: UpdateRequest) -> Result<UpdateResponse, Status> {
+        let ns = namespace(&call)?;
+        let info = req.info.ok_or_else(|| Status::invalid_argument("info must be provided"))?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let s = self.store;
+        let i = blocking(move || Ok(s.update(&ns, &info.digest, labels_in(info.labels), &paths)?)).await?;
+        Ok(UpdateResponse { info: Some(info_out(i)) })
+    }
+
+    async fn list(
+        self,
+        call: Call,
+        req: ListContentRequest,
+    ) -> Result<impl futures::Stream<Item = Result<ListContentResponse, Status>>, Status> {
+        let ns = namespace(&call)?;
+        let filter = AnyFilter::parse(&req.filters)?;
+        let s = self.store;
+        let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
+        let batches: Vec<Result<ListContentResponse, Status>> = all
+            .chunks(LIST_BATCH)
+            .map(|c| Ok(ListContentResponse { info: c.iter().cloned().map(info_out).collect() }))
+            .collect();
+        Ok(futures::stream::iter(batches))
+    }
+
+    async fn delete(self, call: Call, req: DeleteContentRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        let digest = req.digest;
+        {
+            let _guard = self.blob_lock.lock().await;
+            let (s, n, d) = (self.store.clone(), ns.clone(), digest.clone());
+            let orphan = blocking(move || Ok(s.delete(&n, &d)?)).await?;
+            if orphan {
+                let req = DeleteContentRequest { digest: digest.clone() };
+                match self.host.unary::<_, ()>(&raw("Delete"), &req).await {
+                    Ok(()) => {}
+                    Err(e) if e.code == Code::NotFound => {}
+                    // The record is gone; a blob left behind is only space.
+                    Err(e) => crated_plugin_api::tracing::warn!("deleting blob {digest}: {e}"),
                 }
-                Ok(r)
             }
-        })
-        .unary(&format!("{SERVICE}/ListStatuses"), move |call: Call, req: ListStatusesRequest| {
-            let svc = s7.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = AnyFilter::parse(&req.filters)?;
-                let all: ListStatusesResponse =
-                    svc.host.unary(&raw("ListStatuses"), &ListStatusesRequest { filters: vec![] }).await?;
-                let prefix = format!("{ns}/");
-                let statuses = all
-                    .statuses
-                    .into_iter()
-                    .filter_map(|mut s| {
-                        s.r#ref = s.r#ref.strip_prefix(&prefix)?.to_string();
-                        Some(s)
-                    })
-                    .filter(|s| filter.matches(&StatusFields(s)))
-                    .collect();
-                Ok(ListStatusesResponse { statuses })
+        }
+        let ev = ContentDelete { digest };
+        self.events.publish(&ns, topics::CONTENT_DELETE, &ev).await;
+        Ok(())
+    }
+
+    async fn read(
+        self,
+        call: Call,
+        req: ReadContentRequest,
+    ) -> Result<BoxStream<'static, Result<ReadContentResponse, Status>>, Status> {
+        let ns = namespace(&call)?;
+        self.namespaced_info(&ns, &req.digest).await?;
+        self.host
+            .streaming::<ReadContentRequest, ReadContentResponse, _>(&raw("Read"), futures::stream::iter([Ok(req)]))
+            .await
+    }
+
+    async fn status(self, call: Call, req: StatusRequest) -> Result<StatusResponse, Status> {
+        let ns = namespace(&call)?;
+        let inner = StatusRequest { r#ref: raw_ref(&ns, &req.r#ref) };
+        let mut r: StatusResponse = self.host.unary(&raw("Status"), &inner).await?;
+        if let Some(st) = r.status.as_mut() {
+            st.r#ref = req.r#ref;
+        }
+        Ok(r)
+    }
+
+    async fn list_statuses(self, call: Call, req: ListStatusesRequest) -> Result<ListStatusesResponse, Status> {
+        let ns = namespace(&call)?;
+        let filter = AnyFilter::parse(&req.filters)?;
+        let all: ListStatusesResponse =
+            self.host.unary(&raw("ListStatuses"), &ListStatusesRequest { filters: vec![] }).await?;
+        let prefix = format!("{ns}/");
+        let statuses = all
+            .statuses
+            .into_iter()
+            .filter_map(|mut s| {
+                s.r#ref = s.r#ref.strip_prefix(&prefix)?.to_string();
+                Some(s)
+            })
+            .filter(|s| filter.matches(&StatusFields(s)))
+            .collect();
+        Ok(ListStatusesResponse { statuses })
+    }
+
+    async fn abort(self, call: Call, req: AbortRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        self.host.unary::<_, ()>(&raw("Abort"), &AbortRequest { r#ref: raw_ref(&ns, &req.r#ref) }).await
+    }
+
+    async fn write(
+        self,
+        call: Call,
+        input: Streaming<WriteContentRequest>,
+    ) -> Result<impl futures::Stream<Item = Result<WriteContentResponse, Status>>, Status> {
+        let ns = namespace(&call)?;
+        let lease = call.header(LEASE_HEADER).filter(|l| !l.is_empty()).map(str::to_string);
+        let w = Writer {
+            svc: self,
+            ns,
+            lease,
+            client_ref: String::new(),
+            input,
+            mode: Mode::Unopened,
+            raw: None,
+            last_digest: String::new(),
+            done: false,
+        };
+        Ok(futures::stream::unfold(w, |mut w| async move {
+            if w.done {
+                return None;
             }
-        })
-        .unary(&format!("{SERVICE}/Abort"), move |call: Call, req: AbortRequest| {
-            let svc = s8.clone();
-            async move {
-                let ns = namespace(&call)?;
-                svc.host.unary::<_, ()>(&raw("Abort"), &AbortRequest { r#ref: raw_ref(&ns, &req.r#ref) }).await
-            }
-        })
-        .bidi_streaming(&format!("{SERVICE}/Write"), move |call: Call, input: Streaming<WriteContentRequest>| {
-            let svc = s9.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let lease = call.header(LEASE_HEADER).filter(|l| !l.is_empty()).map(str::to_string);
-                let w = Writer {
-                    svc,
-                    ns,
-                    lease,
-                    client_ref: String::new(),
-                    input,
-                    mode: Mode::Unopened,
-                    raw: None,
-                    last_digest: String::new(),
-                    done: false,
-                };
-                Ok(futures::stream::unfold(w, |mut w| async move {
-                    if w.done {
-                        return None;
-                    }
-                    let item = w.next().await?;
-                    w.done = item.is_err();
-                    Some((item, w))
-                }))
-            }
-        })
+            let item = w.next().await?;
+            w.done = item.is_err();
+            Some((item, w))
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -61,60 +61,63 @@ fn required(image: Option<Image>) -> Result<store::Image, Status> {
 }
 
 pub fn routes(router: ServiceRouter, store: ImageStore, events: Events) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
-    let (e1, e2, e3) = (events.clone(), events.clone(), events);
+    let svc = ImageService { store, events };
     router
-        .unary(&format!("{SERVICE}/Get"), move |call: Call, req: GetImageRequest| {
-            let s = s1.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let i = blocking(move || Ok(s.get(&ns, &req.name)?)).await?;
-                Ok(GetImageResponse { image: Some(out(i)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/List"), move |call: Call, req: ListImagesRequest| {
-            let s = s2.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = super::store_filter(&req.filters)?;
-                let all = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
-                Ok(ListImagesResponse { images: all.into_iter().map(out).collect() })
-            }
-        })
-        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateImageRequest| {
-            let (s, events) = (s3.clone(), e1.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let image = required(req.image)?;
-                let n = ns.clone();
-                let i = blocking(move || Ok(s.create(&n, image)?)).await?;
-                let ev = ImageCreate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
-                events.publish(&ns, topics::IMAGE_CREATE, &ev).await;
-                Ok(CreateImageResponse { image: Some(out(i)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateImageRequest| {
-            let (s, events) = (s4.clone(), e2.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let image = required(req.image)?;
-                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-                let n = ns.clone();
-                let i = blocking(move || Ok(s.update(&n, image, &paths)?)).await?;
-                let ev = ImageUpdate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
-                events.publish(&ns, topics::IMAGE_UPDATE, &ev).await;
-                Ok(UpdateImageResponse { image: Some(out(i)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteImageRequest| {
-            let (s, events) = (s5.clone(), e3.clone());
-            async move {
-                let ns = namespace(&call)?;
-                let (n, name) = (ns.clone(), req.name.clone());
-                let target = req.target.map(|t| t.digest).filter(|d| !d.is_empty());
-                blocking(move || Ok(s.delete(&n, &name, target.as_deref())?)).await?;
-                events.publish(&ns, topics::IMAGE_DELETE, &ImageDelete { name: req.name }).await;
-                Ok(())
-            }
-        })
+        .unary_with(&format!("{SERVICE}/Get"), &svc, ImageService::get)
+        .unary_with(&format!("{SERVICE}/List"), &svc, ImageService::list)
+        .unary_with(&format!("{SERVICE}/Create"), &svc, ImageService::create)
+        .unary_with(&format!("{SERVICE}/Update"), &svc, ImageService::update)
+        .unary_with(&format!("{SERVICE}/Delete"), &svc, ImageService::delete)
+}
+
+/// The Images service over the namespace's images; publishes its changes.
+#[derive(Clone)]
+struct ImageService {
+    store: ImageStore,
+    events: Events,
+}
+
+impl ImageService {
+    async fn get(self, call: Call, req: GetImageRequest) -> Result<GetImageResponse, Status> {
+        let ns = namespace(&call)?;
+        let i = blocking(move || Ok(self.store.get(&ns, &req.name)?)).await?;
+        Ok(GetImageResponse { image: Some(out(i)) })
+    }
+
+    async fn list(self, call: Call, req: ListImagesRequest) -> Result<ListImagesResponse, Status> {
+        let ns = namespace(&call)?;
+        let filter = super::store_filter(&req.filters)?;
+        let all = blocking(move || Ok(self.store.list(&ns, &filter)?)).await?;
+        Ok(ListImagesResponse { images: all.into_iter().map(out).collect() })
+    }
+
+    async fn create(self, call: Call, req: CreateImageRequest) -> Result<CreateImageResponse, Status> {
+        let ns = namespace(&call)?;
+        let image = required(req.image)?;
+        let (s, n) = (self.store, ns.clone());
+        let i = blocking(move || Ok(s.create(&n, image)?)).await?;
+        let ev = ImageCreate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
+        self.events.publish(&ns, topics::IMAGE_CREATE, &ev).await;
+        Ok(CreateImageResponse { image: Some(out(i)) })
+    }
+
+    async fn update(self, call: Call, req: UpdateImageRequest) -> Result<UpdateImageResponse, Status> {
+        let ns = namespace(&call)?;
+        let image = required(req.image)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let (s, n) = (self.store, ns.clone());
+        let i = blocking(move || Ok(s.update(&n, image, &paths)?)).await?;
+        let ev = ImageUpdate { name: i.name.clone(), labels: labels_out(i.labels.clone()) };
+        self.events.publish(&ns, topics::IMAGE_UPDATE, &ev).await;
+        Ok(UpdateImageResponse { image: Some(out(i)) })
+    }
+
+    async fn delete(self, call: Call, req: DeleteImageRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        let (s, n, name) = (self.store, ns.clone(), req.name.clone());
+        let target = req.target.map(|t| t.digest).filter(|d| !d.is_empty());
+        blocking(move || Ok(s.delete(&n, &name, target.as_deref())?)).await?;
+        self.events.publish(&ns, topics::IMAGE_DELETE, &ImageDelete { name: req.name }).await;
+        Ok(())
+    }
 }

@@ -24,60 +24,60 @@ fn resource(r: Option<Resource>) -> Result<store::Resource, Status> {
 }
 
 pub fn routes(router: ServiceRouter, store: LeaseStore) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5, s6) = (store.clone(), store.clone(), store.clone(), store.clone(), store.clone(), store);
+    let svc = LeaseService { store };
     router
-        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateRequest| {
-            let s = s1.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let id = if req.id.is_empty() { random_id() } else { req.id };
-                let l = blocking(move || Ok(s.create(&ns, &id, labels_in(req.labels))?)).await?;
-                Ok(CreateResponse { lease: Some(out(l)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Delete"), move |call: Call, req: DeleteRequest| {
-            let s = s2.clone();
-            async move {
-                let ns = namespace(&call)?;
-                blocking(move || Ok(s.delete(&ns, &req.id)?)).await?;
-                Ok(())
-            }
-        })
-        .unary(&format!("{SERVICE}/List"), move |call: Call, req: ListRequest| {
-            let s = s3.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let filter = super::store_filter(&req.filters)?;
-                let leases = blocking(move || Ok(s.list(&ns, &filter)?)).await?;
-                Ok(ListResponse { leases: leases.into_iter().map(out).collect() })
-            }
-        })
-        .unary(&format!("{SERVICE}/AddResource"), move |call: Call, req: AddResourceRequest| {
-            let s = s4.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let r = resource(req.resource)?;
-                blocking(move || Ok(s.add_resource(&ns, &req.id, &r)?)).await?;
-                Ok(())
-            }
-        })
-        .unary(&format!("{SERVICE}/DeleteResource"), move |call: Call, req: DeleteResourceRequest| {
-            let s = s5.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let r = resource(req.resource)?;
-                blocking(move || Ok(s.delete_resource(&ns, &req.id, &r)?)).await?;
-                Ok(())
-            }
-        })
-        .unary(&format!("{SERVICE}/ListResources"), move |call: Call, req: ListResourcesRequest| {
-            let s = s6.clone();
-            async move {
-                let ns = namespace(&call)?;
-                let rs = blocking(move || Ok(s.list_resources(&ns, &req.id)?)).await?;
-                Ok(ListResourcesResponse {
-                    resources: rs.into_iter().map(|r| Resource { id: r.id, r#type: r.kind }).collect(),
-                })
-            }
-        })
+        .unary_with(&format!("{SERVICE}/Create"), &svc, LeaseService::create)
+        .unary_with(&format!("{SERVICE}/Delete"), &svc, LeaseService::delete)
+        .unary_with(&format!("{SERVICE}/List"), &svc, LeaseService::list)
+        .unary_with(&format!("{SERVICE}/AddResource"), &svc, LeaseService::add_resource)
+        .unary_with(&format!("{SERVICE}/DeleteResource"), &svc, LeaseService::delete_resource)
+        .unary_with(&format!("{SERVICE}/ListResources"), &svc, LeaseService::list_resources)
+}
+
+/// The Leases service over the namespace's leases.
+#[derive(Clone)]
+struct LeaseService {
+    store: LeaseStore,
+}
+
+impl LeaseService {
+    async fn create(self, call: Call, req: CreateRequest) -> Result<CreateResponse, Status> {
+        let ns = namespace(&call)?;
+        let id = if req.id.is_empty() { random_id() } else { req.id };
+        let l = blocking(move || Ok(self.store.create(&ns, &id, labels_in(req.labels))?)).await?;
+        Ok(CreateResponse { lease: Some(out(l)) })
+    }
+
+    async fn delete(self, call: Call, req: DeleteRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        blocking(move || Ok(self.store.delete(&ns, &req.id)?)).await?;
+        Ok(())
+    }
+
+    async fn list(self, call: Call, req: ListRequest) -> Result<ListResponse, Status> {
+        let ns = namespace(&call)?;
+        let filter = super::store_filter(&req.filters)?;
+        let leases = blocking(move || Ok(self.store.list(&ns, &filter)?)).await?;
+        Ok(ListResponse { leases: leases.into_iter().map(out).collect() })
+    }
+
+    async fn add_resource(self, call: Call, req: AddResourceRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        let r = resource(req.resource)?;
+        blocking(move || Ok(self.store.add_resource(&ns, &req.id, &r)?)).await?;
+        Ok(())
+    }
+
+    async fn delete_resource(self, call: Call, req: DeleteResourceRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        let r = resource(req.resource)?;
+        blocking(move || Ok(self.store.delete_resource(&ns, &req.id, &r)?)).await?;
+        Ok(())
+    }
+
+    async fn list_resources(self, call: Call, req: ListResourcesRequest) -> Result<ListResourcesResponse, Status> {
+        let ns = namespace(&call)?;
+        let rs = blocking(move || Ok(self.store.list_resources(&ns, &req.id)?)).await?;
+        Ok(ListResourcesResponse { resources: rs.into_iter().map(|r| Resource { id: r.id, r#type: r.kind }).collect() })
+    }
 }

@@ -10,7 +10,7 @@ use containerd_client::services::v1::{
 use crated_events_api::topics;
 use crated_plugin_api::{
     filters::{labels_field, AnyFilter, Fields},
-    Call, ServiceRouter,
+    Call, ServiceRouter, Status,
 };
 
 use super::{blocking, labels_in, labels_out, Events};
@@ -39,58 +39,61 @@ fn event_ns<'a>(call: &'a Call, name: &'a str) -> &'a str {
 }
 
 pub fn routes(router: ServiceRouter, store: NamespaceStore, events: Events) -> ServiceRouter {
-    let (s1, s2, s3, s4, s5) = (store.clone(), store.clone(), store.clone(), store.clone(), store);
-    let (e1, e2, e3) = (events.clone(), events.clone(), events);
+    let svc = NamespaceService { store, events };
     router
-        .unary(&format!("{SERVICE}/Get"), move |_call: Call, req: GetNamespaceRequest| {
-            let s = s1.clone();
-            async move {
-                let n = blocking(move || Ok(s.get(&req.name)?)).await?;
-                Ok(GetNamespaceResponse { namespace: Some(out(n)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/List"), move |_call: Call, req: ListNamespacesRequest| {
-            let s = s2.clone();
-            async move {
-                let filter = AnyFilter::parse(&[req.filter])?;
-                let all = blocking(move || Ok(s.list()?)).await?;
-                Ok(ListNamespacesResponse {
-                    namespaces: all.into_iter().filter(|n| filter.matches(n)).map(out).collect(),
-                })
-            }
-        })
-        .unary(&format!("{SERVICE}/Create"), move |call: Call, req: CreateNamespaceRequest| {
-            let (s, events) = (s3.clone(), e1.clone());
-            async move {
-                let ns = req.namespace.unwrap_or_default();
-                let n = blocking(move || Ok(s.create(&ns.name, labels_in(ns.labels))?)).await?;
-                let ev = NamespaceCreate { name: n.name.clone(), labels: labels_out(n.labels.clone()) };
-                events.publish(event_ns(&call, &n.name), topics::NAMESPACE_CREATE, &ev).await;
-                Ok(CreateNamespaceResponse { namespace: Some(out(n)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Update"), move |call: Call, req: UpdateNamespaceRequest| {
-            let (s, events) = (s4.clone(), e2.clone());
-            async move {
-                let ns = req.namespace.unwrap_or_default();
-                let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-                // containerd's event carries the labels of the request, not
-                // the namespace's labels after the update.
-                let ev = NamespaceUpdate { name: ns.name.clone(), labels: ns.labels.clone() };
-                let n = blocking(move || Ok(s.update(&ns.name, labels_in(ns.labels), &paths)?)).await?;
-                events.publish(event_ns(&call, &n.name), topics::NAMESPACE_UPDATE, &ev).await;
-                Ok(UpdateNamespaceResponse { namespace: Some(out(n)) })
-            }
-        })
-        .unary(&format!("{SERVICE}/Delete"), move |_call: Call, req: DeleteNamespaceRequest| {
-            let (s, events) = (s5.clone(), e3.clone());
-            async move {
-                let name = req.name.clone();
-                blocking(move || Ok(s.delete(&name)?)).await?;
-                let ev = NamespaceDelete { name: req.name.clone() };
-                // containerd publishes a delete in the deleted namespace.
-                events.publish(&req.name, topics::NAMESPACE_DELETE, &ev).await;
-                Ok(())
-            }
-        })
+        .unary_with(&format!("{SERVICE}/Get"), &svc, NamespaceService::get)
+        .unary_with(&format!("{SERVICE}/List"), &svc, NamespaceService::list)
+        .unary_with(&format!("{SERVICE}/Create"), &svc, NamespaceService::create)
+        .unary_with(&format!("{SERVICE}/Update"), &svc, NamespaceService::update)
+        .unary_with(&format!("{SERVICE}/Delete"), &svc, NamespaceService::delete)
+}
+
+/// The Namespaces service over the namespace store; publishes its changes.
+#[derive(Clone)]
+struct NamespaceService {
+    store: NamespaceStore,
+    events: Events,
+}
+
+impl NamespaceService {
+    async fn get(self, _: Call, req: GetNamespaceRequest) -> Result<GetNamespaceResponse, Status> {
+        let n = blocking(move || Ok(self.store.get(&req.name)?)).await?;
+        Ok(GetNamespaceResponse { namespace: Some(out(n)) })
+    }
+
+    async fn list(self, _: Call, req: ListNamespacesRequest) -> Result<ListNamespacesResponse, Status> {
+        let filter = AnyFilter::parse(&[req.filter])?;
+        let all = blocking(move || Ok(self.store.list()?)).await?;
+        Ok(ListNamespacesResponse { namespaces: all.into_iter().filter(|n| filter.matches(n)).map(out).collect() })
+    }
+
+    async fn create(self, call: Call, req: CreateNamespaceRequest) -> Result<CreateNamespaceResponse, Status> {
+        let ns = req.namespace.unwrap_or_default();
+        let s = self.store;
+        let n = blocking(move || Ok(s.create(&ns.name, labels_in(ns.labels))?)).await?;
+        let ev = NamespaceCreate { name: n.name.clone(), labels: labels_out(n.labels.clone()) };
+        self.events.publish(event_ns(&call, &n.name), topics::NAMESPACE_CREATE, &ev).await;
+        Ok(CreateNamespaceResponse { namespace: Some(out(n)) })
+    }
+
+    async fn update(self, call: Call, req: UpdateNamespaceRequest) -> Result<UpdateNamespaceResponse, Status> {
+        let ns = req.namespace.unwrap_or_default();
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        // containerd's event carries the labels of the request, not
+        // the namespace's labels after the update.
+        let ev = NamespaceUpdate { name: ns.name.clone(), labels: ns.labels.clone() };
+        let s = self.store;
+        let n = blocking(move || Ok(s.update(&ns.name, labels_in(ns.labels), &paths)?)).await?;
+        self.events.publish(event_ns(&call, &n.name), topics::NAMESPACE_UPDATE, &ev).await;
+        Ok(UpdateNamespaceResponse { namespace: Some(out(n)) })
+    }
+
+    async fn delete(self, _: Call, req: DeleteNamespaceRequest) -> Result<(), Status> {
+        let (s, name) = (self.store, req.name.clone());
+        blocking(move || Ok(s.delete(&name)?)).await?;
+        let ev = NamespaceDelete { name: req.name.clone() };
+        // containerd publishes a delete in the deleted namespace.
+        self.events.publish(&req.name, topics::NAMESPACE_DELETE, &ev).await;
+        Ok(())
+    }
 }

@@ -45,110 +45,106 @@ fn lease(call: &Call) -> Option<String> {
 }
 
 pub fn routes(router: ServiceRouter, store: SnapshotStore, events: Events) -> ServiceRouter {
-    let s = store.clone();
-    let e = events.clone();
-    let router = router.unary(method::PREPARE, move |call: Call, req: PrepareSnapshotRequest| {
-        let (s, events) = (s.clone(), e.clone());
-        async move {
-            let ns = namespace(&call)?;
-            let mounts = s
-                .create(&ns, &req.snapshotter, &req.key, &req.parent, false, labels_in(req.labels), lease(&call))
-                .await?;
-            let ev = SnapshotPrepare { key: req.key, parent: req.parent, snapshotter: req.snapshotter };
-            events.publish(&ns, topics::SNAPSHOT_PREPARE, &ev).await;
-            Ok(PrepareSnapshotResponse { mounts })
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::VIEW, move |call: Call, req: ViewSnapshotRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            let mounts = s
-                .create(&ns, &req.snapshotter, &req.key, &req.parent, true, labels_in(req.labels), lease(&call))
-                .await?;
-            Ok(ViewSnapshotResponse { mounts })
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::MOUNTS, move |call: Call, req: MountsRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            Ok(MountsResponse { mounts: s.mounts(&ns, &req.snapshotter, &req.key).await? })
-        }
-    });
-    let s = store.clone();
-    let e = events.clone();
-    let router = router.unary(method::COMMIT, move |call: Call, req: CommitSnapshotRequest| {
-        let (s, events) = (s.clone(), e.clone());
-        async move {
-            let ns = namespace(&call)?;
-            s.commit(&ns, &req.snapshotter, &req.name, &req.key, labels_in(req.labels), lease(&call)).await?;
-            let ev = SnapshotCommit { key: req.key, name: req.name, snapshotter: req.snapshotter };
-            events.publish(&ns, topics::SNAPSHOT_COMMIT, &ev).await;
-            Ok(())
-        }
-    });
-    let s = store.clone();
-    let e = events;
-    let router = router.unary(method::REMOVE, move |call: Call, req: RemoveSnapshotRequest| {
-        let (s, events) = (s.clone(), e.clone());
-        async move {
-            let ns = namespace(&call)?;
-            s.remove(&ns, &req.snapshotter, &req.key, lease(&call)).await?;
-            let ev = SnapshotRemove { key: req.key, snapshotter: req.snapshotter };
-            events.publish(&ns, topics::SNAPSHOT_REMOVE, &ev).await;
-            Ok(())
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::STAT, move |call: Call, req: StatSnapshotRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            Ok(StatSnapshotResponse { info: Some(info_out(s.stat(&ns, &req.snapshotter, &req.key).await?)) })
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::UPDATE, move |call: Call, req: UpdateSnapshotRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            let info = req.info.unwrap_or_default();
-            let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-            let updated = s.update(&ns, &req.snapshotter, &info.name, labels_in(info.labels), paths).await?;
-            Ok(UpdateSnapshotResponse { info: Some(info_out(updated)) })
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::USAGE, move |call: Call, req: UsageRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            let u = s.usage(&ns, &req.snapshotter, &req.key).await?;
-            Ok(UsageResponse { size: u.size, inodes: u.inodes })
-        }
-    });
-    let s = store.clone();
-    let router = router.unary(method::CLEANUP, move |call: Call, req: CleanupRequest| {
-        let s = s.clone();
-        async move {
-            namespace(&call)?;
-            s.cleanup(&req.snapshotter).await?;
-            Ok(())
-        }
-    });
-    let s = store;
-    router.server_streaming(method::LIST, move |call: Call, req: ListSnapshotsRequest| {
-        let s = s.clone();
-        async move {
-            let ns = namespace(&call)?;
-            let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let infos: Vec<Info> = s.list(&ns, &req.snapshotter, filter).await?.into_iter().map(info_out).collect();
-            let batches: Vec<Result<ListSnapshotsResponse, Status>> =
-                infos.chunks(LIST_BATCH).map(|c| Ok(ListSnapshotsResponse { info: c.to_vec() })).collect();
-            Ok(futures::stream::iter(batches))
-        }
-    })
+    let svc = SnapshotService { store, events };
+    router
+        .unary_with(method::PREPARE, &svc, SnapshotService::prepare)
+        .unary_with(method::VIEW, &svc, SnapshotService::view)
+        .unary_with(method::MOUNTS, &svc, SnapshotService::mounts)
+        .unary_with(method::COMMIT, &svc, SnapshotService::commit)
+        .unary_with(method::REMOVE, &svc, SnapshotService::remove)
+        .unary_with(method::STAT, &svc, SnapshotService::stat)
+        .unary_with(method::UPDATE, &svc, SnapshotService::update)
+        .unary_with(method::USAGE, &svc, SnapshotService::usage)
+        .unary_with(method::CLEANUP, &svc, SnapshotService::cleanup)
+        .server_streaming_with(method::LIST, &svc, SnapshotService::list)
+}
+
+/// The namespaced Snapshots service over the [`SnapshotStore`]; publishes
+/// its changes.
+#[derive(Clone)]
+struct SnapshotService {
+    store: SnapshotStore,
+    events: Events,
+}
+
+impl SnapshotService {
+    async fn prepare(self, call: Call, req: PrepareSnapshotRequest) -> Result<PrepareSnapshotResponse, Status> {
+        let ns = namespace(&call)?;
+        let mounts = self
+            .store
+            .create(&ns, &req.snapshotter, &req.key, &req.parent, false, labels_in(req.labels), lease(&call))
+            .await?;
+        let ev = SnapshotPrepare { key: req.key, parent: req.parent, snapshotter: req.snapshotter };
+        self.events.publish(&ns, topics::SNAPSHOT_PREPARE, &ev).await;
+        Ok(PrepareSnapshotResponse { mounts })
+    }
+
+    async fn view(self, call: Call, req: ViewSnapshotRequest) -> Result<ViewSnapshotResponse, Status> {
+        let ns = namespace(&call)?;
+        let mounts = self
+            .store
+            .create(&ns, &req.snapshotter, &req.key, &req.parent, true, labels_in(req.labels), lease(&call))
+            .await?;
+        Ok(ViewSnapshotResponse { mounts })
+    }
+
+    async fn mounts(self, call: Call, req: MountsRequest) -> Result<MountsResponse, Status> {
+        let ns = namespace(&call)?;
+        Ok(MountsResponse { mounts: self.store.mounts(&ns, &req.snapshotter, &req.key).await? })
+    }
+
+    async fn commit(self, call: Call, req: CommitSnapshotRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        self.store.commit(&ns, &req.snapshotter, &req.name, &req.key, labels_in(req.labels), lease(&call)).await?;
+        let ev = SnapshotCommit { key: req.key, name: req.name, snapshotter: req.snapshotter };
+        self.events.publish(&ns, topics::SNAPSHOT_COMMIT, &ev).await;
+        Ok(())
+    }
+
+    async fn remove(self, call: Call, req: RemoveSnapshotRequest) -> Result<(), Status> {
+        let ns = namespace(&call)?;
+        self.store.remove(&ns, &req.snapshotter, &req.key, lease(&call)).await?;
+        let ev = SnapshotRemove { key: req.key, snapshotter: req.snapshotter };
+        self.events.publish(&ns, topics::SNAPSHOT_REMOVE, &ev).await;
+        Ok(())
+    }
+
+    async fn stat(self, call: Call, req: StatSnapshotRequest) -> Result<StatSnapshotResponse, Status> {
+        let ns = namespace(&call)?;
+        Ok(StatSnapshotResponse { info: Some(info_out(self.store.stat(&ns, &req.snapshotter, &req.key).await?)) })
+    }
+
+    async fn update(self, call: Call, req: UpdateSnapshotRequest) -> Result<UpdateSnapshotResponse, Status> {
+        let ns = namespace(&call)?;
+        let info = req.info.unwrap_or_default();
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let updated = self.store.update(&ns, &req.snapshotter, &info.name, labels_in(info.labels), paths).await?;
+        Ok(UpdateSnapshotResponse { info: Some(info_out(updated)) })
+    }
+
+    async fn usage(self, call: Call, req: UsageRequest) -> Result<UsageResponse, Status> {
+        let ns = namespace(&call)?;
+        let u = self.store.usage(&ns, &req.snapshotter, &req.key).await?;
+        Ok(UsageResponse { size: u.size, inodes: u.inodes })
+    }
+
+    async fn cleanup(self, call: Call, req: CleanupRequest) -> Result<(), Status> {
+        namespace(&call)?;
+        self.store.cleanup(&req.snapshotter).await?;
+        Ok(())
+    }
+
+    async fn list(
+        self,
+        call: Call,
+        req: ListSnapshotsRequest,
+    ) -> Result<impl futures::Stream<Item = Result<ListSnapshotsResponse, Status>>, Status> {
+        let ns = namespace(&call)?;
+        let filter = AnyFilter::parse(&req.filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let infos: Vec<Info> =
+            self.store.list(&ns, &req.snapshotter, filter).await?.into_iter().map(info_out).collect();
+        let batches: Vec<Result<ListSnapshotsResponse, Status>> =
+            infos.chunks(LIST_BATCH).map(|c| Ok(ListSnapshotsResponse { info: c.to_vec() })).collect();
+        Ok(futures::stream::iter(batches))
+    }
 }
