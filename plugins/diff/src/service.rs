@@ -407,20 +407,11 @@ impl ContentWriter {
 }
 
 pub fn router(svc: DiffService) -> ServiceRouter {
-    let (a, d) = (svc.clone(), svc);
     ServiceRouter::new()
-        .unary(&format!("/{SERVICE}/Apply"), move |call: Call, req: ApplyRequest| {
-            let svc = a.clone();
-            async move {
-                let ns = call.require_namespace()?.to_string();
-                svc.apply(&ns, req).await
-            }
+        .unary_with(&format!("/{SERVICE}/Apply"), &svc, |svc: DiffService, call: Call, req: ApplyRequest| async move {
+            svc.apply(call.require_namespace()?, req).await
         })
-        .unary(&format!("/{SERVICE}/Diff"), move |call: Call, req: DiffRequest| {
-            let svc = d.clone();
-            async move {
-                let ns = call.require_namespace()?.to_string();
-                svc.diff(&ns, req).await
-            }
+        .unary_with(&format!("/{SERVICE}/Diff"), &svc, |svc: DiffService, call: Call, req: DiffRequest| async move {
+            svc.diff(call.require_namespace()?, req).await
         })
 }
