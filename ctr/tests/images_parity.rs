@@ -408,18 +408,6 @@ fn transcript(tag: &str, server: Server) -> Vec<String> {
         .collect()
 }
 
-/// Compare two transcripts step by step, naming every step that differs.
-fn assert_same(left_name: &str, left: &[String], right_name: &str, right: &[String]) {
-    let diffs: Vec<String> = left
-        .iter()
-        .zip(right)
-        .filter(|(l, r)| l != r)
-        .map(|(l, r)| format!("--- {left_name}:\n{l}--- {right_name}:\n{r}"))
-        .collect();
-    assert!(diffs.is_empty(), "{} steps differ:\n{}", diffs.len(), diffs.join("\n"));
-    assert_eq!(left.len(), right.len());
-}
-
 /// The sequence did what it says: checked on a containerd transcript, so a
 /// broken sequence (e.g. every import failing the same way on both sides)
 /// cannot pass as parity.

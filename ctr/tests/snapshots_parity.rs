@@ -175,18 +175,6 @@ fn transcript(ctr: &'static str, tag: &str, server: Server, sn: &str) -> Vec<Str
     outputs.iter().map(|o| mask(o)).collect()
 }
 
-/// Compare two transcripts step by step, naming every step that differs.
-fn assert_same(left_name: &str, left: &[String], right_name: &str, right: &[String]) {
-    let diffs: Vec<String> = left
-        .iter()
-        .zip(right)
-        .filter(|(l, r)| l != r)
-        .map(|(l, r)| format!("--- {left_name}:\n{l}--- {right_name}:\n{r}"))
-        .collect();
-    assert!(diffs.is_empty(), "{} steps differ:\n{}", diffs.len(), diffs.join("\n"));
-    assert_eq!(left.len(), right.len());
-}
-
 /// Our ctr and stock ctr, each against its own stock containerd.
 #[test]
 fn snapshots_parity() {

@@ -370,3 +370,15 @@ pub async fn unix_channel(sock: &Path) -> tonic::transport::Channel {
         .await
         .unwrap()
 }
+
+/// Compare two transcripts step by step, naming every step that differs.
+pub fn assert_same(left_name: &str, left: &[String], right_name: &str, right: &[String]) {
+    let diffs: Vec<String> = left
+        .iter()
+        .zip(right)
+        .filter(|(l, r)| l != r)
+        .map(|(l, r)| format!("--- {left_name}:\n{l}--- {right_name}:\n{r}"))
+        .collect();
+    assert!(diffs.is_empty(), "{} steps differ:\n{}", diffs.len(), diffs.join("\n"));
+    assert_eq!(left.len(), right.len());
+}
