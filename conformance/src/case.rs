@@ -381,10 +381,25 @@ fn show(entry: &Entry) -> String {
     }
 }
 
+/// How long one case, and then its clean-up, may take: a snapshotter that
+/// never answers fails the case instead of hanging the whole run. The
+/// longest case (130 layers) takes seconds.
+const CASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Run one case in its own task, then remove whatever it created.
 pub(crate) async fn run_case(def: &CaseDef, case: Case) -> crate::CaseOutcome {
-    let task = tokio::spawn((def.run)(case.clone()));
-    let mut result = match task.await {
+    let mut task = tokio::spawn((def.run)(case.clone()));
+    let joined = match tokio::time::timeout(CASE_TIMEOUT, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            // Aborting drops the case's mount guards, which unmount.
+            task.abort();
+            let _ = task.await;
+            let result = Err(format!("did not finish within {CASE_TIMEOUT:?}: a call never answered"));
+            return crate::CaseOutcome { name: def.name, result };
+        }
+    };
+    let mut result = match joined {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(join) => Err(match join.try_into_panic() {
@@ -399,7 +414,10 @@ pub(crate) async fn run_case(def: &CaseDef, case: Case) -> crate::CaseOutcome {
             Err(e) => format!("task failed: {e}"),
         }),
     };
-    if let Err(leftover) = clean_up(&case).await {
+    let cleaned = tokio::time::timeout(CASE_TIMEOUT, clean_up(&case))
+        .await
+        .unwrap_or_else(|_| Err(format!("did not finish within {CASE_TIMEOUT:?}")));
+    if let Err(leftover) = cleaned {
         result = match result {
             Ok(()) => Err(format!("cleanup: {leftover}")),
             Err(reason) => Err(format!("{reason} (and cleanup: {leftover})")),

@@ -35,6 +35,7 @@ const SN: &str = "/containerd.services.snapshots.v1.Snapshots";
 const DIFF: &str = "/containerd.services.diff.v1.Diff";
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 fn daemon() -> Daemon {
@@ -185,10 +186,11 @@ async fn apply(ch: &Channel, blob: &[u8], media_type: &str, mounts: Vec<Mount>) 
 async fn unpack(ch: &Channel, sn: &str) -> String {
     let mut parent = String::new();
     for (i, tar) in image().into_iter().enumerate() {
-        // One layer of each kind: gzip, plain, and gzip in two members
-        // under the docker media type.
+        // One layer of each kind: gzip, plain (zstd on overlayfs), and gzip
+        // in two members under the docker media type.
         let (blob, media) = match i {
             0 => (gzip(&tar), GZIP),
+            1 if sn == "overlayfs" => (zstd::encode_all(&tar[..], 3).unwrap(), ZSTD),
             1 => (tar.clone(), TAR),
             _ => {
                 let (a, b) = tar.split_at(700);
