@@ -33,8 +33,10 @@
 //! - Every handler runs on, or inside the context of, the library's own
 //!   tokio runtime ([`runtime`]); use tokio freely inside handlers.
 //! - A panic in a handler becomes an `Internal` status for that call only.
-//! - Errors are [`Status`] values; give your own error type a
-//!   `From<MyError> for Status` and use `?`.
+//! - Errors are [`Status`] values. Give failures a kind with [`Error`]
+//!   (`Error::not_found(..)`, `.context(..)`), which turns into the right
+//!   `Status` with `?`; an error type of your own wraps it and converts
+//!   through it. Check a failure's [`Error::kind`], never its message.
 //! - The namespace of a call is [`Call::namespace`].
 //! - Log with `tracing` (re-exported as `crated_plugin_api::tracing`): the
 //!   SDK routes the events into the daemon's log ([`logging`]).
@@ -42,6 +44,7 @@
 //!   [`InitCtx::host`].
 
 pub mod abi;
+pub mod errdefs;
 pub mod filters;
 #[cfg(feature = "proxy-server")]
 pub mod grpc;
@@ -62,6 +65,7 @@ pub mod types;
 pub mod validate;
 
 pub use abi_stable;
+pub use errdefs::{Error, ErrorKind};
 pub use host::{Dependency, Host};
 pub use plugin::{build_platform, InitCtx, Plugin, PluginError, PluginInfo};
 pub use prost;

@@ -1,10 +1,9 @@
 //! Errors as they reach a gRPC client: a code and a message.
 //!
-//! Plugins keep their own `thiserror` enums; converting one into a
-//! [`Status`] (`impl From<MyError> for Status`) is the single place where a
-//! plugin decides which gRPC code a failure gets. The constructors mirror
-//! containerd's errdefs kinds (not found, already exists, failed
-//! precondition...) so that every plugin maps them the same way.
+//! A failure gets its kind from [`crate::Error`] (containerd's errdefs, in
+//! `errdefs.rs`), whose conversion into a [`Status`] is the one place where
+//! a kind becomes a gRPC code; plugins' own `thiserror` enums wrap that
+//! error and convert through it.
 
 use std::fmt;
 
