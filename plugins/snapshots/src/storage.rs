@@ -15,8 +15,9 @@
 //! once committed. An id that was taken by a transaction that did not commit
 //! is handed out again; the layouts rely on that rule (see `layout.rs`).
 //!
-//! [`SnapshotError`] is the one error type of the crate; its conversion to
-//! [`Status`] is the one place where a failure gets its gRPC code.
+//! [`SnapshotError`] is the one error type of the crate: a failure of one of
+//! containerd's kinds is plugin-api's [`Error`], whose conversion to
+//! [`Status`] gives the gRPC code; the database and I/O failures are Unknown.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -25,7 +26,7 @@ use std::{
 
 use crated_plugin_api::{
     snapshots::{Info, Kind, Usage},
-    Code, Status,
+    Error, ErrorKind, Status,
 };
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -37,17 +38,13 @@ const CHILDREN: TableDefinition<(u64, u64), &str> = TableDefinition::new("childr
 /// Bumped whenever the layout above changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Every failure of a snapshotter. The kinds are containerd's errdefs.
+/// Every failure of a snapshotter: a failure of one of containerd's errdefs
+/// kinds, or one of the metadata database or the file system (of no known
+/// kind: containerd's errdefs turn those into Unknown).
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{0}: not found")]
-    NotFound(String),
-    #[error("{0}: already exists")]
-    AlreadyExists(String),
-    #[error("{0}: failed precondition")]
-    FailedPrecondition(String),
-    #[error("{0}: invalid argument")]
-    InvalidArgument(String),
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error("metadata database: {0}")]
     Db(Box<redb::Error>),
     #[error("metadata database: corrupt record of snapshot {key:?}: {message}")]
@@ -64,10 +61,7 @@ impl SnapshotError {
     /// and clients print the whole chain).
     pub fn context(self, what: &str) -> SnapshotError {
         match self {
-            SnapshotError::NotFound(m) => SnapshotError::NotFound(format!("{what}: {m}")),
-            SnapshotError::AlreadyExists(m) => SnapshotError::AlreadyExists(format!("{what}: {m}")),
-            SnapshotError::FailedPrecondition(m) => SnapshotError::FailedPrecondition(format!("{what}: {m}")),
-            SnapshotError::InvalidArgument(m) => SnapshotError::InvalidArgument(format!("{what}: {m}")),
+            SnapshotError::Kind(e) => SnapshotError::Kind(e.context(what)),
             other => other,
         }
     }
@@ -76,21 +70,21 @@ impl SnapshotError {
     pub fn io(context: impl std::fmt::Display, source: std::io::Error) -> SnapshotError {
         SnapshotError::Io { context: context.to_string(), source }
     }
+
+    /// The kind of the failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::Kind(e) => e.kind(),
+            _ => ErrorKind::Unknown,
+        }
+    }
 }
 
 impl From<SnapshotError> for Status {
     fn from(e: SnapshotError) -> Status {
-        let msg = e.to_string();
         match e {
-            SnapshotError::NotFound(_) => Status::not_found(msg),
-            SnapshotError::AlreadyExists(_) => Status::already_exists(msg),
-            SnapshotError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            SnapshotError::InvalidArgument(_) => Status::invalid_argument(msg),
-            // containerd's errdefs turn an error of no known kind into Unknown.
-            SnapshotError::Db(_)
-            | SnapshotError::Corrupt { .. }
-            | SnapshotError::Schema { .. }
-            | SnapshotError::Io { .. } => Status::new(Code::Unknown, msg),
+            SnapshotError::Kind(e) => e.into(),
+            other => Error::unknown(other.to_string()).into(),
         }
     }
 }
@@ -192,7 +186,7 @@ fn chain<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, parent: &str)
     let mut ids = Vec::new();
     let mut next = parent.to_string();
     while !next.is_empty() {
-        let r = read(table, &next)?.ok_or_else(|| SnapshotError::NotFound(format!("missing parent {next:?}")))?;
+        let r = read(table, &next)?.ok_or_else(|| Error::not_found(format!("missing parent {next:?}")))?;
         ids.push(r.id);
         next = r.parent;
     }
@@ -203,16 +197,16 @@ fn chain<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, parent: &str)
 /// and is committed, then the key is free. Returns the parent chain.
 fn check_new<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, key: &str, parent: &str) -> Result<Vec<u64>> {
     if key.is_empty() {
-        return Err(SnapshotError::InvalidArgument("snapshot key must not be empty".into()));
+        return Err(Error::invalid_argument("snapshot key must not be empty").into());
     }
     if !parent.is_empty() {
-        let p = read(table, parent)?.ok_or_else(|| SnapshotError::NotFound(format!("missing parent {parent:?}")))?;
+        let p = read(table, parent)?.ok_or_else(|| Error::not_found(format!("missing parent {parent:?}")))?;
         if p.kind != Kind::Committed as i32 {
-            return Err(SnapshotError::InvalidArgument(format!("parent {parent:?} is not committed snapshot")));
+            return Err(Error::invalid_argument(format!("parent {parent:?} is not committed snapshot")).into());
         }
     }
     if table.get(key)?.is_some() {
-        return Err(SnapshotError::AlreadyExists(format!("snapshot {key}")));
+        return Err(Error::already_exists(format!("snapshot {key}")).into());
     }
     chain(table, parent)
 }
@@ -253,7 +247,7 @@ impl MetaStore {
     fn get(&self, key: &str) -> Result<Record> {
         let txn = self.db.begin_read()?;
         read(&txn.open_table(SNAPSHOTS)?, key)?
-            .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key} does not exist")))
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")).into())
     }
 
     /// A snapshot's id, info and recorded usage.
@@ -266,10 +260,10 @@ impl MetaStore {
     pub fn get_snapshot(&self, key: &str) -> Result<Snapshot> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(SNAPSHOTS)?;
-        let r = read(&table, key)?.ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key} does not exist")))?;
+        let r = read(&table, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")))?;
         let kind = Kind::try_from(r.kind).unwrap_or(Kind::Unknown);
         if kind != Kind::Active && kind != Kind::View {
-            return Err(SnapshotError::FailedPrecondition(format!("requested snapshot {key} not active or view")));
+            return Err(Error::failed_precondition(format!("requested snapshot {key} not active or view")).into());
         }
         Ok(Snapshot { id: r.id, kind, parent_ids: chain(&table, &r.parent)? })
     }
@@ -296,16 +290,17 @@ impl MetaStore {
         place: impl FnOnce(&Snapshot) -> Result<()>,
     ) -> Result<Snapshot> {
         if kind != Kind::Active && kind != Kind::View {
-            return Err(SnapshotError::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "snapshot type {kind:?} invalid; only snapshots of type Active or View can be created"
-            )));
+            ))
+            .into());
         }
         let txn = self.db.begin_write()?;
         let parent_ids = check_new(&txn.open_table(SNAPSHOTS)?, key, parent)?;
         if parent_ids != expected_parents {
-            return Err(SnapshotError::FailedPrecondition(format!(
-                "parent {parent:?} changed while {key} was prepared"
-            )));
+            return Err(
+                Error::failed_precondition(format!("parent {parent:?} changed while {key} was prepared")).into()
+            );
         }
         let id = {
             let mut meta = txn.open_table(META)?;
@@ -351,22 +346,22 @@ impl MetaStore {
         labels: HashMap<String, String>,
     ) -> Result<()> {
         if name.is_empty() {
-            return Err(SnapshotError::InvalidArgument("snapshot name must not be empty".into()));
+            return Err(Error::invalid_argument("snapshot name must not be empty").into());
         }
         let txn = self.db.begin_write()?;
         {
             let table = txn.open_table(SNAPSHOTS)?;
             if table.get(name)?.is_some() {
-                return Err(SnapshotError::AlreadyExists(format!("committed snapshot {name}")));
+                return Err(Error::already_exists(format!("committed snapshot {name}")).into());
             }
         }
         let mut r = read(&txn.open_table(SNAPSHOTS)?, key)?
-            .ok_or_else(|| SnapshotError::NotFound(format!("failed to get active snapshot {key:?}")))?;
+            .ok_or_else(|| Error::not_found(format!("failed to get active snapshot {key:?}")))?;
         if r.kind != Kind::Active as i32 {
-            return Err(SnapshotError::FailedPrecondition(format!("snapshot {key:?} is not active")));
+            return Err(Error::failed_precondition(format!("snapshot {key:?} is not active")).into());
         }
         if r.id != id {
-            return Err(SnapshotError::FailedPrecondition(format!("snapshot {key:?} was replaced while committing")));
+            return Err(Error::failed_precondition(format!("snapshot {key:?} was replaced while committing")).into());
         }
         r.kind = Kind::Committed as i32;
         r.created = now_nanos();
@@ -378,7 +373,7 @@ impl MetaStore {
         write(&txn, name, &r)?;
         if !r.parent.is_empty() {
             let pid = read(&txn.open_table(SNAPSHOTS)?, &r.parent)?
-                .ok_or_else(|| SnapshotError::NotFound(format!("missing parent {:?} of snapshot {key:?}", r.parent)))?
+                .ok_or_else(|| Error::not_found(format!("missing parent {:?} of snapshot {key:?}", r.parent)))?
                 .id;
             txn.open_table(CHILDREN)?.insert((pid, r.id), name)?;
         }
@@ -390,18 +385,17 @@ impl MetaStore {
     /// nothing changes. Returns the id and kind it had.
     pub fn remove(&self, key: &str) -> Result<(u64, Kind)> {
         let txn = self.db.begin_write()?;
-        let r = read(&txn.open_table(SNAPSHOTS)?, key)?
-            .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key}")))?;
+        let r = read(&txn.open_table(SNAPSHOTS)?, key)?.ok_or_else(|| Error::not_found(format!("snapshot {key}")))?;
         {
             let children = txn.open_table(CHILDREN)?;
             let has_child = children.range((r.id, 0)..=(r.id, u64::MAX))?.next().transpose()?.is_some();
             if has_child {
-                return Err(SnapshotError::FailedPrecondition("cannot remove snapshot with child".into()));
+                return Err(Error::failed_precondition("cannot remove snapshot with child").into());
             }
         }
         if !r.parent.is_empty() {
             let pid = read(&txn.open_table(SNAPSHOTS)?, &r.parent)?
-                .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {key}")))?
+                .ok_or_else(|| Error::not_found(format!("snapshot {key}")))?
                 .id;
             txn.open_table(CHILDREN)?.remove((pid, r.id))?;
         }
@@ -417,7 +411,7 @@ impl MetaStore {
     pub fn update(&self, info: Info, fieldpaths: &[String]) -> Result<Info> {
         let txn = self.db.begin_write()?;
         let mut r = read(&txn.open_table(SNAPSHOTS)?, &info.name)?
-            .ok_or_else(|| SnapshotError::NotFound(format!("snapshot {} does not exist", info.name)))?;
+            .ok_or_else(|| Error::not_found(format!("snapshot {} does not exist", info.name)))?;
         if fieldpaths.is_empty() {
             r.labels = labels_of(info.labels);
         } else {
@@ -430,10 +424,11 @@ impl MetaStore {
                 } else if path == "labels" {
                     r.labels = labels_of(info.labels.clone());
                 } else {
-                    return Err(SnapshotError::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "cannot update {path:?} field on snapshot {:?}",
                         info.name
-                    )));
+                    ))
+                    .into());
                 }
             }
         }
@@ -493,6 +488,8 @@ mod tests {
         s.commit_active(key, id, name, Usage { size: 10, inodes: 2 }, HashMap::new())
     }
 
+    use crated_plugin_api::Code;
+
     fn code(e: SnapshotError) -> Code {
         Status::from(e).code
     }
@@ -547,6 +544,11 @@ mod tests {
         create(&s, Kind::Active, "b", "c").unwrap();
         assert_eq!(code(commit(&s, "c", "b").unwrap_err()), Code::AlreadyExists);
         assert_eq!(code(s.remove("nope").unwrap_err()), Code::NotFound);
+        // The text is containerd's: the message, then the kind; context
+        // prefixes it and keeps the kind.
+        let e = s.get_snapshot("nope").unwrap_err().context("overlayfs");
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(Status::from(e).message, "overlayfs: snapshot nope does not exist: not found");
         // A failed create took no id: the next one gets the next number.
         assert_eq!(create(&s, Kind::Active, "d", "").unwrap().id, 4);
     }
