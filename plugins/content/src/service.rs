@@ -1,6 +1,7 @@
 //! `containerd.services.content.v1.Content` over a [`ContentStore`],
 //! following containerd's `services/content/contentserver`. Errors become
-//! gRPC statuses in exactly one place: `impl From<ContentError> for Status`.
+//! gRPC statuses in exactly one place: `impl From<ContentError> for Status`,
+//! by their [`crated_plugin_api::ErrorKind`].
 //!
 //! The raw store is not namespaced: the `containerd-namespace` header is
 //! ignored (the metadata plugin namespaces it).
@@ -27,16 +28,7 @@ fn method(name: &str) -> String {
 
 impl From<ContentError> for Status {
     fn from(e: ContentError) -> Status {
-        let msg = e.to_string();
-        match e {
-            ContentError::InvalidDigest(_) | ContentError::InvalidArgument(_) => Status::invalid_argument(msg),
-            ContentError::NotFound(_) => Status::not_found(msg),
-            ContentError::AlreadyExists(_) => Status::already_exists(msg),
-            ContentError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            ContentError::Locked { .. } => Status::unavailable(msg),
-            ContentError::OutOfRange(_) => Status::new(Code::OutOfRange, msg),
-            ContentError::Io { .. } | ContentError::Internal(_) => Status::internal(msg),
-        }
+        Status::new(e.kind().code(), e.to_string())
     }
 }
 

@@ -38,7 +38,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crated_plugin_api::filters::{AnyFilter, Fields};
+use crated_plugin_api::{
+    filters::{AnyFilter, Fields},
+    Error, ErrorKind,
+};
 use sha2::{Digest as _, Sha256};
 
 pub use crate::digest::{Digest, DigestError};
@@ -48,20 +51,18 @@ pub const MAX_LABEL_SIZE: usize = crated_plugin_api::validate::MAX_LABEL;
 
 const HASH_BUFFER: usize = 1 << 20;
 
-/// Everything that can go wrong in the store. `service.rs` turns each kind
-/// into one gRPC code (`impl From<ContentError> for Status`).
+/// Everything that can go wrong in the store. Each has an [`ErrorKind`]
+/// ([`ContentError::kind`]), which gives its gRPC code in `service.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {
     #[error(transparent)]
     InvalidDigest(#[from] DigestError),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("{0}: not found")]
-    NotFound(String),
-    #[error("{0}: already exists")]
-    AlreadyExists(String),
-    #[error("{0}: failed precondition")]
-    FailedPrecondition(String),
+    /// Not found, already exists, failed precondition: containerd's kinds,
+    /// printed as containerd's errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     /// Another writer holds the ref (containerd's `errdefs.ErrUnavailable`).
     #[error("ref {reference} locked for {held:?} (since {since}): unavailable")]
     Locked { reference: String, held: Duration, since: String },
@@ -75,6 +76,21 @@ pub enum ContentError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl ContentError {
+    /// The kind of the failure, which decides its gRPC code. The variants
+    /// other than `Kind` keep their own text (containerd's content store
+    /// prints those without a kind suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ContentError::Kind(e) => e.kind(),
+            ContentError::InvalidDigest(_) | ContentError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ContentError::Locked { .. } => ErrorKind::Unavailable,
+            ContentError::OutOfRange(_) => ErrorKind::OutOfRange,
+            ContentError::Io { .. } | ContentError::Internal(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 type Result<T, E = ContentError> = std::result::Result<T, E>;
@@ -271,8 +287,8 @@ impl ContentStore {
     fn blob_info_sync(blob: &Path, labels_path: &Path, dgst: &Digest) -> Result<BlobInfo> {
         let meta = match fs::metadata(blob) {
             Ok(m) if m.is_file() => m,
-            Ok(_) => return Err(ContentError::NotFound(format!("content {dgst}"))),
-            Err(e) if is_not_found(&e) => return Err(ContentError::NotFound(format!("content {dgst}"))),
+            Ok(_) => return Err(Error::not_found(format!("content {dgst}")).into()),
+            Err(e) if is_not_found(&e) => return Err(Error::not_found(format!("content {dgst}")).into()),
             Err(e) => return Err(io_err(format!("stat {}", blob.display()))(e)),
         };
         let created_at = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -291,7 +307,7 @@ impl ContentStore {
     pub async fn exists(&self, dgst: &Digest) -> Result<bool> {
         match self.info(dgst).await {
             Ok(_) => Ok(true),
-            Err(ContentError::NotFound(_)) => Ok(false),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -374,7 +390,8 @@ impl ContentStore {
                 let Ok(dgst) = Digest::parse(&format!("sha256:{name}")) else { continue };
                 match Self::blob_info_sync(&entry.path(), &me.labels_path(&dgst), &dgst) {
                     Ok(info) if filter.matches(&info) => out.push(info),
-                    Ok(_) | Err(ContentError::NotFound(_)) => {}
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -390,7 +407,7 @@ impl ContentStore {
         blocking(move || {
             match fs::remove_file(&blob) {
                 Ok(()) => {}
-                Err(e) if is_not_found(&e) => return Err(ContentError::NotFound(format!("content {d}"))),
+                Err(e) if is_not_found(&e) => return Err(Error::not_found(format!("content {d}")).into()),
                 Err(e) => return Err(io_err(format!("removing {}", blob.display()))(e)),
             }
             let _ = fs::remove_file(&lpath);
@@ -405,7 +422,7 @@ impl ContentStore {
         blocking(move || {
             let file = match File::open(&blob) {
                 Ok(f) => f,
-                Err(e) if is_not_found(&e) => return Err(ContentError::NotFound(format!("content {d}"))),
+                Err(e) if is_not_found(&e) => return Err(Error::not_found(format!("content {d}")).into()),
                 Err(e) => return Err(io_err(format!("opening {}", blob.display()))(e)),
             };
             let size = file.metadata().map_err(io_err(format!("stat {}", blob.display())))?.len();
@@ -433,8 +450,8 @@ impl ContentStore {
         let r = reference.to_string();
         blocking(move || match Self::status_sync(&dir) {
             Ok(s) if s.reference == r => Ok(s),
-            Ok(_) => Err(ContentError::NotFound(format!("ingest ref {r:?}"))),
-            Err(e) if is_not_found(&e) => Err(ContentError::NotFound(format!("ingest ref {r:?}"))),
+            Ok(_) => Err(Error::not_found(format!("ingest ref {r:?}")).into()),
+            Err(e) if is_not_found(&e) => Err(Error::not_found(format!("ingest ref {r:?}")).into()),
             Err(e) => Err(io_err(format!("status of ingest ref {r:?}"))(e)),
         })
         .await
@@ -473,7 +490,7 @@ impl ContentStore {
         let r = reference.to_string();
         blocking(move || match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Err(ContentError::NotFound(format!("ingest ref {r:?}"))),
+            Err(e) if is_not_found(&e) => Err(Error::not_found(format!("ingest ref {r:?}")).into()),
             Err(e) => Err(io_err(format!("removing ingest of ref {r:?}"))(e)),
         })
         .await
@@ -518,7 +535,7 @@ impl ContentStore {
         let lock = self.lock(reference).await?;
         if let Some(exp) = expected {
             if self.exists(exp).await? {
-                return Err(ContentError::AlreadyExists(format!("content {exp}")));
+                return Err(Error::already_exists(format!("content {exp}")).into());
             }
         }
         let dir = self.ingest_path(reference);
@@ -691,7 +708,7 @@ impl std::fmt::Debug for Writer {
 }
 
 fn closed(reference: &str) -> ContentError {
-    ContentError::FailedPrecondition(format!("writer of ref {reference:?} is closed"))
+    Error::failed_precondition(format!("writer of ref {reference:?} is closed")).into()
 }
 
 impl Writer {
@@ -831,14 +848,14 @@ fn commit_sync(
     }
     if size > 0 && size as u64 != on_disk {
         // containerd's wording, which clients match on.
-        return Err(ContentError::FailedPrecondition(format!(
-            "{reference:?} failed size validation: {on_disk} != {size}"
-        )));
+        return Err(
+            Error::failed_precondition(format!("{reference:?} failed size validation: {on_disk} != {size}")).into()
+        );
     }
     let dgst = Digest::from_sha256(hasher);
     if let Some(exp) = &expected {
         if *exp != dgst {
-            return Err(ContentError::FailedPrecondition(format!("unexpected commit digest {dgst}, expected {exp}")));
+            return Err(Error::failed_precondition(format!("unexpected commit digest {dgst}, expected {exp}")).into());
         }
     }
     let target = store.blob_path(&dgst);
@@ -855,10 +872,10 @@ fn commit_sync(
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let _ = fs::remove_dir_all(dir);
-            return Err(ContentError::AlreadyExists(format!("content {dgst}")));
+            return Err(Error::already_exists(format!("content {dgst}")).into());
         }
         Err(e) if is_not_found(&e) => {
-            return Err(ContentError::NotFound(format!("ingest ref {reference:?} (aborted while writing)")))
+            return Err(Error::not_found(format!("ingest ref {reference:?} (aborted while writing)")).into())
         }
         Err(e) => return Err(io_err(format!("linking {} to {}", data.display(), target.display()))(e)),
     }
@@ -925,7 +942,7 @@ mod tests {
         assert_eq!(info.size, 10_000);
         assert!(info.labels.is_empty());
         // The ingest is gone, the blob is read-only at blobs/sha256/<hex>.
-        assert!(matches!(s.status("r1").await, Err(ContentError::NotFound(_))));
+        assert!(matches!(s.status("r1").await, Err(e) if e.kind() == ErrorKind::NotFound));
         let p = s.blob_path(&d);
         assert!(p.ends_with(format!("blobs/sha256/{}", d.hex())));
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o444);
@@ -938,9 +955,9 @@ mod tests {
         assert!(r.read_at(10_000, 5).await.unwrap().is_empty());
 
         s.delete(&d).await.unwrap();
-        assert!(matches!(s.info(&d).await, Err(ContentError::NotFound(_))));
-        assert!(matches!(s.delete(&d).await, Err(ContentError::NotFound(_))));
-        assert!(matches!(s.reader(&d).await, Err(ContentError::NotFound(_))));
+        assert!(matches!(s.info(&d).await, Err(e) if e.kind() == ErrorKind::NotFound));
+        assert!(matches!(s.delete(&d).await, Err(e) if e.kind() == ErrorKind::NotFound));
+        assert!(matches!(s.reader(&d).await, Err(e) if e.kind() == ErrorKind::NotFound));
     }
 
     #[tokio::test]
@@ -952,7 +969,7 @@ mod tests {
         w.write(bytes.clone()).await.unwrap();
         let e = w.commit(0, Some(&wrong), None).await.unwrap_err();
         let msg = e.to_string();
-        assert!(matches!(e, ContentError::FailedPrecondition(_)), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e:?}");
         assert!(
             msg.contains(&format!("unexpected commit digest {}, expected {wrong}", Digest::sha256_of(&bytes))),
             "{msg}"
@@ -961,7 +978,7 @@ mod tests {
         assert!(s.list(&AnyFilter::default()).await.unwrap().is_empty());
         // containerd keeps the ingest; the writer is closed.
         assert_eq!(s.status("bad").await.unwrap().offset, 4096);
-        assert!(matches!(w.write(vec![1]).await, Err(ContentError::FailedPrecondition(_))));
+        assert!(matches!(w.write(vec![1]).await, Err(e) if e.kind() == ErrorKind::FailedPrecondition));
     }
 
     #[tokio::test]
@@ -970,7 +987,7 @@ mod tests {
         let mut w = s.writer("sz", 0, None).await.unwrap();
         w.write(vec![7; 100]).await.unwrap();
         let e = w.commit(99, None, None).await.unwrap_err();
-        assert!(matches!(e, ContentError::FailedPrecondition(_)), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e:?}");
         assert!(e.to_string().contains("failed size validation: 100 != 99"), "{e}");
         assert!(s.list(&AnyFilter::default()).await.unwrap().is_empty());
     }
@@ -1048,14 +1065,14 @@ mod tests {
         assert!(s.ingest_path("ab").exists());
         s.abort("ab").await.unwrap();
         assert!(!s.ingest_path("ab").exists());
-        assert!(matches!(s.status("ab").await, Err(ContentError::NotFound(_))));
-        assert!(matches!(s.abort("ab").await, Err(ContentError::NotFound(_))));
-        assert!(matches!(s.abort("never").await, Err(ContentError::NotFound(_))));
+        assert!(matches!(s.status("ab").await, Err(e) if e.kind() == ErrorKind::NotFound));
+        assert!(matches!(s.abort("ab").await, Err(e) if e.kind() == ErrorKind::NotFound));
+        assert!(matches!(s.abort("never").await, Err(e) if e.kind() == ErrorKind::NotFound));
         // Aborted while a writer is active: the commit fails, no blob.
         let mut w = s.writer("ab2", 0, None).await.unwrap();
         w.write(vec![2; 10]).await.unwrap();
         s.abort("ab2").await.unwrap();
-        assert!(matches!(w.commit(0, None, None).await, Err(ContentError::NotFound(_))));
+        assert!(matches!(w.commit(0, None, None).await, Err(e) if e.kind() == ErrorKind::NotFound));
         assert!(s.list(&AnyFilter::default()).await.unwrap().is_empty());
     }
 
@@ -1066,10 +1083,10 @@ mod tests {
         let mut w = s.writer("b", 0, None).await.unwrap();
         w.write(b"same".to_vec()).await.unwrap();
         let e = w.commit(0, None, None).await.unwrap_err();
-        assert!(matches!(e, ContentError::AlreadyExists(_)), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e:?}");
         assert!(!s.ingest_path("b").exists(), "the ingest is cleaned");
         let e = s.writer("c", 0, Some(&d)).await.unwrap_err();
-        assert!(matches!(e, ContentError::AlreadyExists(_)), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e:?}");
         assert!(!s.ingest_path("c").exists());
     }
 
@@ -1136,7 +1153,7 @@ mod tests {
         assert!(matches!(e, ContentError::InvalidArgument(_)), "{e:?}");
         // Unknown blob.
         let e = s.update(&Digest::sha256_of(b"nope"), HashMap::new(), &[]).await.unwrap_err();
-        assert!(matches!(e, ContentError::NotFound(_)), "{e:?}");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e:?}");
     }
 
     #[tokio::test]
