@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
+use crated_plugin_api::{Error, ErrorKind};
 use redb::ReadableTable;
 
 use crate::db::{
@@ -21,12 +22,24 @@ pub enum ContainerError {
     #[error("{0}")]
     InvalidArgument(String),
     /// What was not found, worded as containerd words it per operation.
-    #[error("{0}: not found")]
-    NotFound(String),
-    #[error("container {0:?}: already exists")]
-    AlreadyExists(String),
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl ContainerError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ContainerError::Kind(e) => e.kind(),
+            ContainerError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ContainerError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type AnyValue = AnyRecord;
@@ -141,7 +154,7 @@ impl ContainerStore {
             let v = t
                 .get((ns, id))
                 .map_err(DbError::from)?
-                .ok_or_else(|| ContainerError::NotFound(format!("container {id:?} in namespace {ns:?}")))?;
+                .ok_or_else(|| Error::not_found(format!("container {id:?} in namespace {ns:?}")))?;
             Ok(Container::from_record(id.into(), decode("containers", v.value())?))
         })
     }
@@ -173,7 +186,7 @@ impl ContainerStore {
             ensure_namespace(txn, ns)?;
             let mut t = txn.open_table(CONTAINERS).map_err(DbError::from)?;
             if t.get((ns, c.id.as_str())).map_err(DbError::from)?.is_some() {
-                return Err(ContainerError::AlreadyExists(c.id.clone()));
+                return Err(Error::already_exists(format!("container {:?}", c.id)).into());
             }
             c.created_at = now_nanos();
             c.updated_at = c.created_at;
@@ -199,7 +212,7 @@ impl ContainerStore {
                 let v = t
                     .get((ns, c.id.as_str()))
                     .map_err(DbError::from)?
-                    .ok_or_else(|| ContainerError::NotFound(format!("container {:?}", c.id)))?;
+                    .ok_or_else(|| Error::not_found(format!("container {:?}", c.id)))?;
                 Container::from_record(c.id.clone(), decode("containers", v.value())?)
             };
             let created_at = updated.created_at;
@@ -262,7 +275,7 @@ impl ContainerStore {
             let mut t = txn.open_table(CONTAINERS).map_err(DbError::from)?;
             if t.remove((ns, id)).map_err(DbError::from)?.is_none() {
                 // containerd formats this one with %v: no quotes.
-                return Err(ContainerError::NotFound(format!("container {id}")));
+                return Err(Error::not_found(format!("container {id}")).into());
             }
             Ok(())
         })
@@ -311,7 +324,7 @@ mod tests {
         assert_eq!(got, made);
         assert_eq!(got.extensions["ext"].value, vec![0, 255]);
         assert_eq!(got.runtime.options, Some(any("opts", b"\x01")));
-        assert!(matches!(s.create("ns", c1), Err(ContainerError::AlreadyExists(_))));
+        assert!(matches!(s.create("ns", c1), Err(e) if e.kind() == ErrorKind::AlreadyExists));
         s.create("ns", container("c2", "", "io.containerd.runtime.v1.linux", &[])).unwrap();
         s.create("other", container("c1", "x", "r", &[])).unwrap();
         assert_eq!(s.get("other", "c1").unwrap().image, "x");
@@ -414,7 +427,9 @@ mod tests {
         assert_eq!(e.to_string(), "update failed validation: container.Spec must be set");
         assert!(s.get("ns", "c").unwrap().spec.is_some());
 
-        assert!(matches!(s.update("ns", container("nope", "", "rt", &[]), &[]), Err(ContainerError::NotFound(_))));
+        assert!(
+            matches!(s.update("ns", container("nope", "", "rt", &[]), &[]), Err(e) if e.kind() == ErrorKind::NotFound)
+        );
         assert!(matches!(s.update("ns", container("", "", "rt", &[]), &[]), Err(ContainerError::InvalidArgument(_))));
     }
 }

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
+use crated_plugin_api::{Error, ErrorKind};
 use redb::ReadableTable;
 
 use crate::db::{
@@ -19,14 +20,27 @@ use crate::namespaces::{apply_label_paths, validate_labels};
 pub enum ContentError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("content digest {0}: not found")]
-    NotFound(String),
-    #[error("content {0}: already exists")]
-    AlreadyExists(String),
     #[error("unable to lease content: {0}")]
     Lease(#[from] LeaseError),
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl ContentError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ContentError::Kind(e) => e.kind(),
+            ContentError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ContentError::Lease(e) => e.kind(),
+            ContentError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +97,10 @@ impl ContentStore {
         check_digest(digest)?;
         self.db.read(|txn| {
             let t = txn.open_table(CONTENT).map_err(DbError::from)?;
-            let v = t.get((ns, digest)).map_err(DbError::from)?.ok_or_else(|| ContentError::NotFound(digest.into()))?;
+            let v = t
+                .get((ns, digest))
+                .map_err(DbError::from)?
+                .ok_or_else(|| Error::not_found(format!("content digest {digest}")))?;
             Ok(Info::from_record(digest.into(), decode("content", v.value())?))
         })
     }
@@ -116,8 +133,10 @@ impl ContentStore {
         self.db.write(|txn| {
             let mut t = txn.open_table(CONTENT).map_err(DbError::from)?;
             let mut rec: ContentRecord = {
-                let v =
-                    t.get((ns, digest)).map_err(DbError::from)?.ok_or_else(|| ContentError::NotFound(digest.into()))?;
+                let v = t
+                    .get((ns, digest))
+                    .map_err(DbError::from)?
+                    .ok_or_else(|| Error::not_found(format!("content digest {digest}")))?;
                 decode("content", v.value())?
             };
             apply_label_paths(&mut rec.labels, &labels, paths);
@@ -175,7 +194,7 @@ impl ContentStore {
         self.db.write(|txn| {
             let mut t = txn.open_table(CONTENT).map_err(DbError::from)?;
             if t.remove((ns, digest)).map_err(DbError::from)?.is_none() {
-                return Err(ContentError::NotFound(digest.into()));
+                return Err(Error::not_found(format!("content digest {digest}")).into());
             }
             let mut refs = txn.open_table(BLOB_REFS).map_err(DbError::from)?;
             refs.remove((digest, ns)).map_err(DbError::from)?;
@@ -232,7 +251,7 @@ mod tests {
     fn records_are_per_namespace() {
         let (_d, s, _) = stores();
         assert!(matches!(s.commit("a", D1, 0, labels(&[("x", "1")]), None).unwrap(), Committed::Created(_)));
-        assert!(matches!(s.info("b", D1), Err(ContentError::NotFound(_))));
+        assert!(matches!(s.info("b", D1), Err(e) if e.kind() == ErrorKind::NotFound));
         assert!(s.list("b", &AnyFilter::default()).unwrap().is_empty());
         assert!(matches!(s.commit("a", D1, 0, Labels::new(), None).unwrap(), Committed::Existing(_)));
         s.commit("b", D1, 0, Labels::new(), None).unwrap();
@@ -243,7 +262,7 @@ mod tests {
         assert!(s.referenced(D1).unwrap());
         assert!(s.delete("b", D1).unwrap());
         assert!(!s.referenced(D1).unwrap());
-        assert!(matches!(s.delete("b", D1), Err(ContentError::NotFound(_))));
+        assert!(matches!(s.delete("b", D1), Err(e) if e.kind() == ErrorKind::NotFound));
         assert!(matches!(s.info("a", "sha256:nope"), Err(ContentError::InvalidArgument(_))));
     }
 
@@ -263,7 +282,7 @@ mod tests {
         assert!(i.updated_at >= before.updated_at);
         assert_eq!(i.created_at, before.created_at);
         assert!(matches!(s.update("a", D2, Labels::new(), &["size".into()]), Err(ContentError::InvalidArgument(_))));
-        assert!(matches!(s.update("b", D2, Labels::new(), &[]), Err(ContentError::NotFound(_))));
+        assert!(matches!(s.update("b", D2, Labels::new(), &[]), Err(e) if e.kind() == ErrorKind::NotFound));
     }
 
     #[test]
@@ -272,9 +291,9 @@ mod tests {
         // A missing lease fails the commit and records nothing.
         assert!(matches!(
             s.commit("a", D1, 0, Labels::new(), Some("nope")),
-            Err(ContentError::Lease(LeaseError::NotFound(_)))
+            Err(ContentError::Lease(e)) if e.kind() == ErrorKind::NotFound
         ));
-        assert!(matches!(s.info("a", D1), Err(ContentError::NotFound(_))));
+        assert!(matches!(s.info("a", D1), Err(e) if e.kind() == ErrorKind::NotFound));
         l.create("a", "l", Labels::new()).unwrap();
         s.commit("a", D1, 0, Labels::new(), Some("l")).unwrap();
         assert_eq!(l.list_resources("a", "l").unwrap(), vec![Resource { id: D1.into(), kind: "content".into() }]);

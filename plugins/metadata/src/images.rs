@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
+use crated_plugin_api::{Error, ErrorKind};
 use redb::ReadableTable;
 
 use crate::db::{
@@ -21,12 +22,24 @@ use crate::namespaces::{apply_label_paths, validate_labels};
 pub enum ImageError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("image {0:?}: not found")]
-    NotFound(String),
-    #[error("image {0:?}: already exists")]
-    AlreadyExists(String),
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl ImageError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ImageError::Kind(e) => e.kind(),
+            ImageError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            ImageError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub type Descriptor = DescriptorRecord;
@@ -117,7 +130,8 @@ impl ImageStore {
     pub fn get(&self, ns: &str, name: &str) -> Result<Image, ImageError> {
         self.db.read(|txn| {
             let t = txn.open_table(IMAGES).map_err(DbError::from)?;
-            let v = t.get((ns, name)).map_err(DbError::from)?.ok_or_else(|| ImageError::NotFound(name.into()))?;
+            let v =
+                t.get((ns, name)).map_err(DbError::from)?.ok_or_else(|| Error::not_found(format!("image {name:?}")))?;
             Ok(Image::from_record(name.into(), decode("images", v.value())?))
         })
     }
@@ -145,7 +159,7 @@ impl ImageStore {
             ensure_namespace(txn, ns)?;
             let mut t = txn.open_table(IMAGES).map_err(DbError::from)?;
             if t.get((ns, image.name.as_str())).map_err(DbError::from)?.is_some() {
-                return Err(ImageError::AlreadyExists(image.name.clone()));
+                return Err(Error::already_exists(format!("image {:?}", image.name)).into());
             }
             image.created_at = now_nanos();
             image.updated_at = image.created_at;
@@ -180,7 +194,7 @@ impl ImageStore {
                 let v = t
                     .get((ns, image.name.as_str()))
                     .map_err(DbError::from)?
-                    .ok_or_else(|| ImageError::NotFound(image.name.clone()))?;
+                    .ok_or_else(|| Error::not_found(format!("image {:?}", image.name)))?;
                 Image::from_record(image.name.clone(), decode("images", v.value())?)
             };
             let created_at = updated.created_at;
@@ -224,14 +238,14 @@ impl ImageStore {
             if let Some(want) = target {
                 let rec: ImageRecord = match t.get((ns, name)).map_err(DbError::from)? {
                     Some(v) => decode("images", v.value())?,
-                    None => return Err(ImageError::NotFound(name.into())),
+                    None => return Err(Error::not_found(format!("image {name:?}")).into()),
                 };
                 if rec.target.digest != want {
-                    return Err(ImageError::NotFound(name.into()));
+                    return Err(Error::not_found(format!("image {name:?}")).into());
                 }
             }
             if t.remove((ns, name)).map_err(DbError::from)?.is_none() {
-                return Err(ImageError::NotFound(name.into()));
+                return Err(Error::not_found(format!("image {name:?}")).into());
             }
             Ok(())
         })
@@ -279,13 +293,13 @@ mod tests {
         assert_eq!(a.labels, labels(&[("k", "v")]), "empty values are dropped");
         assert!(matches!(
             s.create("ns", image("docker.io/library/a:1", D2, MANIFEST, &[])),
-            Err(ImageError::AlreadyExists(_))
+            Err(e) if e.kind() == ErrorKind::AlreadyExists
         ));
         s.create("ns", image("b", D2, INDEX, &[])).unwrap();
         s.create("other", image("b", D1, MANIFEST, &[])).unwrap();
         assert_eq!(s.get("ns", "docker.io/library/a:1").unwrap(), a);
         assert_eq!(s.get("other", "b").unwrap().target.digest, D1);
-        assert!(matches!(s.get("third", "b"), Err(ImageError::NotFound(_))));
+        assert!(matches!(s.get("third", "b"), Err(e) if e.kind() == ErrorKind::NotFound));
         // The namespace was created implicitly.
         assert!(crate::namespaces::NamespaceStore::new(db).get("other").is_ok());
 
@@ -302,9 +316,9 @@ mod tests {
         assert_eq!(names(&["name~=^docker"]), ["docker.io/library/a:1"]);
         assert!(names(&["name==b,labels.k==v"]).is_empty());
 
-        assert!(matches!(s.delete("ns", "b", Some(D1)), Err(ImageError::NotFound(_))), "another target");
+        assert!(matches!(s.delete("ns", "b", Some(D1)), Err(e) if e.kind() == ErrorKind::NotFound), "another target");
         s.delete("ns", "b", Some(D2)).unwrap();
-        assert!(matches!(s.delete("ns", "b", None), Err(ImageError::NotFound(_))));
+        assert!(matches!(s.delete("ns", "b", None), Err(e) if e.kind() == ErrorKind::NotFound));
         assert_eq!(s.get("other", "b").unwrap().name, "b", "other namespaces are untouched");
     }
 
@@ -371,7 +385,9 @@ mod tests {
 
         let e = s.update("ns", image("img", "", "", &[]), &["name".into()]).unwrap_err();
         assert_eq!(e.to_string(), "cannot update \"name\" field on image \"img\"");
-        assert!(matches!(s.update("ns", image("nope", D1, MANIFEST, &[]), &[]), Err(ImageError::NotFound(_))));
+        assert!(
+            matches!(s.update("ns", image("nope", D1, MANIFEST, &[]), &[]), Err(e) if e.kind() == ErrorKind::NotFound)
+        );
         assert!(matches!(s.update("ns", image("", D1, MANIFEST, &[]), &[]), Err(ImageError::InvalidArgument(_))));
         assert_eq!(s.get("ns", "img").unwrap(), u);
     }

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use crated_plugin_api::filters::{labels_field, AnyFilter, Fields};
+use crated_plugin_api::{Error, ErrorKind};
 use redb::{ReadableTable, WriteTransaction};
 
 use crate::db::{decode, encode, ensure_namespace, scan_ns, Db, DbError, Labels, LeaseRecord, LEASES, LEASE_RESOURCES};
@@ -22,14 +23,27 @@ pub const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 pub enum LeaseError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("lease {0:?}: already exists")]
-    AlreadyExists(String),
-    #[error("lease {0:?}: not found")]
-    NotFound(String),
     #[error("resource type {0} not supported yet")]
     Unsupported(String),
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl LeaseError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LeaseError::Kind(e) => e.kind(),
+            LeaseError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            LeaseError::Unsupported(_) => ErrorKind::NotImplemented,
+            LeaseError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +115,7 @@ pub fn random_id() -> String {
 pub fn add_resource_in(txn: &WriteTransaction, ns: &str, lease: &str, r: &Resource) -> Result<(), LeaseError> {
     check_resource(r)?;
     if txn.open_table(LEASES).map_err(DbError::from)?.get((ns, lease)).map_err(DbError::from)?.is_none() {
-        return Err(LeaseError::NotFound(lease.into()));
+        return Err(Error::not_found(format!("lease {lease:?}")).into());
     }
     txn.open_table(LEASE_RESOURCES)
         .map_err(DbError::from)?
@@ -130,7 +144,7 @@ impl LeaseStore {
             ensure_namespace(txn, ns)?;
             let mut t = txn.open_table(LEASES).map_err(DbError::from)?;
             if t.get((ns, id)).map_err(DbError::from)?.is_some() {
-                return Err(LeaseError::AlreadyExists(id.into()));
+                return Err(Error::already_exists(format!("lease {id:?}")).into());
             }
             let rec = LeaseRecord { created_at: crate::db::now_nanos(), labels };
             t.insert((ns, id), encode(&rec).as_slice()).map_err(DbError::from)?;
@@ -146,7 +160,7 @@ impl LeaseStore {
     pub fn get(&self, ns: &str, id: &str) -> Result<Lease, LeaseError> {
         self.db.read(|txn| {
             let t = txn.open_table(LEASES).map_err(DbError::from)?;
-            let v = t.get((ns, id)).map_err(DbError::from)?.ok_or_else(|| LeaseError::NotFound(id.into()))?;
+            let v = t.get((ns, id)).map_err(DbError::from)?.ok_or_else(|| Error::not_found(format!("lease {id:?}")))?;
             let rec: LeaseRecord = decode("leases", v.value())?;
             Ok(Lease { id: id.into(), created_at: rec.created_at, labels: rec.labels })
         })
@@ -176,7 +190,7 @@ impl LeaseStore {
         check_resource(r)?;
         self.db.write(|txn| {
             if txn.open_table(LEASES).map_err(DbError::from)?.get((ns, id)).map_err(DbError::from)?.is_none() {
-                return Err(LeaseError::NotFound(id.into()));
+                return Err(Error::not_found(format!("lease {id:?}")).into());
             }
             txn.open_table(LEASE_RESOURCES)
                 .map_err(DbError::from)?
@@ -189,7 +203,7 @@ impl LeaseStore {
     pub fn list_resources(&self, ns: &str, id: &str) -> Result<Vec<Resource>, LeaseError> {
         self.db.read(|txn| {
             if txn.open_table(LEASES).map_err(DbError::from)?.get((ns, id)).map_err(DbError::from)?.is_none() {
-                return Err(LeaseError::NotFound(id.into()));
+                return Err(Error::not_found(format!("lease {id:?}")).into());
             }
             let t = txn.open_table(LEASE_RESOURCES).map_err(DbError::from)?;
             let mut out = Vec::new();
@@ -235,7 +249,7 @@ impl LeaseStore {
 fn delete_in(txn: &WriteTransaction, ns: &str, id: &str) -> Result<(), LeaseError> {
     let mut t = txn.open_table(LEASES).map_err(DbError::from)?;
     if t.remove((ns, id)).map_err(DbError::from)?.is_none() {
-        return Err(LeaseError::NotFound(id.into()));
+        return Err(Error::not_found(format!("lease {id:?}")).into());
     }
     let mut res = txn.open_table(LEASE_RESOURCES).map_err(DbError::from)?;
     let mut keys = Vec::new();
@@ -329,7 +343,7 @@ mod tests {
         s.create("ns", "a", labels(&[("k", "1")])).unwrap();
         s.create("ns", "b", labels(&[("k", "2")])).unwrap();
         s.create("other", "a", Labels::new()).unwrap();
-        assert!(matches!(s.create("ns", "a", Labels::new()), Err(LeaseError::AlreadyExists(_))));
+        assert!(matches!(s.create("ns", "a", Labels::new()), Err(e) if e.kind() == ErrorKind::AlreadyExists));
         let all = s.list("ns", &AnyFilter::default()).unwrap();
         assert_eq!(all.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let f = AnyFilter::parse(&["labels.k==2"]).unwrap();
@@ -337,7 +351,7 @@ mod tests {
         let f = AnyFilter::parse(&["id==a"]).unwrap();
         assert_eq!(s.list("ns", &f).unwrap().len(), 1);
         s.delete("ns", "a").unwrap();
-        assert!(matches!(s.delete("ns", "a"), Err(LeaseError::NotFound(_))));
+        assert!(matches!(s.delete("ns", "a"), Err(e) if e.kind() == ErrorKind::NotFound));
         assert_eq!(s.list("other", &AnyFilter::default()).unwrap().len(), 1);
         assert!(random_id().contains('-'));
         assert_ne!(random_id(), random_id());
@@ -362,11 +376,11 @@ mod tests {
             s.add_resource("ns", "l", &Resource { id: "x".into(), kind: "images".into() }),
             Err(LeaseError::Unsupported(_))
         ));
-        assert!(matches!(s.add_resource("ns", "nope", &c), Err(LeaseError::NotFound(_))));
+        assert!(matches!(s.add_resource("ns", "nope", &c), Err(e) if e.kind() == ErrorKind::NotFound));
         s.delete_resource("ns", "l", &c).unwrap();
         assert_eq!(s.list_resources("ns", "l").unwrap(), vec![snap]);
         s.delete("ns", "l").unwrap();
-        assert!(matches!(s.list_resources("ns", "l"), Err(LeaseError::NotFound(_))));
+        assert!(matches!(s.list_resources("ns", "l"), Err(e) if e.kind() == ErrorKind::NotFound));
         // Re-created, it starts empty: deleting a lease dropped its resources.
         s.create("ns", "l", Labels::new()).unwrap();
         assert!(s.list_resources("ns", "l").unwrap().is_empty());

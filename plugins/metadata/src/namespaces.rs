@@ -1,5 +1,6 @@
 //! The namespace store: containerd's `metadata/namespaces.go` on redb.
 
+use crated_plugin_api::{Error, ErrorKind};
 use redb::ReadableTable;
 
 use crate::db::{
@@ -10,14 +11,27 @@ use crate::db::{
 pub enum NamespaceError {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("namespace {0:?}: already exists")]
-    AlreadyExists(String),
-    #[error("namespace {0:?}: not found")]
-    NotFound(String),
     #[error("namespace {name:?} must be empty, but it still has {kinds}")]
     NotEmpty { name: String, kinds: String },
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl NamespaceError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            NamespaceError::Kind(e) => e.kind(),
+            NamespaceError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            NamespaceError::NotEmpty { .. } => ErrorKind::FailedPrecondition,
+            NamespaceError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 pub use crated_plugin_api::validate::identifier as validate_identifier;
@@ -53,7 +67,7 @@ impl NamespaceStore {
         self.db.write(|txn| {
             let mut t = txn.open_table(NAMESPACES).map_err(DbError::from)?;
             if t.get(name).map_err(DbError::from)?.is_some() {
-                return Err(NamespaceError::AlreadyExists(name.into()));
+                return Err(Error::already_exists(format!("namespace {name:?}")).into());
             }
             let rec = NamespaceRecord { labels: labels.clone() };
             t.insert(name, encode(&rec).as_slice()).map_err(DbError::from)?;
@@ -64,7 +78,8 @@ impl NamespaceStore {
     pub fn get(&self, name: &str) -> Result<Namespace, NamespaceError> {
         self.db.read(|txn| {
             let t = txn.open_table(NAMESPACES).map_err(DbError::from)?;
-            let v = t.get(name).map_err(DbError::from)?.ok_or_else(|| NamespaceError::NotFound(name.into()))?;
+            let v =
+                t.get(name).map_err(DbError::from)?.ok_or_else(|| Error::not_found(format!("namespace {name:?}")))?;
             let rec: NamespaceRecord = decode("namespaces", v.value())?;
             Ok(Namespace { name: name.into(), labels: rec.labels })
         })
@@ -113,7 +128,7 @@ impl NamespaceStore {
         self.db.write(|txn| {
             let mut t = txn.open_table(NAMESPACES).map_err(DbError::from)?;
             if t.get(name).map_err(DbError::from)?.is_none() {
-                return Err(NamespaceError::NotFound(name.into()));
+                return Err(Error::not_found(format!("namespace {name:?}")).into());
             }
             // In the order of containerd's buckets under v1/<namespace>
             // (metadata/namespaces.go listNs); it names content "blobs".
@@ -194,7 +209,7 @@ mod tests {
     fn create_get_list_update_delete() {
         let (_d, s, _db) = store();
         s.create("one", labels(&[("a", "1")])).unwrap();
-        assert!(matches!(s.create("one", Labels::new()), Err(NamespaceError::AlreadyExists(_))));
+        assert!(matches!(s.create("one", Labels::new()), Err(e) if e.kind() == ErrorKind::AlreadyExists));
         assert!(matches!(s.create("bad/name", Labels::new()), Err(NamespaceError::InvalidArgument(_))));
         s.create("two", Labels::new()).unwrap();
         assert_eq!(s.get("one").unwrap().labels, labels(&[("a", "1")]));
@@ -214,8 +229,8 @@ mod tests {
         assert!(matches!(s.update("bad name", Labels::new(), &[]), Err(NamespaceError::InvalidArgument(_))));
 
         s.delete("two").unwrap();
-        assert!(matches!(s.get("two"), Err(NamespaceError::NotFound(_))));
-        assert!(matches!(s.delete("two"), Err(NamespaceError::NotFound(_))));
+        assert!(matches!(s.get("two"), Err(e) if e.kind() == ErrorKind::NotFound));
+        assert!(matches!(s.delete("two"), Err(e) if e.kind() == ErrorKind::NotFound));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use std::{
 use crated_plugin_api::{
     filters::{labels_field, AnyFilter, Fields},
     snapshots::{labels::SNAPSHOT_PREFIX, labels::SNAPSHOT_REF, Info, Kind, Mount, SnapshotterClient, Usage},
-    Code, Status,
+    Code, Error, ErrorKind, Status,
 };
 use redb::{ReadableTable, WriteTransaction};
 
@@ -64,12 +64,6 @@ pub enum SnapshotError {
     /// Bad input; the message carries containerd's wording.
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("{0}: not found")]
-    NotFound(String),
-    #[error("{0}: already exists")]
-    AlreadyExists(String),
-    #[error("{0}: failed precondition")]
-    FailedPrecondition(String),
     /// The request named no snapshotter or one that is not loaded
     /// (containerd answers both with InvalidArgument).
     #[error("{0}")]
@@ -83,8 +77,27 @@ pub enum SnapshotError {
     /// The snapshotter's own failure, code and message kept.
     #[error("{}", .0.message)]
     Backend(Status),
+    /// Not found, already exists...: containerd's kinds, printed as its
+    /// errdefs print them.
+    #[error(transparent)]
+    Kind(#[from] Error),
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl SnapshotError {
+    /// The kind of the failure, which gives its gRPC code (the variants
+    /// other than `Kind` keep containerd's own wording, without a suffix).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SnapshotError::Kind(e) => e.kind(),
+            SnapshotError::InvalidArgument(_) | SnapshotError::Snapshotter(_) => ErrorKind::InvalidArgument,
+            SnapshotError::Unexpected(_) => ErrorKind::Unknown,
+            SnapshotError::Lease(e) => e.kind(),
+            SnapshotError::Backend(s) => ErrorKind::from_code(s.code),
+            SnapshotError::Db(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 impl From<redb::TableError> for SnapshotError {
@@ -183,7 +196,7 @@ fn get(
 }
 
 fn not_exist(key: &str) -> SnapshotError {
-    SnapshotError::NotFound(format!("snapshot {key} does not exist"))
+    Error::not_found(format!("snapshot {key} does not exist")).into()
 }
 
 /// Writes a record with its child link and backend reference.
@@ -244,7 +257,7 @@ fn referenced_elsewhere(
 fn check_lease(txn: &WriteTransaction, ns: &str, lease: Option<&str>) -> Result<(), SnapshotError> {
     if let Some(l) = lease {
         if txn.open_table(LEASES)?.get((ns, l))?.is_none() {
-            return Err(LeaseError::NotFound(l.into()).into());
+            return Err(Error::not_found(format!("lease {l:?}")).into());
         }
     }
     Ok(())
@@ -439,15 +452,15 @@ impl SnapshotStore {
                 db.write(|txn| {
                     let table = txn.open_table(SNAPSHOTS)?;
                     if !t.is_empty() && get(&table, &n, &s, &t)?.is_some() {
-                        return Err(SnapshotError::AlreadyExists(format!("target snapshot {t:?}")));
+                        return Err(Error::already_exists(format!("target snapshot {t:?}")).into());
                     }
                     if get(&table, &n, &s, &k)?.is_some() {
-                        return Err(SnapshotError::AlreadyExists(format!("snapshot {k:?}")));
+                        return Err(Error::already_exists(format!("snapshot {k:?}")).into());
                     }
                     let mut bparent = String::new();
                     if !p.is_empty() {
                         let prec = get(&table, &n, &s, &p)?
-                            .ok_or_else(|| SnapshotError::NotFound(format!("parent snapshot {p} does not exist")))?;
+                            .ok_or_else(|| Error::not_found(format!("parent snapshot {p} does not exist")))?;
                         if prec.kind != kind_str(Kind::Committed) {
                             // containerd leaves this check to the snapshotter,
                             // whose message names the backend key; we refuse
@@ -496,7 +509,7 @@ impl SnapshotStore {
                             && i.parent == reserved.bparent
                             && i.labels.get(SNAPSHOT_REF) == Some(&target)
                     })
-                    .ok_or_else(|| SnapshotError::NotFound(format!("target snapshot {target:?} in backend")))?;
+                    .ok_or_else(|| Error::not_found(format!("target snapshot {target:?} in backend")))?;
                 let shared = Shared {
                     backend_key: found.name,
                     created_at: found.created_at.map(nanos).unwrap_or_else(now_nanos),
@@ -615,12 +628,11 @@ impl SnapshotStore {
                 ensure_namespace(txn, &n)?;
                 let table = txn.open_table(SNAPSHOTS)?;
                 if get(&table, &n, &s, &t)?.is_some() {
-                    return Err(SnapshotError::AlreadyExists(format!("target snapshot {t:?}")));
+                    return Err(Error::already_exists(format!("target snapshot {t:?}")).into());
                 }
                 if !rec.parent.is_empty() {
-                    let prec = get(&table, &n, &s, &rec.parent)?.ok_or_else(|| {
-                        SnapshotError::NotFound(format!("parent snapshot {} does not exist", rec.parent))
-                    })?;
+                    let prec = get(&table, &n, &s, &rec.parent)?
+                        .ok_or_else(|| Error::not_found(format!("parent snapshot {} does not exist", rec.parent)))?;
                     if prec.backend_key != bp {
                         return Err(SnapshotError::InvalidArgument(format!(
                             "mismatched parent {} from target {t}: invalid argument",
@@ -634,7 +646,7 @@ impl SnapshotStore {
             })
         })
         .await?;
-        Err(SnapshotError::AlreadyExists(format!("target snapshot {target:?} from snapshotter")))
+        Err(Error::already_exists(format!("target snapshot {target:?} from snapshotter")).into())
     }
 
     /// Commits active `key` as `name`, with the commit's labels.
@@ -661,11 +673,11 @@ impl SnapshotStore {
                 db.write(|txn| {
                     let table = txn.open_table(SNAPSHOTS)?;
                     if get(&table, &n, &s, &nm)?.is_some() {
-                        return Err(SnapshotError::AlreadyExists(format!("snapshot {nm:?}")));
+                        return Err(Error::already_exists(format!("snapshot {nm:?}")).into());
                     }
                     let rec = get(&table, &n, &s, &k)?.ok_or_else(|| not_exist(&k))?;
                     if rec.kind != kind_str(Kind::Active) {
-                        return Err(SnapshotError::FailedPrecondition(format!("snapshot {k:?} is not active")));
+                        return Err(Error::failed_precondition(format!("snapshot {k:?} is not active")).into());
                     }
                     drop(table);
                     check_lease(txn, &n, l.as_deref())?;
@@ -718,7 +730,7 @@ impl SnapshotStore {
                 db.write(|txn| {
                     let rec = get(&txn.open_table(SNAPSHOTS)?, &n, &s, &k)?.ok_or_else(|| not_exist(&k))?;
                     if has_children(txn, &n, &s, &k)? {
-                        return Err(SnapshotError::FailedPrecondition("cannot remove snapshot with child".into()));
+                        return Err(Error::failed_precondition("cannot remove snapshot with child").into());
                     }
                     let last = !referenced_elsewhere(txn, &s, &rec.backend_key, &n, &k)?;
                     Ok((rec, last))

@@ -30,12 +30,12 @@ use containerd_client::services::v1::{
 };
 use crated_plugin_api::{
     filters::{AnyFilter, Fields},
-    Call, Code, Host, ServiceRouter, Status, Streaming,
+    Call, Code, Error, Host, ServiceRouter, Status, Streaming,
 };
 use futures::{stream::BoxStream, SinkExt, StreamExt};
 
 use super::{blocking, labels_in, labels_out, namespace, timestamp, Events};
-use crate::content::{self as store, Committed, ContentError, ContentStore};
+use crate::content::{self as store, Committed, ContentStore};
 use crate::db::Labels;
 
 const SERVICE: &str = "/containerd.services.content.v1.Content";
@@ -132,7 +132,7 @@ impl ContentService {
             // containerd 1.6 publishes no event for new content (2.x
             // added /content/create, which 1.6 clients cannot decode).
             Committed::Created(info) => Ok(info),
-            Committed::Existing(_) => Err(ContentError::AlreadyExists(digest.to_string()).into()),
+            Committed::Existing(_) => Err(Error::already_exists(format!("content {digest}")).into()),
         }
     }
 }
@@ -203,7 +203,7 @@ impl Writer {
                     let (s, ns, d) = (self.svc.store.clone(), self.ns.clone(), req.expected.clone());
                     blocking(move || Ok(s.lease_existing(&ns, &d, &lease)?)).await?;
                 }
-                return Err(ContentError::AlreadyExists(req.expected.clone()).into());
+                return Err(Error::already_exists(format!("content {}", req.expected)).into());
             }
             Err(e) if e.code == Code::NotFound => {}
             Err(e) => return Err(e),

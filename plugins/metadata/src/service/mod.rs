@@ -11,7 +11,7 @@ pub mod snapshots;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crated_plugin_api::{Call, Code, Host, Status};
+use crated_plugin_api::{Call, Host, Status};
 
 use crate::{
     containers::ContainerError, content::ContentError, db::DbError, images::ImageError, leases::LeaseError,
@@ -24,87 +24,18 @@ impl From<DbError> for Status {
     }
 }
 
-impl From<NamespaceError> for Status {
-    fn from(e: NamespaceError) -> Status {
-        let code = match &e {
-            NamespaceError::InvalidArgument(_) => Code::InvalidArgument,
-            NamespaceError::AlreadyExists(_) => Code::AlreadyExists,
-            NamespaceError::NotFound(_) => Code::NotFound,
-            NamespaceError::NotEmpty { .. } => Code::FailedPrecondition,
-            NamespaceError::Db(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
+/// Each store error has an `ErrorKind`, which gives its code; the text is
+/// the error's own.
+macro_rules! status_by_kind {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Status {
+            fn from(e: $t) -> Status {
+                Status::new(e.kind().code(), e.to_string())
+            }
+        }
+    )*};
 }
-
-fn lease_code(e: &LeaseError) -> Code {
-    match e {
-        LeaseError::InvalidArgument(_) => Code::InvalidArgument,
-        LeaseError::AlreadyExists(_) => Code::AlreadyExists,
-        LeaseError::NotFound(_) => Code::NotFound,
-        LeaseError::Unsupported(_) => Code::Unimplemented,
-        LeaseError::Db(_) => Code::Internal,
-    }
-}
-
-impl From<LeaseError> for Status {
-    fn from(e: LeaseError) -> Status {
-        Status::new(lease_code(&e), e.to_string())
-    }
-}
-
-impl From<ContentError> for Status {
-    fn from(e: ContentError) -> Status {
-        let code = match &e {
-            ContentError::InvalidArgument(_) => Code::InvalidArgument,
-            ContentError::NotFound(_) => Code::NotFound,
-            ContentError::AlreadyExists(_) => Code::AlreadyExists,
-            ContentError::Lease(l) => lease_code(l),
-            ContentError::Db(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
-}
-
-impl From<ImageError> for Status {
-    fn from(e: ImageError) -> Status {
-        let code = match &e {
-            ImageError::InvalidArgument(_) => Code::InvalidArgument,
-            ImageError::NotFound(_) => Code::NotFound,
-            ImageError::AlreadyExists(_) => Code::AlreadyExists,
-            ImageError::Db(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
-}
-
-impl From<ContainerError> for Status {
-    fn from(e: ContainerError) -> Status {
-        let code = match &e {
-            ContainerError::InvalidArgument(_) => Code::InvalidArgument,
-            ContainerError::NotFound(_) => Code::NotFound,
-            ContainerError::AlreadyExists(_) => Code::AlreadyExists,
-            ContainerError::Db(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
-}
-
-impl From<SnapshotError> for Status {
-    fn from(e: SnapshotError) -> Status {
-        let code = match &e {
-            SnapshotError::InvalidArgument(_) | SnapshotError::Snapshotter(_) => Code::InvalidArgument,
-            SnapshotError::NotFound(_) => Code::NotFound,
-            SnapshotError::AlreadyExists(_) => Code::AlreadyExists,
-            SnapshotError::FailedPrecondition(_) => Code::FailedPrecondition,
-            SnapshotError::Unexpected(_) => Code::Unknown,
-            SnapshotError::Lease(l) => lease_code(l),
-            SnapshotError::Backend(s) => s.code,
-            SnapshotError::Db(_) => Code::Internal,
-        };
-        Status::new(code, e.to_string())
-    }
-}
+status_by_kind!(NamespaceError, LeaseError, ContentError, ImageError, ContainerError, SnapshotError);
 
 /// The filters of a List, with containerd's metadata-store wording: its
 /// stores wrap the parse error (already "invalid argument") once more.
