@@ -89,6 +89,11 @@ impl Status {
     pub fn internal(m: impl Into<String>) -> Status {
         Status::new(Code::Internal, m)
     }
+    /// The kind of failure the code stands for: how a caller learns what
+    /// failed in another plugin (never from the message).
+    pub fn kind(&self) -> crate::ErrorKind {
+        crate::ErrorKind::from_code(self.code)
+    }
     /// Prefixes the message with context, keeping the code.
     pub fn context(mut self, ctx: impl fmt::Display) -> Status {
         self.message = format!("{ctx}: {}", self.message);
@@ -128,5 +133,6 @@ mod tests {
         let s = Status::not_found("blob").context("content");
         assert_eq!(s.code, Code::NotFound);
         assert_eq!(s.message, "content: blob");
+        assert_eq!(s.kind(), crate::ErrorKind::NotFound);
     }
 }

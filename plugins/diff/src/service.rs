@@ -23,7 +23,7 @@ use containerd_client::{
     },
     types::{Descriptor, Mount},
 };
-use crated_plugin_api::{mount::MountedDir, Call, Code, Host, ServiceRouter, Status};
+use crated_plugin_api::{mount::MountedDir, Call, Error, ErrorKind, Host, ServiceRouter, Status};
 use futures::{SinkExt, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -57,7 +57,7 @@ fn sha256_digest(h: Sha256) -> String {
 }
 
 fn unknown(msg: impl std::fmt::Display) -> Status {
-    Status::new(Code::Unknown, msg.to_string())
+    Error::unknown(msg.to_string()).into()
 }
 
 /// A blocking reader over chunks sent from the async side.
@@ -236,7 +236,7 @@ impl DiffService {
             .host
             .unary(&content_call("Info", ns), &InfoRequest { digest: desc.digest.clone() })
             .await
-            .map_err(|s| Status::new(s.code, format!("failed to get reader from content store: {}", s.message)))?;
+            .map_err(|s| s.context("failed to get reader from content store"))?;
         let read = ReadContentRequest { digest: desc.digest.clone(), offset: 0, size: 0 };
         let mut stream = self
             .host
@@ -273,9 +273,8 @@ impl DiffService {
 
     pub async fn diff(&self, ns: &str, req: DiffRequest) -> Result<DiffResponse, Status> {
         let media_type = if req.media_type.is_empty() { media::LAYER_GZIP.to_string() } else { req.media_type };
-        let compression = Compression::of_diff(&media_type).ok_or_else(|| {
-            Status::unimplemented(format!("unsupported diff media type: {media_type}: not implemented"))
-        })?;
+        let compression = Compression::of_diff(&media_type)
+            .ok_or_else(|| Error::not_implemented(format!("unsupported diff media type: {media_type}")))?;
         let reference = if req.r#ref.is_empty() {
             let nanos =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -344,10 +343,10 @@ impl DiffService {
         };
         match writer.exchange(commit).await {
             Ok(_) => {}
-            Err(s) if s.code == Code::AlreadyExists => self.abort(ns, &reference).await,
+            Err(s) if s.kind() == ErrorKind::AlreadyExists => self.abort(ns, &reference).await,
             Err(s) => {
                 self.abort(ns, &reference).await;
-                return Err(Status::new(s.code, format!("failed to commit: {}", s.message)));
+                return Err(s.context("failed to commit"));
             }
         }
         let info: InfoResponse =

@@ -48,7 +48,7 @@ use std::{
 use crated_plugin_api::{
     filters::{labels_field, AnyFilter, Fields},
     snapshots::{labels::SNAPSHOT_PREFIX, labels::SNAPSHOT_REF, Info, Kind, Mount, SnapshotterClient, Usage},
-    Code, Error, ErrorKind, Status,
+    Error, ErrorKind, Status,
 };
 use redb::{ReadableTable, WriteTransaction};
 
@@ -496,7 +496,7 @@ impl SnapshotStore {
         };
         let mounts = match made {
             Ok(m) => m,
-            Err(e) if e.code == Code::AlreadyExists && !target.is_empty() => {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && !target.is_empty() => {
                 // A remote snapshotter has the layer: find what it committed.
                 let found = b
                     .client
@@ -518,7 +518,7 @@ impl SnapshotStore {
                 };
                 return self.adopt(ns, sn, parent, &target, &reserved.bparent, shared, labels, lease).await;
             }
-            Err(e) if e.code == Code::AlreadyExists => return Err(SnapshotError::Unexpected(e.message)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Err(SnapshotError::Unexpected(e.message)),
             Err(e) => return Err(SnapshotError::Backend(e)),
         };
 
@@ -740,7 +740,7 @@ impl SnapshotStore {
         if last {
             match b.client.remove(&rec.backend_key).await {
                 Ok(()) => {}
-                Err(e) if e.code == Code::NotFound => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(SnapshotError::Backend(e)),
             }
         }
