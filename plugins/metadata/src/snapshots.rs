@@ -61,13 +61,6 @@ use crate::namespaces::{apply_label_paths, validate_labels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Bad input; the message carries containerd's wording.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The request named no snapshotter or one that is not loaded
-    /// (containerd answers both with InvalidArgument).
-    #[error("{0}")]
-    Snapshotter(String),
     /// The backend answered something containerd treats as a broken
     /// contract (an `AlreadyExists` for a fresh key).
     #[error("unexpected error from snapshotter: {0}")]
@@ -91,7 +84,6 @@ impl SnapshotError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             SnapshotError::Kind(e) => e.kind(),
-            SnapshotError::InvalidArgument(_) | SnapshotError::Snapshotter(_) => ErrorKind::InvalidArgument,
             SnapshotError::Unexpected(_) => ErrorKind::Unknown,
             SnapshotError::Lease(e) => e.kind(),
             SnapshotError::Backend(s) => ErrorKind::from_code(s.code),
@@ -175,7 +167,7 @@ fn inherited(labels: &Labels) -> HashMap<String, String> {
 }
 
 fn check_labels(labels: &Labels) -> Result<(), SnapshotError> {
-    validate_labels(labels).map_err(|e| SnapshotError::InvalidArgument(format!("info.Labels: {e}: invalid argument")))
+    validate_labels(labels).map_err(|e| Error::invalid_argument(format!("info.Labels: {e}")).into())
 }
 
 /// The lease resource type of a snapshotter's snapshots.
@@ -339,14 +331,11 @@ impl SnapshotStore {
     /// the kind, so Go clients do not repeat it.
     fn backend(&self, sn: &str) -> Result<&Backend, SnapshotError> {
         if sn.is_empty() {
-            return Err(SnapshotError::Snapshotter(format!(
-                "snapshotter argument missing {}: invalid argument",
-                self.loaded()
-            )));
+            return Err(Error::invalid_argument(format!("snapshotter argument missing {}", self.loaded())).into());
         }
-        self.backends.get(sn).ok_or_else(|| {
-            SnapshotError::Snapshotter(format!("snapshotter not loaded: {sn} {}: invalid argument", self.loaded()))
-        })
+        self.backends
+            .get(sn)
+            .ok_or_else(|| Error::invalid_argument(format!("snapshotter not loaded: {sn} {}", self.loaded())).into())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -437,7 +426,7 @@ impl SnapshotStore {
     ) -> Result<Vec<Mount>, SnapshotError> {
         let b = self.backend(sn)?;
         if key.is_empty() {
-            return Err(SnapshotError::InvalidArgument("snapshot key must not be empty: invalid argument".into()));
+            return Err(Error::invalid_argument("snapshot key must not be empty").into());
         }
         check_labels(&labels)?;
         let labels: Labels = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -465,10 +454,11 @@ impl SnapshotStore {
                             // containerd leaves this check to the snapshotter,
                             // whose message names the backend key; we refuse
                             // before touching it, in the same words.
-                            return Err(SnapshotError::InvalidArgument(format!(
-                                "failed to create snapshot: parent {:?} is not committed snapshot: invalid argument",
+                            return Err(Error::invalid_argument(format!(
+                                "failed to create snapshot: parent {:?} is not committed snapshot",
                                 prec.backend_key
-                            )));
+                            ))
+                            .into());
                         }
                         bparent = prec.backend_key;
                     }
@@ -634,10 +624,11 @@ impl SnapshotStore {
                     let prec = get(&table, &n, &s, &rec.parent)?
                         .ok_or_else(|| Error::not_found(format!("parent snapshot {} does not exist", rec.parent)))?;
                     if prec.backend_key != bp {
-                        return Err(SnapshotError::InvalidArgument(format!(
-                            "mismatched parent {} from target {t}: invalid argument",
+                        return Err(Error::invalid_argument(format!(
+                            "mismatched parent {} from target {t}",
                             rec.parent
-                        )));
+                        ))
+                        .into());
                     }
                 }
                 drop(table);
@@ -661,7 +652,7 @@ impl SnapshotStore {
     ) -> Result<(), SnapshotError> {
         let b = self.backend(sn)?;
         if name.is_empty() {
-            return Err(SnapshotError::InvalidArgument("snapshot name must not be empty: invalid argument".into()));
+            return Err(Error::invalid_argument("snapshot name must not be empty").into());
         }
         check_labels(&labels)?;
         let labels: Labels = labels.into_iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -766,13 +757,11 @@ impl SnapshotStore {
     ) -> Result<Snapshot, SnapshotError> {
         let b = self.backend(sn)?;
         if key.is_empty() {
-            return Err(SnapshotError::InvalidArgument("snapshot name must not be empty: invalid argument".into()));
+            return Err(Error::invalid_argument("snapshot name must not be empty").into());
         }
         for p in &paths {
             if p != "labels" && !p.starts_with("labels.") {
-                return Err(SnapshotError::InvalidArgument(format!(
-                    "cannot update {p:?} field on snapshot {key:?}: invalid argument"
-                )));
+                return Err(Error::invalid_argument(format!("cannot update {p:?} field on snapshot {key:?}")).into());
             }
         }
         // The request's labels are checked as given: an empty value (which
