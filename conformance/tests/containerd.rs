@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crated_snapshot_conformance::{assert_conforms, Target};
 
-const CONTAINERD: &str = "/usr/bin/containerd";
+use crated_tests::stock::CONTAINERD;
 
 /// Where containerd 1.6.20 deviates from the correct behaviour, by case.
 ///
@@ -42,15 +42,7 @@ impl Containerd {
     fn start() -> Containerd {
         assert!(Path::new(CONTAINERD).exists(), "this test needs containerd 1.6 installed as {CONTAINERD}");
         let dir = tempfile::Builder::new().prefix("conformance-containerd-").tempdir().unwrap().keep();
-        let d = dir.display();
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{d}/c.sock\"\n\
-             [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
-             [debug]\n  address = \"{d}/debug.sock\"\n\
-             [metrics]\n  address = \"\"\n"
-        );
+        let config = crated_tests::stock::containerd_config(&dir, "");
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("log")).unwrap();
         let child = Command::new(CONTAINERD)
@@ -71,7 +63,7 @@ impl Containerd {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.join("c.sock")
+        crated_tests::stock::containerd_socket(&self.dir)
     }
 
     fn log(&self) -> String {

@@ -4,6 +4,7 @@
 //! builds the OCI and docker image archives the image tests import.
 
 pub mod images;
+pub mod stock;
 
 /// The test service's name.
 pub const ECHO_SERVICE: &str = "crated.test.Echo";

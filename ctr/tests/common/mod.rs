@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const CONTAINERD: &str = "/usr/bin/containerd";
+pub use crated_tests::stock::CONTAINERD;
 pub const STOCK_CTR: &str = "/usr/bin/ctr";
 pub const OURS: &str = env!("CARGO_BIN_EXE_ctr");
 
@@ -77,15 +77,8 @@ impl Daemon {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let config = crated_tests::stock::containerd_config(&dir, "");
         let d = dir.display();
-        let config = format!(
-            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{d}/c.sock\"\n\
-             [ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n\
-             [debug]\n  address = \"{d}/debug.sock\"\n\
-             [metrics]\n  address = \"\"\n"
-        );
         let (binary, config) = match server {
             Server::Containerd => (PathBuf::from(CONTAINERD), config),
             Server::Crated => {

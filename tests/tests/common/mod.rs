@@ -463,19 +463,10 @@ impl StockContainerd {
 
     /// Starts one with `extra` appended to its config (e.g. `[proxy_plugins]`).
     pub fn start_with(extra: &str) -> StockContainerd {
-        let bin = PathBuf::from("/usr/bin/containerd");
+        let bin = PathBuf::from(crated_tests::stock::CONTAINERD);
         assert!(bin.exists(), "the stock containerd is missing: install Debian's containerd package (.ci/run does)");
         let dir = tempfile::Builder::new().prefix("stock-containerd").tempdir().unwrap();
-        let p = |s: &str| dir.path().join(s).display().to_string();
-        let cfg = format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\naddress = {:?}\n[ttrpc]\naddress = {:?}\n[debug]\naddress = {:?}\n{extra}\n",
-            p("root"),
-            p("state"),
-            p("c.sock"),
-            p("c.sock.ttrpc"),
-            p("debug.sock")
-        );
+        let cfg = crated_tests::stock::containerd_config(dir.path(), extra);
         std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new(bin)
@@ -495,7 +486,7 @@ impl StockContainerd {
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("c.sock")
+        crated_tests::stock::containerd_socket(self.dir.path())
     }
 
     /// The stock `ctr` against this containerd.
