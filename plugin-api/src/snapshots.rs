@@ -196,7 +196,7 @@ impl Fields for InfoFields<'_> {
             "name" if path.len() == 1 => Some(i.name.as_str().into()),
             "parent" if path.len() == 1 => Some(i.parent.as_str().into()),
             "kind" if path.len() == 1 => Some(kind_name(i.kind).into()),
-            "labels" => labels_field(&path[1..], i.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            "labels" => labels_field(path, i.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
             _ => None,
         }
     }
@@ -212,8 +212,8 @@ pub fn kind_name(kind: i32) -> &'static str {
     }
 }
 
-/// How many infos go in one List response (containerd sends batches too).
-const LIST_BATCH: usize = 100;
+/// How many infos go in one List response (containerd sends 100).
+pub const LIST_BATCH: usize = 100;
 
 /// Serves `s` as the raw Snapshots API. The plugin entry point marks it
 /// internal; a proxy server serves the same router on its own socket.
@@ -402,5 +402,28 @@ impl SnapshotterClient {
             out.extend(r?.info);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_filters_see_name_parent_kind_and_labels() {
+        let info = Info {
+            name: "a".into(),
+            parent: "p".into(),
+            kind: Kind::Committed as i32,
+            labels: [("team".to_string(), "x".to_string())].into(),
+            ..Default::default()
+        };
+        let matches = |f: &str| AnyFilter::parse(&[f]).unwrap().matches(&InfoFields(&info));
+        assert!(matches("name==a"));
+        assert!(matches("parent==p"));
+        assert!(matches("kind==committed"));
+        assert!(matches("labels.team==x"));
+        assert!(!matches("labels.team==y"));
+        assert!(!matches("labels.other"));
     }
 }

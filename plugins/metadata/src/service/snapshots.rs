@@ -18,16 +18,13 @@ use crated_plugin_api::{
             StatSnapshotRequest, StatSnapshotResponse, UpdateSnapshotRequest, UpdateSnapshotResponse, UsageRequest,
             UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
         },
-        method, Info,
+        method, Info, LIST_BATCH,
     },
     Call, ServiceRouter, Status,
 };
 
 use super::{content::LEASE_HEADER, labels_in, labels_out, namespace, timestamp, Events};
 use crate::snapshots::{Snapshot, SnapshotStore};
-
-/// How many infos one List response carries (containerd sends 100).
-const LIST_BATCH: usize = 100;
 
 fn info_out(s: Snapshot) -> Info {
     Info {
