@@ -17,13 +17,16 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::introspection_client::IntrospectionClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::streaming_client::StreamingClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::transfer_client::TransferClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -36,6 +39,8 @@ use crate::duration::GoDuration;
 
 /// The gRPC header containerd reads the namespace from.
 pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+/// The gRPC header containerd reads the request's lease from.
+pub const LEASE_HEADER: &str = "containerd-lease";
 /// containerd's client uses this when no connect timeout is given.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// containerd's client raises gRPC message limits to 16 MiB.
@@ -58,6 +63,8 @@ pub struct Client {
     channel: Channel,
     namespace: AsciiMetadataValue,
     deadline: Option<Instant>,
+    /// The lease every request runs under (Go's `leases.WithLease(ctx)`).
+    lease: Option<AsciiMetadataValue>,
 }
 
 impl Client {
@@ -70,7 +77,18 @@ impl Client {
         let channel = connect_channel(&opts.address, connect_deadline)
             .await
             .map_err(|e| anyhow!("failed to dial {:?}: {e}", opts.address))?;
-        Ok(Client { channel, namespace, deadline: opts.timeout.positive().map(|t| Instant::now() + t) })
+        Ok(Client { channel, namespace, deadline: opts.timeout.positive().map(|t| Instant::now() + t), lease: None })
+    }
+
+    /// This client with every request carrying the lease `id`.
+    pub fn with_lease(&self, id: &str) -> anyhow::Result<Client> {
+        let lease = AsciiMetadataValue::try_from(id).with_context(|| format!("invalid lease id {id:?}"))?;
+        Ok(Client { lease: Some(lease), ..self.clone() })
+    }
+
+    /// Whether requests already run under a lease.
+    pub fn has_lease(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// The raw channel, for service clients not wrapped here.
@@ -132,6 +150,24 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
 
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn transfer(&self) -> TransferClient<Channel> {
+        TransferClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn streaming(&self) -> StreamingClient<Channel> {
+        StreamingClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
     pub fn snapshots(&self) -> SnapshotsClient<Channel> {
         SnapshotsClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
@@ -164,6 +200,9 @@ impl Client {
     pub fn request<T>(&self, msg: T) -> Request<T> {
         let mut req = Request::new(msg);
         req.metadata_mut().insert(NAMESPACE_HEADER, self.namespace.clone());
+        if let Some(lease) = &self.lease {
+            req.metadata_mut().insert(LEASE_HEADER, lease.clone());
+        }
         if let Some(deadline) = self.deadline {
             req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         }

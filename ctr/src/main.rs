@@ -9,8 +9,11 @@ mod eventjson;
 mod gojson;
 mod golog;
 mod gotime;
+mod mount;
 mod platforms;
+mod progress;
 mod tabwriter;
+mod transfer;
 mod units;
 
 use std::process::ExitCode;

@@ -7,11 +7,16 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use clap::{Args, Subcommand};
-use containerd_client::services::v1::{DeleteImageRequest, Image, ListImagesRequest, UpdateImageRequest};
+use containerd_client::services::v1::snapshots::RemoveSnapshotRequest;
+use containerd_client::services::v1::{
+    CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, ListImagesRequest, UpdateImageRequest,
+};
 use containerd_client::services::v1::{InfoRequest, ReadContentRequest};
 use containerd_client::types::{Descriptor, Platform};
 use serde_json::Value;
 
+use super::image_ops::{self, Lease};
+use super::image_transfer;
 use super::{format_labels, label_args, GlobalArgs};
 use crate::client::Client;
 use crate::errdefs;
@@ -37,6 +42,166 @@ pub enum ImagesCommand {
     Delete(DeleteArgs),
     /// Set and clear labels for an image
     Label(LabelArgs),
+    /// Tag an image
+    Tag(TagArgs),
+    /// Check existing images to ensure all content is available locally
+    Check(CheckArgs),
+    /// Unpack an image's layers into a snapshotter
+    Unpack(UnpackArgs),
+    /// Mount an image to a target path
+    Mount(MountArgs),
+    /// Unmount the image from the target
+    Unmount(UnmountArgs),
+    /// Display usage of snapshots for a given image ref
+    Usage(UsageArgs),
+    /// Pull an image from a remote
+    Pull(image_transfer::PullArgs),
+    /// Push an image to a remote
+    Push(image_transfer::PushArgs),
+    /// Import images
+    Import(image_transfer::ImportArgs),
+    /// Export images
+    Export(image_transfer::ExportArgs),
+}
+
+/// `commands.SnapshotterFlags`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotterFlag {
+    /// Snapshotter name. Empty value stands for the default value.
+    #[arg(long, env = "CONTAINERD_SNAPSHOTTER", default_value = "")]
+    pub snapshotter: String,
+}
+
+impl SnapshotterFlag {
+    /// The snapshotter, `overlayfs` when empty.
+    pub fn name(&self) -> String {
+        if self.snapshotter.is_empty() {
+            image_ops::DEFAULT_SNAPSHOTTER.to_string()
+        } else {
+            self.snapshotter.clone()
+        }
+    }
+}
+
+/// `commands.RegistryFlags` (which 1.6 also gives `mount` and `unmount`).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryFlags {
+    /// Skip SSL certificate validation
+    #[arg(short = 'k', long)]
+    pub skip_verify: bool,
+    /// Allow connections using plain HTTP
+    #[arg(long)]
+    pub plain_http: bool,
+    /// User[:password] Registry user and password
+    #[arg(short = 'u', long, default_value = "")]
+    pub user: String,
+    /// Refresh token for authorization server
+    #[arg(long, default_value = "")]
+    pub refresh: String,
+    /// Custom hosts configuration directory
+    #[arg(long, default_value = "")]
+    pub hosts_dir: String,
+    /// Path to TLS root CA
+    #[arg(long, default_value = "")]
+    pub tlscacert: String,
+    /// Path to TLS client certificate
+    #[arg(long, default_value = "")]
+    pub tlscert: String,
+    /// Path to TLS client key
+    #[arg(long, default_value = "")]
+    pub tlskey: String,
+    /// Dump all HTTP request/responses when interacting with container registry
+    #[arg(long)]
+    pub http_dump: bool,
+    /// Enable HTTP tracing for registry interactions
+    #[arg(long)]
+    pub http_trace: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Force target_ref to be created, regardless if it already exists
+    #[arg(long)]
+    pub force: bool,
+    /// Run tag locally rather than through transfer API (always local here)
+    #[arg(long)]
+    pub local: bool,
+    /// <source_ref> <target_ref> [<target_ref>, ...]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub refs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print only the ready image refs (fully downloaded and unpacked)
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterFlag,
+    /// [<filter>, ...]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    #[command(flatten)]
+    pub snapshotter: SnapshotterFlag,
+    /// Unpack the image for the specified platform
+    #[arg(long, default_value_t = default_platform_string())]
+    pub platform: String,
+    /// <ref>
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterFlag,
+    /// Labels to attach to the image
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Enable write support on the mount
+    #[arg(long)]
+    pub rw: bool,
+    /// Mount the image for the specified platform
+    #[arg(long, default_value_t = default_platform_string())]
+    pub platform: String,
+    /// <ref> <target>
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    #[command(flatten)]
+    pub registry: RegistryFlags,
+    #[command(flatten)]
+    pub snapshotter: SnapshotterFlag,
+    /// Labels to attach to the image
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Remove the snapshot after a successful unmount
+    #[arg(long)]
+    pub rm: bool,
+    /// <target>
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub snapshotter: SnapshotterFlag,
+    /// <ref>
+    pub image: Option<String>,
+}
+
+/// `platforms.DefaultString()`.
+pub fn default_platform_string() -> String {
+    platforms::format(&image_ops::default_platform())
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +242,16 @@ pub async fn run(global: &GlobalArgs, command: ImagesCommand) -> anyhow::Result<
         ImagesCommand::List(args) => list(global, args).await,
         ImagesCommand::Delete(args) => delete(global, args).await,
         ImagesCommand::Label(args) => label(global, args).await,
+        ImagesCommand::Tag(args) => tag(global, args).await,
+        ImagesCommand::Check(args) => check(global, args).await,
+        ImagesCommand::Unpack(args) => unpack(global, args).await,
+        ImagesCommand::Mount(args) => mount(global, args).await,
+        ImagesCommand::Unmount(args) => unmount(global, args).await,
+        ImagesCommand::Usage(args) => usage(global, args).await,
+        ImagesCommand::Pull(args) => image_transfer::pull(global, args).await,
+        ImagesCommand::Push(args) => image_transfer::push(global, args).await,
+        ImagesCommand::Import(args) => image_transfer::import(global, args).await,
+        ImagesCommand::Export(args) => image_transfer::export(global, args).await,
     }
 }
 
@@ -188,6 +363,306 @@ async fn label(global: &GlobalArgs, args: LabelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write a line to stdout now (Go's `fmt.Println`).
+fn println_flush(line: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Get an image record (the images service's `Get`, errors converted).
+async fn get_image(client: &Client, name: &str) -> anyhow::Result<Image> {
+    let req = GetImageRequest { name: name.to_string() };
+    let resp = client.call(client.images().get(client.request(req))).await.map_err(|s| image_ops::grpc_error(&s))?;
+    resp.image.ok_or_else(|| anyhow::anyhow!("image {name:?}: not found"))
+}
+
+async fn tag(global: &GlobalArgs, args: TagArgs) -> anyhow::Result<()> {
+    let Some((source, targets)) = args.refs.split_first() else {
+        anyhow::bail!("please provide an image reference to tag from");
+    };
+    if source.is_empty() {
+        anyhow::bail!("please provide an image reference to tag from");
+    }
+    if targets.is_empty() {
+        anyhow::bail!("please provide an image reference to tag to");
+    }
+    let client = global.client().await?;
+    let lease = Lease::create(&client, None, HashMap::new()).await.map_err(|s| errdefs::from_grpc(&s))?;
+    let leased = client.with_lease(&lease.id)?;
+    let res = tag_all(&leased, source, targets, args.force).await;
+    // Go defers the lease's removal and ignores its error.
+    let _ = lease.done(&client).await;
+    res
+}
+
+async fn tag_all(client: &Client, source: &str, targets: &[String], force: bool) -> anyhow::Result<()> {
+    let mut image = get_image(client, source).await?;
+    for target in targets {
+        image.name = target.clone();
+        let create = |image: Image| async {
+            client.call(client.images().create(client.request(CreateImageRequest { image: Some(image), ..Default::default() }))).await
+        };
+        match create(image.clone()).await {
+            Ok(_) => {}
+            Err(s) if image_ops::is_already_exists(&s) && force => {
+                let req = DeleteImageRequest { name: target.clone(), ..Default::default() };
+                client.call(client.images().delete(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
+                create(image.clone()).await.map_err(|s| errdefs::from_grpc(&s))?;
+            }
+            Err(s) => return Err(errdefs::from_grpc(&s)),
+        }
+        println_flush(target)?;
+    }
+    Ok(())
+}
+
+async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
+    let client = global.client().await?;
+    let resp = client
+        .call(client.images().list(client.request(ListImagesRequest { filters: args.filters })))
+        .await
+        .map_err(|s| anyhow::anyhow!("failed listing images: {}", errdefs::from_grpc(&s)))?;
+    if resp.images.is_empty() {
+        return Ok(());
+    }
+    let snapshotter = args.snapshotter.name();
+    let platform = image_ops::default_platform();
+    let mut exit_err: Option<anyhow::Error> = None;
+    let mut tw = TabWriter::new(io::stdout().lock(), 1, 8, 1, ' ');
+    if !args.quiet {
+        writeln!(tw, "REF\tTYPE\tDIGEST\tSTATUS\tSIZE\tUNPACKED\t")?;
+    }
+    for image in &resp.images {
+        let target = image.target.clone().unwrap_or_default();
+        let mut complete = true;
+        let (status, size) = match image_ops::check(&client, &target, &platform).await {
+            Err(err) => {
+                golog::error(&format!("unable to check {}", image.name), &format!("{err:#}"));
+                if exit_err.is_none() {
+                    exit_err = Some(anyhow::anyhow!("unable to check {}: {err:#}", image.name));
+                }
+                complete = false;
+                ("error".to_string(), "-".to_string())
+            }
+            Ok(c) => {
+                let required: i64 = c.required.iter().map(|d| d.size).sum();
+                let present: i64 = c.present.iter().map(|d| d.size).sum();
+                let mut status = "complete".to_string();
+                if !c.missing.is_empty() {
+                    status = "incomplete".to_string();
+                    complete = false;
+                }
+                if c.available {
+                    (
+                        format!("{status} ({}/{})", c.present.len(), c.required.len()),
+                        format!("{}/{}", progress_bytes(present), progress_bytes(required)),
+                    )
+                } else {
+                    complete = false;
+                    (format!("unavailable ({}/?)", c.present.len()), format!("{}/?", progress_bytes(present)))
+                }
+            }
+        };
+        let unpacked = match image_ops::is_unpacked(&client, &target, &platform, &snapshotter).await {
+            Ok(u) => u,
+            Err(err) => {
+                golog::error(&format!("unable to check unpack for {}", image.name), &format!("{err:#}"));
+                if exit_err.is_none() {
+                    exit_err = Some(anyhow::anyhow!("unable to check unpack for {}: {err:#}", image.name));
+                }
+                false
+            }
+        };
+        if !args.quiet {
+            writeln!(tw, "{}\t{}\t{}\t{}\t{}\t{}", image.name, target.media_type, target.digest, status, size, unpacked)?;
+        } else if complete && unpacked {
+            // Go prints these straight to stdout, not through the table.
+            println_flush(&image.name)?;
+        }
+    }
+    if !args.quiet {
+        tw.flush()?;
+    }
+    match exit_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn unpack(global: &GlobalArgs, args: UnpackArgs) -> anyhow::Result<()> {
+    let Some(name) = args.image.filter(|n| !n.is_empty()) else {
+        anyhow::bail!("please provide an image reference to unpack");
+    };
+    let platform = image_ops::parse_platform(&args.platform)
+        .map_err(|e| anyhow::anyhow!("unable to parse platform {}: {e:#}", args.platform))?;
+    let client = global.client().await?;
+    let image = get_image(&client, &name).await?;
+    let target = image.target.unwrap_or_default();
+    {
+        let mut out = io::stdout().lock();
+        write!(out, "unpacking {name} ({})...", target.digest)?;
+        out.flush()?;
+    }
+    match image_ops::unpack(&client, &name, &target, &platform, &args.snapshotter.name()).await {
+        Ok(()) => println_flush("done"),
+        Err(e) => {
+            println_flush("")?;
+            Err(e)
+        }
+    }
+}
+
+async fn mount(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
+    let reference = args.args.first().cloned().unwrap_or_default();
+    let target = args.args.get(1).cloned().unwrap_or_default();
+    if reference.is_empty() {
+        anyhow::bail!("please provide an image reference to mount");
+    }
+    if target.is_empty() {
+        anyhow::bail!("please provide a target path to mount to");
+    }
+    let client = global.client().await?;
+    let snapshotter = args.snapshotter.name();
+    // The lease is named after the target and holds the mount's snapshot
+    // until `unmount --rm` (or a day) ends it.
+    let labels = [(format!("containerd.io/gc.ref.snapshot.{snapshotter}"), target.clone())].into_iter().collect();
+    let (client, lease) = match Lease::create(&client, Some(&target), labels).await {
+        Ok(lease) => (client.with_lease(&lease.id)?, Some(lease)),
+        Err(s) if image_ops::is_already_exists(&s) => (client, None),
+        Err(s) => return Err(errdefs::from_grpc(&s)),
+    };
+    let res = mount_leased(&client, &args, &reference, &target, &snapshotter).await;
+    if res.is_err() {
+        if let Some(lease) = lease {
+            let _ = lease.done(&client).await;
+        }
+    }
+    res
+}
+
+async fn mount_leased(
+    client: &Client,
+    args: &MountArgs,
+    reference: &str,
+    target: &str,
+    snapshotter: &str,
+) -> anyhow::Result<()> {
+    use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, ViewSnapshotRequest};
+    let platform = image_ops::parse_platform(&args.platform)
+        .map_err(|e| anyhow::anyhow!("unable to parse platform {}: {e:#}", args.platform))?;
+    let image = get_image(client, reference).await?;
+    let image_target = image.target.unwrap_or_default();
+    image_ops::unpack(client, reference, &image_target, &platform, snapshotter)
+        .await
+        .map_err(|e| anyhow::anyhow!("error unpacking image: {e:#}"))?;
+    let m = image_ops::manifest(client, &image_target, &platform).await?;
+    let chain_id = image_ops::chain_id(&image_ops::rootfs(client, &m.config).await?);
+    println_flush(&chain_id)?;
+    let sn = client.snapshots();
+    let res = if args.rw {
+        let req = PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: target.to_string(),
+            parent: chain_id.clone(),
+            labels: HashMap::new(),
+        };
+        client.call(sn.clone().prepare(client.request(req))).await.map(|r| r.mounts)
+    } else {
+        let req = ViewSnapshotRequest {
+            snapshotter: snapshotter.to_string(),
+            key: target.to_string(),
+            parent: chain_id.clone(),
+            labels: HashMap::new(),
+        };
+        client.call(sn.clone().view(client.request(req))).await.map(|r| r.mounts)
+    };
+    let mounts = match res {
+        Ok(m) => m,
+        Err(s) if image_ops::is_already_exists(&s) => {
+            let req = MountsRequest { snapshotter: snapshotter.to_string(), key: target.to_string() };
+            client.call(sn.clone().mounts(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?.mounts
+        }
+        Err(s) => return Err(errdefs::from_grpc(&s)),
+    };
+    if let Err(e) = crate::mount::all(&mounts, std::path::Path::new(target)) {
+        let req = RemoveSnapshotRequest { snapshotter: snapshotter.to_string(), key: target.to_string() };
+        if let Err(s) = client.call(sn.clone().remove(client.request(req))).await {
+            if s.code() != tonic::Code::NotFound {
+                eprintln!("Error cleaning up snapshot after mount error: {}", errdefs::from_grpc(&s));
+            }
+        }
+        return Err(e);
+    }
+    println_flush(target)
+}
+
+async fn unmount(global: &GlobalArgs, args: UnmountArgs) -> anyhow::Result<()> {
+    let target = args.args.first().cloned().unwrap_or_default();
+    if target.is_empty() {
+        anyhow::bail!("please provide a target path to unmount from");
+    }
+    let client = global.client().await?;
+    crate::mount::unmount_all(std::path::Path::new(&target))?;
+    if args.rm {
+        use containerd_client::services::v1::DeleteRequest as DeleteLeaseRequest;
+        let req = DeleteLeaseRequest { id: target.clone(), sync: false };
+        if let Err(s) = client.call(client.leases().delete(client.request(req))).await {
+            if s.code() != tonic::Code::NotFound {
+                anyhow::bail!("error deleting lease: {}", errdefs::from_grpc(&s));
+            }
+        }
+        let req = RemoveSnapshotRequest { snapshotter: args.snapshotter.name(), key: target.clone() };
+        if let Err(s) = client.call(client.snapshots().remove(client.request(req))).await {
+            if s.code() != tonic::Code::NotFound {
+                anyhow::bail!("error removing snapshot: {}", errdefs::from_grpc(&s));
+            }
+        }
+    }
+    println_flush(&target)
+}
+
+async fn usage(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<()> {
+    use containerd_client::services::v1::snapshots::{StatSnapshotRequest, UsageRequest};
+    let Some(name) = args.image.filter(|n| !n.is_empty()) else {
+        anyhow::bail!("please provide an image reference to mount");
+    };
+    let client = global.client().await?;
+    let snapshotter = args.snapshotter.name();
+    let image =
+        get_image(&client, &name).await.map_err(|e| anyhow::anyhow!("failed to ensure if image {name} exists: {e:#}"))?;
+    let target = image.target.unwrap_or_default();
+    let platform = image_ops::default_platform();
+    match image_ops::is_unpacked(&client, &target, &platform, &snapshotter).await {
+        Err(e) => anyhow::bail!(
+            "failed to ensure if image {name} has been unpacked in snapshotter {snapshotter}: {e:#}"
+        ),
+        Ok(false) => anyhow::bail!("image {name} isn't unpacked in snapshotter {snapshotter}"),
+        Ok(true) => {}
+    }
+    let m = image_ops::manifest(&client, &target, &platform).await?;
+    let diffs = image_ops::rootfs(&client, &m.config).await?;
+    let mut tw = TabWriter::new(io::stdout().lock(), 1, 8, 1, ' ');
+    writeln!(tw, "KEY\tSIZE\tINODES\t")?;
+    let mut key = image_ops::chain_id(&diffs);
+    while !key.is_empty() {
+        let req = UsageRequest { snapshotter: snapshotter.clone(), key: key.clone() };
+        let u = client
+            .call(client.snapshots().usage(client.request(req)))
+            .await
+            .map_err(|s| anyhow::anyhow!("failed to get usage for snapshot {key}: {}", errdefs::from_grpc(&s)))?;
+        writeln!(tw, "{key}\t{}\t{}\t", progress_bytes(u.size), u.inodes)?;
+        let req = StatSnapshotRequest { snapshotter: snapshotter.clone(), key: key.clone() };
+        let info = client.call(client.snapshots().stat(client.request(req))).await.map_err(|s| {
+            anyhow::anyhow!("failed to ensure if snapshot {key} has parent or not: {}", errdefs::from_grpc(&s))
+        })?;
+        key = info.info.map(|i| i.parent).unwrap_or_default();
+    }
+    tw.flush()?;
+    Ok(())
+}
+
 /// containerd 1.6's `progress.Bytes`: binary units, `%02.1f %s`.
 pub fn progress_bytes(size: i64) -> String {
     const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
@@ -218,6 +693,14 @@ impl From<&Descriptor> for Desc {
     }
 }
 
+pub fn is_manifest_type(mt: &str) -> bool {
+    is_manifest(mt)
+}
+
+pub fn is_index_type(mt: &str) -> bool {
+    is_index(mt)
+}
+
 fn is_manifest(mt: &str) -> bool {
     mt == MEDIA_DOCKER_MANIFEST || mt == MEDIA_OCI_MANIFEST
 }
@@ -231,11 +714,11 @@ fn is_config(mt: &str) -> bool {
 }
 
 /// `content.ReadBlob`: Info (for the size), then the whole blob.
-async fn read_blob(client: &Client, digest: &str) -> anyhow::Result<Vec<u8>> {
+pub async fn read_blob(client: &Client, digest: &str) -> anyhow::Result<Vec<u8>> {
     let info = client
         .call(client.content().info(client.request(InfoRequest { digest: digest.to_string() })))
         .await
-        .map_err(|s| errdefs::from_grpc(&s))?
+        .map_err(|s| image_ops::grpc_error(&s))?
         .info
         .unwrap_or_default();
     let size = info.size;
@@ -246,7 +729,7 @@ async fn read_blob(client: &Client, digest: &str) -> anyhow::Result<Vec<u8>> {
     let mut stream = client
         .call(client.content().read(client.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size })))
         .await
-        .map_err(|s| errdefs::from_grpc(&s))?;
+        .map_err(|s| image_ops::grpc_error(&s))?;
     while (data.len() as i64) < size {
         match client.recv(&mut stream).await.map_err(|s| errdefs::from_grpc(&s))? {
             Some(msg) => data.extend_from_slice(&msg.data),
@@ -260,7 +743,7 @@ async fn read_blob(client: &Client, digest: &str) -> anyhow::Result<Vec<u8>> {
     Ok(data)
 }
 
-fn json_str(v: &Value, key: &str) -> String {
+pub fn json_str(v: &Value, key: &str) -> String {
     v.get(key).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
@@ -281,6 +764,12 @@ fn parse_desc(v: &Value) -> Desc {
 
 /// `images.Children`: a manifest's config and layers, an index's manifests.
 async fn children(client: &Client, desc: &Desc) -> anyhow::Result<Vec<Desc>> {
+    children_of(client, desc, "children").await
+}
+
+/// [`children`], with the caller's name (`children`, `manifest`) leading
+/// a media type mismatch error, as each Go caller words it.
+pub async fn children_of(client: &Client, desc: &Desc, caller: &str) -> anyhow::Result<Vec<Desc>> {
     let manifest = is_manifest(&desc.media_type);
     if !manifest && !is_index(&desc.media_type) {
         return Ok(Vec::new());
@@ -290,7 +779,7 @@ async fn children(client: &Client, desc: &Desc) -> anyhow::Result<Vec<Desc>> {
     if let Some(mt) = v.get("mediaType").and_then(Value::as_str) {
         if !mt.is_empty() && mt != desc.media_type {
             anyhow::bail!(
-                "children: invalid desc {}: mediaType in manifest should be '{}' not '{}'",
+                "{caller}: invalid desc {}: mediaType in manifest should be '{}' not '{}'",
                 desc.digest,
                 mt,
                 desc.media_type

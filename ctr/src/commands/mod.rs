@@ -6,6 +6,8 @@
 pub mod containers;
 pub mod content;
 pub mod events;
+pub mod image_ops;
+pub mod image_transfer;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
