@@ -43,7 +43,8 @@ fn kind(media_type: &str) -> &'static str {
 
 /// `progress.Bar`: `|` then `+` for the done share, spaces for the rest.
 fn bar(progress: i64, total: i64) -> String {
-    let filled = if total > 0 { ((progress.clamp(0, total) as f64 / total as f64) * BAR_WIDTH as f64) as usize } else { 0 };
+    let filled =
+        if total > 0 { ((progress.clamp(0, total) as f64 / total as f64) * BAR_WIDTH as f64) as usize } else { 0 };
     format!("|{}{}|", "+".repeat(filled), " ".repeat(BAR_WIDTH - filled))
 }
 

@@ -107,10 +107,9 @@ pub fn generate_id(prefix: &str) -> String {
 /// Open `Streaming/Stream` under `id`: send `StreamInit`, wait for the ack.
 pub async fn open_stream(client: &Client, id: &str) -> Result<AnyStream, TransferError> {
     let (tx, rx) = mpsc::channel::<Any>(16);
-    tx.send(to_any(&StreamInit { id: id.to_string() })).await.map_err(|_| TransferError::Protocol {
-        id: id.to_string(),
-        what: "closed before init".into(),
-    })?;
+    tx.send(to_any(&StreamInit { id: id.to_string() }))
+        .await
+        .map_err(|_| TransferError::Protocol { id: id.to_string(), what: "closed before init".into() })?;
     let resp = client.streaming().stream(client.request(ReceiverStream::new(rx))).await?;
     let mut stream = AnyStream::new(id.to_string(), tx, Box::pin(resp.into_inner()));
     match stream.recv().await? {
@@ -212,10 +211,7 @@ pub async fn serve_credentials(mut stream: AnyStream, username: String, secret: 
 }
 
 /// Forward the daemon's `Progress` messages to `tx` until it closes.
-pub async fn receive_progress(
-    mut stream: AnyStream,
-    tx: mpsc::UnboundedSender<Progress>,
-) -> Result<(), TransferError> {
+pub async fn receive_progress(mut stream: AnyStream, tx: mpsc::UnboundedSender<Progress>) -> Result<(), TransferError> {
     while let Some(any) = stream.recv().await? {
         if let Some(p) = from_any::<Progress>(&any) {
             if tx.send(p?).is_err() {

@@ -106,8 +106,12 @@ const KNOWN_OS: [&str; 16] = [
 pub fn parse_platform(spec: &str) -> anyhow::Result<Platform> {
     let invalid = || anyhow::anyhow!("{spec:?}: unknown operating system or architecture: invalid argument");
     let parts: Vec<&str> = spec.split('/').collect();
-    if parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')) {
-        return Err(anyhow::anyhow!("{spec:?}: invalid path component: invalid argument"));
+    if let Some(bad) =
+        parts.iter().find(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    {
+        return Err(anyhow::anyhow!(
+            "{bad:?} is an invalid component of {spec:?}: platform specifier component must match \"^[A-Za-z0-9_-]+$\": invalid argument"
+        ));
     }
     let def = default_platform();
     let p = |os: &str, arch: &str, variant: &str| Platform {

@@ -186,8 +186,8 @@ fn credentials(user: &str) -> anyhow::Result<Option<(String, String)>> {
 
 /// Read a line from the terminal with echo off (ctr's `PasswordPrompt`).
 fn read_password(prompt: &str) -> anyhow::Result<String> {
-    use std::io::{BufRead as _, Write as _};
     use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead as _, Write as _};
     let stdin = std::io::stdin();
     eprint!("{prompt}");
     std::io::stderr().flush()?;
@@ -287,7 +287,10 @@ pub async fn pull(global: &GlobalArgs, args: PullArgs) -> anyhow::Result<()> {
         all_metadata: true,
         unpacks: platforms
             .iter()
-            .map(|p| UnpackConfiguration { platform: Some(p.clone()), snapshotter: args.snapshotter.snapshotter.clone() })
+            .map(|p| UnpackConfiguration {
+                platform: Some(p.clone()),
+                snapshotter: args.snapshotter.snapshotter.clone(),
+            })
             .collect(),
         ..Default::default()
     };
@@ -299,9 +302,11 @@ pub async fn pull(global: &GlobalArgs, args: PullArgs) -> anyhow::Result<()> {
     res?;
     if args.print_chainid {
         let image = client
-            .call(client.images().get(client.request(containerd_client::services::v1::GetImageRequest {
-                name: reference.clone(),
-            })))
+            .call(
+                client
+                    .images()
+                    .get(client.request(containerd_client::services::v1::GetImageRequest { name: reference.clone() })),
+            )
             .await
             .map_err(|s| errdefs::from_grpc(&s))?
             .image
@@ -324,11 +329,8 @@ pub async fn push(global: &GlobalArgs, args: PushArgs) -> anyhow::Result<()> {
     }
     let client = global.client().await?;
     let platforms = parse_platforms(&args.platform)?;
-    let store = ImageStore {
-        name: local,
-        platforms: platforms.iter().map(proto_platform).collect(),
-        ..Default::default()
-    };
+    let store =
+        ImageStore { name: local, platforms: platforms.iter().map(proto_platform).collect(), ..Default::default() };
     let (destination, creds) = registry(&client, &remote, &args.registry).await?;
     let res = run_transfer(&client, to_any(&store), destination, true).await;
     if let Some(c) = creds {
@@ -355,8 +357,11 @@ pub fn import_store(args: &ImportArgs, today: &str) -> anyhow::Result<ImageStore
         add_digest: args.digests,
         skip_named_digest: args.digests && args.skip_digest_for_named,
     };
-    let unpack_platform =
-        if args.platform.is_empty() { image_ops::default_platform() } else { image_ops::parse_platform(&args.platform)? };
+    let unpack_platform = if args.platform.is_empty() {
+        image_ops::default_platform()
+    } else {
+        image_ops::parse_platform(&args.platform)?
+    };
     let mut store = ImageStore {
         name: args.index_name.clone(),
         labels: label_args(&args.label).into_iter().collect(),
@@ -367,8 +372,10 @@ pub fn import_store(args: &ImportArgs, today: &str) -> anyhow::Result<ImageStore
         store.platforms = vec![unpack_platform.clone()];
     }
     if !args.no_unpack {
-        store.unpacks =
-            vec![UnpackConfiguration { platform: Some(unpack_platform), snapshotter: args.snapshotter.snapshotter.clone() }];
+        store.unpacks = vec![UnpackConfiguration {
+            platform: Some(unpack_platform),
+            snapshotter: args.snapshotter.snapshotter.clone(),
+        }];
     }
     Ok(store)
 }
@@ -483,14 +490,20 @@ mod tests {
         let s = store("a.tar");
         assert_eq!(s.name, "");
         let r = &s.extra_references[0];
-        assert_eq!((r.name.as_str(), r.is_prefix, r.allow_overwrite, r.add_digest), ("import-2026-01-02", true, true, false));
+        assert_eq!(
+            (r.name.as_str(), r.is_prefix, r.allow_overwrite, r.add_digest),
+            ("import-2026-01-02", true, true, false)
+        );
         assert_eq!(s.platforms, vec![image_ops::default_platform()]);
         assert_eq!(s.unpacks.len(), 1);
 
         let s = store("--base-name example.com/bb --digests --index-name idx --no-unpack --all-platforms a.tar");
         assert_eq!(s.name, "idx");
         let r = &s.extra_references[0];
-        assert_eq!((r.name.as_str(), r.allow_overwrite, r.add_digest, r.skip_named_digest), ("example.com/bb", false, true, false));
+        assert_eq!(
+            (r.name.as_str(), r.allow_overwrite, r.add_digest, r.skip_named_digest),
+            ("example.com/bb", false, true, false)
+        );
         assert!(s.platforms.is_empty());
         assert!(s.unpacks.is_empty());
 

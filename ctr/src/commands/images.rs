@@ -402,7 +402,13 @@ async fn tag_all(client: &Client, source: &str, targets: &[String], force: bool)
     for target in targets {
         image.name = target.clone();
         let create = |image: Image| async {
-            client.call(client.images().create(client.request(CreateImageRequest { image: Some(image), ..Default::default() }))).await
+            client
+                .call(
+                    client
+                        .images()
+                        .create(client.request(CreateImageRequest { image: Some(image), ..Default::default() })),
+                )
+                .await
         };
         match create(image.clone()).await {
             Ok(_) => {}
@@ -476,7 +482,11 @@ async fn check(global: &GlobalArgs, args: CheckArgs) -> anyhow::Result<()> {
             }
         };
         if !args.quiet {
-            writeln!(tw, "{}\t{}\t{}\t{}\t{}\t{}", image.name, target.media_type, target.digest, status, size, unpacked)?;
+            writeln!(
+                tw,
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                image.name, target.media_type, target.digest, status, size, unpacked
+            )?;
         } else if complete && unpacked {
             // Go prints these straight to stdout, not through the table.
             println_flush(&image.name)?;
@@ -524,7 +534,12 @@ async fn mount(global: &GlobalArgs, args: MountArgs) -> anyhow::Result<()> {
         anyhow::bail!("please provide a target path to mount to");
     }
     let client = global.client().await?;
-    let snapshotter = args.snapshotter.name();
+    // containerd 1.6 ctr ignores `--snapshotter` here: it takes the
+    // snapshotter from a third argument, else the default.
+    let snapshotter = match args.args.get(2) {
+        Some(sn) if !sn.is_empty() => sn.clone(),
+        _ => image_ops::DEFAULT_SNAPSHOTTER.to_string(),
+    };
     // The lease is named after the target and holds the mount's snapshot
     // until `unmount --rm` (or a day) ends it.
     let labels = [(format!("containerd.io/gc.ref.snapshot.{snapshotter}"), target.clone())].into_iter().collect();
@@ -630,14 +645,15 @@ async fn usage(global: &GlobalArgs, args: UsageArgs) -> anyhow::Result<()> {
     };
     let client = global.client().await?;
     let snapshotter = args.snapshotter.name();
-    let image =
-        get_image(&client, &name).await.map_err(|e| anyhow::anyhow!("failed to ensure if image {name} exists: {e:#}"))?;
+    let image = get_image(&client, &name)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to ensure if image {name} exists: {e:#}"))?;
     let target = image.target.unwrap_or_default();
     let platform = image_ops::default_platform();
     match image_ops::is_unpacked(&client, &target, &platform, &snapshotter).await {
-        Err(e) => anyhow::bail!(
-            "failed to ensure if image {name} has been unpacked in snapshotter {snapshotter}: {e:#}"
-        ),
+        Err(e) => {
+            anyhow::bail!("failed to ensure if image {name} has been unpacked in snapshotter {snapshotter}: {e:#}")
+        }
         Ok(false) => anyhow::bail!("image {name} isn't unpacked in snapshotter {snapshotter}"),
         Ok(true) => {}
     }
