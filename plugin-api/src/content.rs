@@ -4,7 +4,10 @@
 //! and written chunk by chunk with their digest computed on the way, so
 //! no blob is ever held whole in memory unless the caller asks for it.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    io::{self, Read},
+};
 
 use containerd_client::services::v1::{
     AbortRequest, Info, InfoRequest, InfoResponse, ReadContentRequest, ReadContentResponse, UpdateRequest,
@@ -12,6 +15,7 @@ use containerd_client::services::v1::{
 };
 use futures::{stream::BoxStream, SinkExt, StreamExt};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
 
 use crate::{service::Call, Error, ErrorKind, Host, Status};
 
@@ -253,5 +257,41 @@ impl BlobWriter {
     /// Gives up the ingest.
     pub async fn abort(self) {
         self.client.abort(&self.reference).await;
+    }
+}
+
+/// A blocking reader over chunks that the async side sends: how a blob
+/// streamed from content (or an archive streamed from a client) reaches
+/// code that parses with `std::io::Read` on a blocking thread. An `Err`
+/// chunk fails the read with the status's message; a closed channel is
+/// the end.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ChunkReader {
+    pub fn new(rx: mpsc::Receiver<Result<Vec<u8>, Status>>) -> ChunkReader {
+        ChunkReader { rx, buf: Vec::new(), pos: 0 }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Some(Err(s)) => return Err(io::Error::other(s.message)),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }

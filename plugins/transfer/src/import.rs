@@ -13,7 +13,10 @@ use std::{
     io::{self, Read},
 };
 
-use crated_plugin_api::content::{BlobWriter, ContentClient};
+use crated_plugin_api::{
+    content::{BlobWriter, ChunkReader, ContentClient},
+    Status,
+};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
@@ -42,32 +45,6 @@ enum TarEvent {
     Failed(String),
 }
 
-/// A blocking reader over chunks from the async side.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Vec<u8>, String>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Some(Err(e)) => return Err(io::Error::other(e)),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// `path.Clean` of a tar name, without a leading `./` or `/`.
 fn clean(name: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -85,7 +62,7 @@ fn clean(name: &str) -> String {
 
 /// Walks the tar on a blocking thread, sending its regular files and
 /// symlinks as events; stops when the writer side goes away.
-fn read_tar(input: ChannelReader, tx: mpsc::Sender<TarEvent>) {
+fn read_tar(input: ChunkReader, tx: mpsc::Sender<TarEvent>) {
     let send = |ev| tx.blocking_send(ev).is_ok();
     let fail = |e: io::Error| {
         let _ = tx.blocking_send(TarEvent::Failed(e.to_string()));
@@ -281,9 +258,9 @@ pub async fn import_archive<S>(content: &ContentClient, mut input: S, progress: 
 where
     S: ChunkSource + 'static,
 {
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Vec<u8>, String>>(CHANNEL_DEPTH);
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Vec<u8>, Status>>(CHANNEL_DEPTH);
     let (event_tx, mut event_rx) = mpsc::channel::<TarEvent>(CHANNEL_DEPTH);
-    let reader = ChannelReader { rx: chunk_rx, buf: Vec::new(), pos: 0 };
+    let reader = ChunkReader::new(chunk_rx);
     let tar_thread = tokio::task::spawn_blocking(move || read_tar(reader, event_tx));
     // The input is pumped on its own task, so that reading it never waits
     // on the writer and the other way round.
@@ -297,7 +274,7 @@ where
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    let _ = chunk_tx.send(Err(e.to_string())).await;
+                    let _ = chunk_tx.send(Err(Status::unavailable(e.to_string()))).await;
                     return Err(e);
                 }
             }
