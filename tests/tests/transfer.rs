@@ -226,6 +226,13 @@ async fn oci_and_docker_archives_import_with_their_names_and_progress() {
     let d = daemon();
     let ch = d.channel().await;
 
+    let listed = common::stdout(&d.stock_ctr(&["plugins", "ls"]));
+    for (kind, id) in [("io.containerd.transfer.v1", "local"), ("io.containerd.streaming.v1", "manager")] {
+        let row = listed.lines().find(|l| l.split_whitespace().take(2).eq([kind, id]));
+        let row = row.unwrap_or_else(|| panic!("no {kind} {id} in ctr plugins ls:\n{listed}"));
+        assert!(row.trim_end().ends_with("ok"), "{row}");
+    }
+
     let oci = oci_archive(&ImageOptions::default()).unwrap();
     let progress = import(&ch, "oci", oci.tar.clone(), store("docker.io/library/oci-test")).await.unwrap();
     let imgs = images(&ch, "oci").await;
