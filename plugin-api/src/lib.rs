@@ -44,6 +44,8 @@
 //!   [`InitCtx::host`].
 
 pub mod abi;
+#[cfg(feature = "content")]
+pub mod content;
 pub mod errdefs;
 pub mod filters;
 #[cfg(feature = "proxy-server")]

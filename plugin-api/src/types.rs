@@ -26,6 +26,12 @@ pub const LEASE: &str = "io.containerd.lease.v1";
 pub const RUNTIME: &str = "io.containerd.runtime.v2";
 /// gRPC services in containerd's sense (introspection, version, CRI...).
 pub const GRPC: &str = "io.containerd.grpc.v1";
+/// Image transfers (import, export, pull, push): containerd 1.7's
+/// Transfer service.
+pub const TRANSFER: &str = "io.containerd.transfer.v1";
+/// The stream manager the Transfer service moves bytes and progress over:
+/// containerd 1.7's Streaming service.
+pub const STREAMING: &str = "io.containerd.streaming.v1";
 /// Internal services.
 pub const SERVICE: &str = "io.containerd.service.v1";
 /// A library that failed to load: listed under this type with status `error`.

@@ -10,21 +10,21 @@
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use containerd_client::{
-    services::v1::{
-        AbortRequest, ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, InfoRequest, InfoResponse,
-        ReadContentRequest, ReadContentResponse, UpdateRequest, UpdateResponse, WriteAction, WriteContentRequest,
-        WriteContentResponse,
-    },
+    services::v1::{ApplyRequest, ApplyResponse, DiffRequest, DiffResponse, InfoRequest, InfoResponse},
     types::{Descriptor, Mount},
 };
-use crated_plugin_api::{mount::MountedDir, Call, Error, ErrorKind, Host, ServiceRouter, Status};
-use futures::{SinkExt, StreamExt};
+use crated_plugin_api::{
+    content::{sha256_digest, ChunkReader, ContentClient},
+    mount::MountedDir,
+    Call, Error, Host, ServiceRouter, Status,
+};
+use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
@@ -52,38 +52,8 @@ fn content_call(method: &str, ns: &str) -> Call {
     Host::call(&format!("{CONTENT}/{method}"), Some(ns))
 }
 
-fn sha256_digest(h: Sha256) -> String {
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
 fn unknown(msg: impl std::fmt::Display) -> Status {
     Error::unknown(msg.to_string()).into()
-}
-
-/// A blocking reader over chunks sent from the async side.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Vec<u8>, Status>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(b)) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                Some(Err(s)) => return Err(io::Error::other(format!("read content: {}", s.message))),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// A blocking writer that sends chunks to the async side, hashing them.
@@ -194,7 +164,7 @@ fn apply_blocking(
     mounts: Vec<Mount>,
     mounts_dir: &Path,
     compression: Compression,
-    input: ChannelReader,
+    input: ChunkReader,
 ) -> Result<(String, u64), Status> {
     let decoder = compression.decoder(input).map_err(|e| unknown(format!("failed to apply layer: {e}")))?;
     let mut hash = Sha256::new();
@@ -237,25 +207,18 @@ impl DiffService {
             .unary(&content_call("Info", ns), &InfoRequest { digest: desc.digest.clone() })
             .await
             .map_err(|s| s.context("failed to get reader from content store"))?;
-        let read = ReadContentRequest { digest: desc.digest.clone(), offset: 0, size: 0 };
-        let mut stream = self
-            .host
-            .streaming::<_, ReadContentResponse, _>(
-                &content_call("Read", ns),
-                futures::stream::once(async { Ok(read) }),
-            )
-            .await?;
+        let mut stream = ContentClient::new(self.host.clone(), ns).read(&desc.digest).await?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let pump = tokio::spawn(async move {
             while let Some(item) = stream.next().await {
                 let stop = item.is_err();
-                if tx.send(item.map(|r| r.data)).await.is_err() || stop {
+                if tx.send(item.map_err(|s| s.context("read content"))).await.is_err() || stop {
                     break;
                 }
             }
         });
         let dir = self.mounts_dir.clone();
-        let reader = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+        let reader = ChunkReader::new(rx);
         let result = tokio::task::spawn_blocking(move || apply_blocking(req.mounts, &dir, compression, reader))
             .await
             .map_err(|e| Status::internal(format!("apply task: {e}")))?;
@@ -300,31 +263,22 @@ impl DiffService {
             Ok((uncompressed, sha256_digest(sink.hash), sink.size))
         });
 
-        let mut writer = ContentWriter { host: self.host.clone(), call: content_call("Write", ns), conn: None };
-        let mut offset = 0i64;
+        let content = ContentClient::new(self.host.clone(), ns);
+        let mut writer = content.writer(&reference);
         let mut write_err = None;
         while let Some(chunk) = chunk_rx.recv().await {
-            let len = chunk.len() as i64;
-            let w = WriteContentRequest {
-                action: WriteAction::Write as i32,
-                r#ref: reference.clone(),
-                offset,
-                data: chunk,
-                ..Default::default()
-            };
-            if let Err(e) = writer.exchange(w).await {
+            if let Err(e) = writer.write(chunk).await {
                 write_err = Some(e);
                 break;
             }
-            offset += len;
         }
         // Unblocks the worker if the write stream failed.
         drop(chunk_rx);
         let worker = worker.await.map_err(|e| Status::internal(format!("diff task: {e}")));
-        let (uncompressed, digest, size) = match (write_err, worker) {
-            (None, Ok(Ok(done))) => done,
+        let (uncompressed, digest) = match (write_err, worker) {
+            (None, Ok(Ok((uncompressed, digest, _)))) => (uncompressed, digest),
             (Some(e), _) | (None, Err(e)) | (None, Ok(Err(e))) => {
-                self.abort(ns, &reference).await;
+                writer.abort().await;
                 return Err(e);
             }
         };
@@ -332,76 +286,19 @@ impl DiffService {
         if compression != Compression::None {
             labels.insert(media::UNCOMPRESSED_LABEL.to_string(), uncompressed.clone());
         }
-        let commit = WriteContentRequest {
-            action: WriteAction::Commit as i32,
-            r#ref: reference.clone(),
-            total: size as i64,
-            offset,
-            expected: digest.clone(),
-            labels,
-            ..Default::default()
-        };
-        match writer.exchange(commit).await {
-            Ok(_) => {}
-            Err(s) if s.kind() == ErrorKind::AlreadyExists => self.abort(ns, &reference).await,
-            Err(s) => {
-                self.abort(ns, &reference).await;
-                return Err(s.context("failed to commit"));
-            }
-        }
+        // An existing blob is success (the ingest is dropped).
+        writer.commit(Some(&digest), labels).await?;
         let info: InfoResponse =
             self.host.unary(&content_call("Info", ns), &InfoRequest { digest: digest.clone() }).await?;
-        let mut info = info.info.unwrap_or_default();
+        let info = info.info.unwrap_or_default();
         // A blob that existed before without the label gets it, as containerd
         // does.
         if compression != Compression::None && !info.labels.contains_key(media::UNCOMPRESSED_LABEL) {
-            info.labels.insert(media::UNCOMPRESSED_LABEL.to_string(), uncompressed);
-            let update = UpdateRequest {
-                info: Some(info.clone()),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec![format!("labels.{}", media::UNCOMPRESSED_LABEL)],
-                }),
-            };
-            let _: UpdateResponse = self.host.unary(&content_call("Update", ns), &update).await?;
+            content.set_labels(&info.digest, &[(media::UNCOMPRESSED_LABEL.to_string(), uncompressed)]).await?;
         }
         Ok(DiffResponse {
             diff: Some(Descriptor { media_type, digest: info.digest, size: info.size, annotations: HashMap::new() }),
         })
-    }
-
-    /// Drops an ingest left by a failed Diff (best effort: it may not exist).
-    async fn abort(&self, ns: &str, reference: &str) {
-        let req = AbortRequest { r#ref: reference.to_string() };
-        let _: Result<(), Status> = self.host.unary(&content_call("Abort", ns), &req).await;
-    }
-}
-
-/// One client-side Write stream to content: each request gets its answer
-/// before the next goes.
-struct ContentWriter {
-    host: Host,
-    call: Call,
-    conn: Option<(WriteRequests, WriteResponses)>,
-}
-
-type WriteRequests = futures::channel::mpsc::Sender<Result<WriteContentRequest, Status>>;
-type WriteResponses = futures::stream::BoxStream<'static, Result<WriteContentResponse, Status>>;
-
-impl ContentWriter {
-    async fn exchange(&mut self, req: WriteContentRequest) -> Result<WriteContentResponse, Status> {
-        let closed = || Status::internal("content write stream closed");
-        match &mut self.conn {
-            Some((tx, _)) => tx.send(Ok(req)).await.map_err(|_| closed())?,
-            None => {
-                let (mut tx, rx) = futures::channel::mpsc::channel(1);
-                // Sent before connecting: the store reads it before answering.
-                tx.send(Ok(req)).await.map_err(|_| closed())?;
-                let out = self.host.streaming::<WriteContentRequest, WriteContentResponse, _>(&self.call, rx).await?;
-                self.conn = Some((tx, out));
-            }
-        }
-        let (_, out) = self.conn.as_mut().expect("connected above");
-        out.next().await.unwrap_or_else(|| Err(closed()))
     }
 }
 
