@@ -165,7 +165,8 @@ pub fn parse_hosts_file(
 
 fn host_config(file: &Path, base: &Path, url: &str, entry: HostFileEntry) -> Result<HostConfig, RegistryError> {
     let bad = |reason: String| RegistryError::HostsFile { file: file.to_path_buf(), reason };
-    let unsupported = |what: &str| RegistryError::Unsupported { what: format!("{what} (host {url:?} in {})", file.display()) };
+    let unsupported =
+        |what: &str| RegistryError::Unsupported { what: format!("{what} (host {url:?} in {})", file.display()) };
     let with_scheme = if url.starts_with("http://") || url.starts_with("https://") {
         url.to_string()
     } else {

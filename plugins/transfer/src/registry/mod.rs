@@ -468,13 +468,12 @@ impl Registry {
             Some(t) => host.by_tag(t),
             None => host.by_digest(&desc.digest),
         };
-        let content_type = reqwest::header::HeaderValue::from_str(&desc.media_type).map_err(|_| {
-            RegistryError::Unexpected {
+        let content_type =
+            reqwest::header::HeaderValue::from_str(&desc.media_type).map_err(|_| RegistryError::Unexpected {
                 target: desc.digest.clone(),
                 host: host.config.host.clone(),
                 detail: format!("media type {:?} cannot be a header", desc.media_type),
-            }
-        })?;
+            })?;
         host.client.push_manifest_raw(&reference, bytes, content_type).await.map_err(|e| target.error(e))?;
         Ok(())
     }
@@ -559,7 +558,11 @@ fn sized_stream(
                     let short = s.received < s.expected;
                     let digest_error = e.get_ref().is_some_and(|inner| inner.is::<oci_client::errors::DigestError>());
                     let err = if digest_error && !short {
-                        RegistryError::BadContent { digest: s.digest.clone(), host: s.host.clone(), detail: e.to_string() }
+                        RegistryError::BadContent {
+                            digest: s.digest.clone(),
+                            host: s.host.clone(),
+                            detail: e.to_string(),
+                        }
                     } else {
                         RegistryError::Truncated {
                             digest: s.digest.clone(),
