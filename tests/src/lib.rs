@@ -1,9 +1,12 @@
 //! Shared pieces of crated's tests and test plugins: the messages of the test
 //! service `crated.test.Echo`, written with prost derives so no protoc run
 //! is needed. The integration tests use the same types as clients. [`images`]
-//! builds the OCI and docker image archives the image tests import.
+//! builds the OCI and docker image archives the image tests import;
+//! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
+//! and push tests.
 
 pub mod images;
+pub mod registry;
 pub mod stock;
 
 /// The test service's name.

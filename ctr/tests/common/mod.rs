@@ -345,6 +345,34 @@ pub fn mask_ages(s: &str) -> String {
         .collect()
 }
 
+/// In every blank-separated word that is a comma-separated list of
+/// `key=value` labels, sort the labels (Go prints maps in random order;
+/// the same length, so columns stay put). images_parity has its own copy.
+pub fn sort_label_lists(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains(',') && word.contains('=') {
+            let mut labels: Vec<&str> = word.split(',').collect();
+            labels.sort();
+            out.push_str(&labels.join(","));
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in s.chars() {
+        if c.is_whitespace() {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 pub fn mask(s: &str) -> String {
     mask_ages(&mask_dates(&mask_log_times(s)))
 }

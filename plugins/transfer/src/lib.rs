@@ -22,6 +22,7 @@ pub mod import;
 pub mod lease;
 pub mod oci;
 pub mod progress;
+pub mod registry;
 pub mod service;
 pub mod streams;
 pub mod unpack;
