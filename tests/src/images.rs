@@ -288,8 +288,13 @@ fn outer_tar(files: BTreeMap<String, Vec<u8>>, dirs: &[&str]) -> Result<Vec<u8>,
 
 /// An OCI image layout tar as `ctr images import` takes it.
 pub fn oci_archive(options: &ImageOptions) -> Result<Archive, ImageError> {
+    oci_archive_of(options, layer_tars(options.layers)?)
+}
+
+/// An OCI image layout tar of the given uncompressed layer tars (bottom
+/// first) instead of the test layers `options.layers` names.
+pub fn oci_archive_of(options: &ImageOptions, tars: Vec<Vec<u8>>) -> Result<Archive, ImageError> {
     let mut blobs = Blobs::new();
-    let tars = layer_tars(options.layers)?;
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256_digest(t)).collect();
     let (layer_media_type, stored): (MediaType, Vec<Vec<u8>>) = match options.compression {
         Compression::Gzip => (MediaType::ImageLayerGzip, tars.iter().map(|t| gzip(t)).collect::<Result<_, _>>()?),

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The unpack benchmark: a Debian bookworm minimal root filesystem
+# (debootstrap --variant=minbase) as a single-layer OCI image (tar+gzip
+# layer), unpacked by crated and by Debian's containerd 1.6 on this machine,
+# both driven by the stock /usr/bin/ctr.
+#
+# What is timed: `ctr images import <image>` with unpacking, while the
+# image's content is already in the daemon's store (a first
+# `import --no-unpack` put it there, and blobs that exist are not written
+# again), after `ctr snapshots rm <chain id>` removed the previous run's
+# snapshot. So each run is the unpack: read the gzip layer from content,
+# decompress, apply onto a new snapshot, commit. (ctr 1.6 has no
+# `images unpack`.) Per daemon: RUNS runs (default 5), the median wall
+# time, the daemon's CPU time (utime+stime from /proc/<pid>/stat) over the
+# run of median wall time, and its peak RSS during the runs (VmHWM, reset
+# through /proc/<pid>/clear_refs before the first run).
+#
+# The root filesystem and the image are built once, cached under
+# target/bench-cache/. Daemons run on temporary roots, states and sockets,
+# and are stopped by pid; whatever is left mounted under them is unmounted.
+# Needs root. Usage: scripts/bench-unpack.sh   (RUNS=n to change the count)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+runs=${RUNS:-5}
+cache=$repo/target/bench-cache
+mirror=http://deb.debian.org/debian
+ctr=/usr/bin/ctr
+ref=docker.io/library/debian:bookworm-minbase
+ns=bench
+
+[ "$(id -u)" -eq 0 ] || { echo "bench-unpack: needs root (debootstrap, mounts)" >&2; exit 1; }
+mkdir -p "$cache"
+
+# 1. The root filesystem.
+if [ ! -d "$cache/rootfs" ]; then
+    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap
+    if ! curl -fsI --max-time 10 "$mirror/dists/bookworm/Release" >/dev/null 2>&1; then
+        # The mirror apt itself uses.
+        mirror=$(grep -rhoE '^(deb |URIs: )\s*https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
+            | grep -v security | head -1 | sed -E 's/^(deb |URIs: )\s*//')
+    fi
+    rm -rf "$cache/rootfs.partial"
+    debootstrap --variant=minbase bookworm "$cache/rootfs.partial" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+        || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+    mv "$cache/rootfs.partial" "$cache/rootfs"
+fi
+
+# 2. Binaries: release daemon and plugins; the image packer (debug: its
+# gzip and sha256 are optimised in the dev profile too).
+cargo build --release --locked -p crated -p crated-plugin-content -p crated-plugin-diff -p crated-plugin-events \
+    -p crated-plugin-metadata -p crated-plugin-snapshots
+cargo build --locked -p crated-tests --example rootfs_image --example stock_config
+
+# 3. The image.
+if [ ! -f "$cache/debian-image.tar" ] || ! grep -q "^diff_id=" "$cache/debian-image.info" 2>/dev/null; then
+    target/debug/examples/rootfs_image "$cache/rootfs" "$cache/debian-image.tar.partial" "$ref" \
+        >"$cache/debian-image.info"
+    mv "$cache/debian-image.tar.partial" "$cache/debian-image.tar"
+fi
+
+image=$cache/debian-image.tar
+info() { sed -n "s/^$1=//p" "$cache/debian-image.info"; }
+# One layer: its chain id is its diff id, the uncompressed layer's digest.
+chain_id=$(info diff_id)
+echo "image: $(info layer_compressed_bytes) bytes compressed layer, $(info layer_bytes) bytes uncompressed," \
+    "$(info entries) entries (files, directories, links)" >&2
+
+tck=$(getconf CLK_TCK)
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+now() { date +%s.%N; }
+
+tmp=$(mktemp -d /tmp/bench-unpack.XXXXXX)
+pid=""
+cleanup() {
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    fi
+    pid=""
+    # Deepest first; lazily, so a busy mount does not stop the cleanup.
+    awk -v d="$tmp" '$2 ~ "^"d { print $2 }' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
+}
+trap 'cleanup; rm -rf "$tmp"' EXIT
+
+# start <name> <socket> <command...>: starts a daemon, waits for its socket.
+start() {
+    local name=$1 sock=$2
+    shift 2
+    "$@" >"$tmp/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 300); do
+        [ -S "$sock" ] && $ctr -a "$sock" version >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$name did not start:" >&2
+    tail -20 "$tmp/$name.log" >&2
+    exit 1
+}
+
+# settle <name>: waits (up to 2 minutes) until the garbage collector has
+# removed the previous run's snapshot directory (both daemons remove a
+# snapshot's files after `snapshots rm` returns), then flushes dirty pages,
+# so that no run pays for the previous one.
+settle() {
+    local dirs
+    for _ in $(seq 600); do
+        dirs=$(find "$tmp/$1/root" -path '*overlayfs/snapshots/*' -mindepth 1 -maxdepth 4 -type d -prune 2>/dev/null | wc -l)
+        [ "$dirs" -eq 0 ] && break
+        sleep 0.2
+    done
+    [ "$dirs" -eq 0 ] || echo "$1: $dirs snapshot directories still there after 2 minutes" >&2
+    sync
+}
+
+# bench <name> <socket>: the runs against the running daemon $pid.
+declare -A wall cpu rss
+bench() {
+    local name=$1 sock=$2 c=("$ctr" -a "$2" -n "$ns")
+    "${c[@]}" images import --no-unpack "$image" >/dev/null
+    echo 5 >"/proc/$pid/clear_refs"
+    local times=() cpus=()
+    for i in $(seq "$runs"); do
+        "${c[@]}" snapshots rm "$chain_id" >/dev/null 2>&1 || true
+        settle "$name"
+        local c0 t0 t1 c1
+        c0=$(cpu_ticks "$pid")
+        t0=$(now)
+        "${c[@]}" images import "$image" >/dev/null
+        t1=$(now)
+        c1=$(cpu_ticks "$pid")
+        "${c[@]}" snapshots ls | grep -q "^$chain_id" || { echo "$name: run $i left no snapshot" >&2; exit 1; }
+        times+=("$(echo "$t1 - $t0" | bc -l)")
+        cpus+=("$(echo "($c1 - $c0) / $tck" | bc -l)")
+        printf '%s run %d: %.3f s wall, %.2f s daemon CPU\n' "$name" "$i" "${times[-1]}" "${cpus[-1]}" >&2
+    done
+    # The median run (by wall time), and its CPU time.
+    local mid
+    mid=$(for i in "${!times[@]}"; do echo "${times[$i]} $i"; done | sort -n | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
+    wall[$name]=${times[$mid]}
+    cpu[$name]=${cpus[$mid]}
+    rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
+}
+
+# 4. crated: the release daemon with the release plugins (target/release/*.so).
+mkdir -p "$tmp/crated/plugins"
+for so in content diff events metadata snapshots; do
+    cp "target/release/libcrated_plugin_$so.so" "$tmp/crated/plugins/"
+done
+cat >"$tmp/crated/config.toml" <<TOML
+version = 2
+root = "$tmp/crated/root"
+state = "$tmp/crated/state"
+plugin_dir = "$tmp/crated/plugins"
+[grpc]
+address = "$tmp/crated/crated.sock"
+[debug]
+level = "warn"
+TOML
+start crated "$tmp/crated/crated.sock" target/release/crated -c "$tmp/crated/config.toml"
+bench crated "$tmp/crated/crated.sock"
+cleanup
+
+# 5. containerd: Debian's, on the tests' stock layout (CRI disabled).
+mkdir -p "$tmp/containerd"
+target/debug/examples/stock_config "$tmp/containerd" >"$tmp/containerd/config.toml"
+start containerd "$tmp/containerd/c.sock" /usr/bin/containerd -c "$tmp/containerd/config.toml"
+bench containerd "$tmp/containerd/c.sock"
+cleanup
+
+printf '\nunpack of %s (%s bytes gzip, %s entries), median of %d runs\n' "$ref" "$(info layer_compressed_bytes)" \
+    "$(info entries)" "$runs"
+printf '%-12s %10s %12s %14s\n' daemon "wall (s)" "CPU (s)" "peak RSS (MiB)"
+for d in crated containerd; do
+    printf '%-12s %10.3f %12.2f %14.1f\n' "$d" "${wall[$d]}" "${cpu[$d]}" "$(echo "${rss[$d]} / 1024" | bc -l)"
+done
+printf '%-12s %10.2f %12.2f %14.2f\n' crated/ctrd "$(echo "${wall[crated]} / ${wall[containerd]}" | bc -l)" \
+    "$(echo "${cpu[crated]} / ${cpu[containerd]}" | bc -l)" "$(echo "${rss[crated]} / ${rss[containerd]}" | bc -l)"

@@ -1,0 +1,43 @@
+//! Packs a root filesystem directory into a single-layer OCI image tar (a
+//! gzip layer, config with its diff id, manifest, index) with the test image
+//! builders, for `scripts/bench-unpack.sh`. Prints what it built:
+//! `layer_compressed_bytes`, `layer_bytes`, `entries`, `archive_bytes`,
+//! `target`, `diff_id` (`key=value` lines).
+//!
+//! Usage: rootfs_image <rootfs dir> <out.tar> <ref name>
+
+use std::path::Path;
+
+use crated_tests::images::{oci_archive_of, Compression, ImageOptions, Layers, Platforms};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, rootfs, out, ref_name] = args.as_slice() else {
+        return Err("usage: rootfs_image <rootfs dir> <out.tar> <ref name>".into());
+    };
+    let mut builder = tar::Builder::new(Vec::new());
+    // Symlinks stay symlinks; owners, modes and mtimes are kept.
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", Path::new(rootfs))?;
+    let layer = builder.into_inner()?;
+    let entries = tar::Archive::new(layer.as_slice()).entries()?.count();
+    let options = ImageOptions {
+        ref_name: Some(ref_name.clone()),
+        compression: Compression::Gzip,
+        layers: Layers::Rootfs,
+        platforms: Platforms::Amd64,
+    };
+    let layer_bytes = layer.len();
+    let archive = oci_archive_of(&options, vec![layer])?;
+    std::fs::write(out, &archive.tar)?;
+    let layer_digest = &archive.layers[0];
+    let files = crated_tests::images::tar_files(&archive.tar)?;
+    let stored = files.get(&format!("blobs/sha256/{}", layer_digest.trim_start_matches("sha256:"))).map_or(0, Vec::len);
+    println!("layer_compressed_bytes={stored}");
+    println!("layer_bytes={layer_bytes}");
+    println!("entries={entries}");
+    println!("archive_bytes={}", archive.tar.len());
+    println!("target={}", archive.target);
+    println!("diff_id={}", archive.diff_ids[0]);
+    Ok(())
+}
