@@ -149,7 +149,11 @@ pub async fn send_stream<R: AsyncRead + Unpin>(stream: &mut AnyStream, mut reade
         let max = (remaining as usize).min(MAX_CHUNK);
         let n = reader.read(&mut buf[..max]).await?;
         if n == 0 {
+            // Half-close, then read until the daemon ends the stream:
+            // dropping our receiving side now would reset the HTTP/2
+            // stream, and the last chunks still queued would be lost.
             stream.close_send();
+            while let Some(_update) = stream.recv().await? {}
             return Ok(sent);
         }
         remaining -= n as i64;

@@ -3,9 +3,6 @@
 //! export it, remove it, re-import the export and get the same digests;
 //! names from --base-name/--digests/--index-name; plain progress lines
 //! when stdout is not a terminal; a corrupt archive fails naming the blob.
-//!
-//! These need the daemon's transfer plugin, which another branch adds:
-//! they are ignored until the lead merges it.
 
 mod common;
 
@@ -21,7 +18,6 @@ fn assert_ok(out: &str) {
 }
 
 #[test]
-#[ignore = "needs the transfer plugin (merged by the lead)"]
 fn import_export_round_trip() {
     let archive = oci_archive(&ImageOptions { layers: Layers::WithWhiteouts, ..Default::default() }).unwrap();
     let dir = tempfile::Builder::new().prefix("ctr-transfer-").tempdir().unwrap();
@@ -68,7 +64,6 @@ fn import_export_round_trip() {
 }
 
 #[test]
-#[ignore = "needs the transfer plugin (merged by the lead)"]
 fn import_names() {
     let unnamed = oci_archive(&ImageOptions { ref_name: None, ..Default::default() }).unwrap();
     let dir = tempfile::Builder::new().prefix("ctr-transfer-").tempdir().unwrap();
@@ -88,7 +83,6 @@ fn import_names() {
 }
 
 #[test]
-#[ignore = "needs the transfer plugin (merged by the lead)"]
 fn corrupt_archive_fails_naming_the_blob() {
     let archive = oci_archive(&ImageOptions::default()).unwrap();
     let corrupt = with_corrupted_blob(&archive, &archive.layers[0]).unwrap();
