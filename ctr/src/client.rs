@@ -231,21 +231,6 @@ fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
-/// Go's text for a socket error: `connect: connection refused` etc.
-fn go_errno_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    // Rust appends " (os error N)"; Go's strerror texts start lower case.
-    let s = match s.rfind(" (os error ") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    };
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => s,
-    }
-}
-
 /// Dial the socket, retrying while it does not exist.
 async fn dial(address: &str, deadline: Instant) -> Result<UnixStream, String> {
     let path = socket_path(address);
@@ -257,7 +242,7 @@ async fn dial(address: &str, deadline: Instant) -> Result<UnixStream, String> {
                 Err(e) => {
                     return Err(format!(
                         "connection error: desc = \"transport: error while dialing: dial unix {path}: connect: {}\"",
-                        go_errno_text(&e)
+                        crate::errdefs::os_text(&e)
                     ))
                 }
             }
@@ -315,9 +300,9 @@ mod tests {
     #[test]
     fn errno_text_like_go() {
         let e = io::Error::from_raw_os_error(111);
-        assert_eq!(go_errno_text(&e), "connection refused");
+        assert_eq!(crate::errdefs::os_text(&e), "connection refused");
         let e = io::Error::from_raw_os_error(13);
-        assert_eq!(go_errno_text(&e), "permission denied");
+        assert_eq!(crate::errdefs::os_text(&e), "permission denied");
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn all(mounts: &[Mount], target: &Path) -> anyhow::Result<()> {
                 m.source,
                 target.display(),
                 m.r#type,
-                errno_text(&e)
+                crate::errdefs::os_text(&e)
             )
         })?;
     }
@@ -92,20 +92,9 @@ pub fn unmount_all(target: &Path) -> anyhow::Result<()> {
             Ok(()) => continue,
             Err(rustix::io::Errno::INVAL) => return Ok(()),
             Err(e) => {
-                anyhow::bail!("unmount {}: {}", target.display(), errno_text(&io::Error::from(e)))
+                anyhow::bail!("unmount {}: {}", target.display(), crate::errdefs::os_text(&io::Error::from(e)))
             }
         }
-    }
-}
-
-/// The lower-case errno text Go prints (`device or resource busy`).
-fn errno_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    let s = s.rfind(" (os error ").map_or(s.as_str(), |i| &s[..i]).to_string();
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => s,
     }
 }
 

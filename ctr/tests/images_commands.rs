@@ -12,30 +12,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::*;
 use crated_tests::images::{docker_archive, oci_archive, ImageOptions, Layers, Platforms};
-
-/// Undoes `ctr images mount` on drop: stock `images unmount --rm`, then a
-/// lazy unmount.
-struct MountGuard {
-    sock: PathBuf,
-    target: PathBuf,
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(STOCK_CTR)
-            .arg("-a")
-            .arg(&self.sock)
-            .args(["images", "unmount", "--rm"])
-            .arg(&self.target)
-            .output();
-        let _ = Command::new("umount").arg("-l").arg(&self.target).output();
-    }
-}
 
 fn write_archives(dir: &Path) {
     let whiteouts = oci_archive(&ImageOptions { layers: Layers::WithWhiteouts, ..Default::default() }).unwrap();
@@ -165,29 +145,13 @@ fn transcript(tag: &str, ours: bool) -> Vec<String> {
     out.iter().map(|o| mask(&o.replace(&a, "{A}").replace(&m, "{M}").replace(&dir, "DIR"))).collect()
 }
 
-/// Labels are printed in Go's random map order: sort them per word.
-fn sort_labels(s: &str) -> String {
-    s.split_inclusive(|c: char| c.is_whitespace())
-        .map(|w| {
-            let (word, ws) = w.split_at(w.trim_end().len());
-            if word.contains(',') && word.contains('=') {
-                let mut l: Vec<&str> = word.split(',').collect();
-                l.sort();
-                format!("{}{ws}", l.join(","))
-            } else {
-                w.to_string()
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn images_commands_match_stock_ctr() {
     let stock = std::thread::spawn(|| transcript("imgcmd-stock", false));
     let ours = transcript("imgcmd-ours", true);
     let stock = stock.join().expect("stock run panicked");
-    let stock: Vec<String> = stock.iter().map(|s| sort_labels(s)).collect();
-    let ours: Vec<String> = ours.iter().map(|s| sort_labels(s)).collect();
+    let stock: Vec<String> = stock.iter().map(|s| sort_label_lists(s)).collect();
+    let ours: Vec<String> = ours.iter().map(|s| sort_label_lists(s)).collect();
     // The sequence did what it says (on the stock side).
     let all = stock.concat();
     for needle in [
@@ -251,7 +215,7 @@ fn unpack_and_usage() {
             }
         }
         let outputs: Vec<String> =
-            inspect.iter().map(|s| sort_labels(&mask(&run(STOCK_CTR, &sock, &step(s))))).collect();
+            inspect.iter().map(|s| sort_label_lists(&mask(&run(STOCK_CTR, &sock, &step(s))))).collect();
         if ours {
             // Usage: each key's line is what `snapshots usage` reports, and
             // each next key is the previous one's parent.

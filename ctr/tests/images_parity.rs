@@ -23,8 +23,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::*;
 use crated_tests::images::{
@@ -83,26 +82,6 @@ impl Archives {
 
     fn path(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-/// Undoes `ctr images mount` on drop, even when the test fails first:
-/// `ctr images unmount --rm`, then a lazy unmount in case the daemon is
-/// gone or refused.
-struct MountGuard {
-    sock: PathBuf,
-    target: PathBuf,
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(STOCK_CTR)
-            .arg("-a")
-            .arg(&self.sock)
-            .args(["images", "unmount", "--rm"])
-            .arg(&self.target)
-            .output();
-        let _ = Command::new("umount").arg("-l").arg(&self.target).output();
     }
 }
 
@@ -289,33 +268,6 @@ fn describe_export(path: &Path, several_images: bool) -> String {
     out
 }
 
-/// In every blank-separated word that is a comma-separated list of
-/// `key=value` labels, sort the labels (same length, so columns stay put).
-fn sort_labels(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.contains(',') && word.contains('=') {
-            let mut labels: Vec<&str> = word.split(',').collect();
-            labels.sort();
-            out.push_str(&labels.join(","));
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    for c in s.chars() {
-        if c.is_whitespace() {
-            flush(&mut word, &mut out);
-            out.push(c);
-        } else {
-            word.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
 /// `import-YYYY-MM-DD` (ctr's default base name, today's date) ->
 /// `import-DATE`.
 fn mask_import_date(s: &str) -> String {
@@ -403,7 +355,7 @@ fn transcript(tag: &str, server: Server) -> Vec<String> {
         .iter()
         .map(|o| {
             let o = o.replace(&a, "{A}").replace(&m, "{M}").replace(&dir, "DIR");
-            mask(&sort_labels(&mask_extract_keys(&mask_import_date(&o))))
+            mask(&sort_label_lists(&mask_extract_keys(&mask_import_date(&o))))
         })
         .collect()
 }
@@ -501,7 +453,7 @@ fn images_parity_against_crated() {
 
 #[test]
 fn masking_labels_and_import_dates() {
-    assert_eq!(sort_labels("x\tb=2,a=1 c\n-\tk=v\n"), "x\ta=1,b=2 c\n-\tk=v\n");
+    assert_eq!(sort_label_lists("x\tb=2,a=1 c\n-\tk=v\n"), "x\ta=1,b=2 c\n-\tk=v\n");
     assert_eq!(
         mask_import_date("unpacking import-2026-12-01:latest and import-2026-12-01@sha256:ab import-x"),
         "unpacking import-DATE:latest and import-DATE@sha256:ab import-x"

@@ -480,14 +480,7 @@ async fn read_chunk(mut input: Input, mut buf: Vec<u8>) -> (Input, Vec<u8>, io::
 
 /// Go's error text for an OS error on stdin (`read /dev/stdin: ...`).
 fn stdin_error(op: &str, e: &io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error ").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    let s: String = match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    };
-    format!("{op} /dev/stdin: {s}")
+    format!("{op} /dev/stdin: {}", crate::errdefs::os_text(e))
 }
 
 /// Stdin, positioned at `offset` (resuming an ingest), as Go's `seekReader`

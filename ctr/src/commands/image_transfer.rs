@@ -395,7 +395,11 @@ pub async fn import(global: &GlobalArgs, args: ImportArgs) -> anyhow::Result<()>
     let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input == "-" {
         Box::new(tokio::io::stdin())
     } else {
-        Box::new(tokio::fs::File::open(&input).await.map_err(|e| anyhow::anyhow!("open {input}: {}", io_text(&e)))?)
+        Box::new(
+            tokio::fs::File::open(&input)
+                .await
+                .map_err(|e| anyhow::anyhow!("open {input}: {}", crate::errdefs::os_text(&e)))?,
+        )
     };
     let id = transfer::generate_id("import");
     let mut stream = transfer::open_stream(&client, &id).await?;
@@ -423,7 +427,11 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()>
     let writer: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if out == "-" {
         Box::new(tokio::io::stdout())
     } else {
-        Box::new(tokio::fs::File::create(out).await.map_err(|e| anyhow::anyhow!("open {out}: {}", io_text(&e)))?)
+        Box::new(
+            tokio::fs::File::create(out)
+                .await
+                .map_err(|e| anyhow::anyhow!("open {out}: {}", crate::errdefs::os_text(&e)))?,
+        )
     };
     let id = transfer::generate_id("export");
     let mut stream = transfer::open_stream(&client, &id).await?;
@@ -455,17 +463,6 @@ pub async fn export(global: &GlobalArgs, args: ExportArgs) -> anyhow::Result<()>
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// Go's text for an I/O error (`no such file or directory`).
-fn io_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.rfind(" (os error ").map_or(s.as_str(), |i| &s[..i]).to_string();
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => s,
     }
 }
 

@@ -183,18 +183,8 @@ fn delete_cgroup(name: &str) -> Result<(), (bool, anyhow::Error)> {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) if e.raw_os_error() == Some(20) => {} // ENOTDIR: not a hierarchy
-            Err(e) => return Err((false, anyhow::anyhow!("rmdir {}: {}", d.display(), go_err_text(&e)))),
+            Err(e) => return Err((false, anyhow::anyhow!("rmdir {}: {}", d.display(), crate::errdefs::os_text(&e)))),
         }
     }
     Ok(())
-}
-
-fn go_err_text(e: &io::Error) -> String {
-    let s = e.to_string();
-    let s = s.split(" (os error ").next().unwrap_or(&s).to_string();
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_lowercase().chain(c).collect(),
-        None => s,
-    }
 }

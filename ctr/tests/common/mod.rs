@@ -347,7 +347,7 @@ pub fn mask_ages(s: &str) -> String {
 
 /// In every blank-separated word that is a comma-separated list of
 /// `key=value` labels, sort the labels (Go prints maps in random order;
-/// the same length, so columns stay put). images_parity has its own copy.
+/// the same length, so columns stay put).
 pub fn sort_label_lists(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut word = String::new();
@@ -402,4 +402,24 @@ pub fn assert_same(left_name: &str, left: &[String], right_name: &str, right: &[
         .collect();
     assert!(diffs.is_empty(), "{} steps differ:\n{}", diffs.len(), diffs.join("\n"));
     assert_eq!(left.len(), right.len());
+}
+
+/// Undoes `ctr images mount` on drop, even when the test fails first:
+/// stock `ctr images unmount --rm`, then a lazy unmount in case the daemon
+/// is gone or refused.
+pub struct MountGuard {
+    pub sock: PathBuf,
+    pub target: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(STOCK_CTR)
+            .arg("-a")
+            .arg(&self.sock)
+            .args(["images", "unmount", "--rm"])
+            .arg(&self.target)
+            .output();
+        let _ = Command::new("umount").arg("-l").arg(&self.target).output();
+    }
 }

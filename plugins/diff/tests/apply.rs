@@ -4,6 +4,8 @@
 //! `apply_fuzz.rs`.)
 //! Runs as root (ownership, device nodes, trusted xattrs).
 
+mod sandbox;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -22,18 +24,6 @@ enum E<'a> {
     Fifo(&'a str),
     /// A regular file with PAX xattrs.
     XattrFile(&'a str, &'a str, &'a [u8]),
-}
-
-fn pax(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = format!(" {key}=").len() + value.len() + 1;
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut v = format!("{len} {key}=").into_bytes();
-    v.extend_from_slice(value);
-    v.push(b'\n');
-    v
 }
 
 /// A tar of `entries`, names written raw (no normalisation by the builder).
@@ -62,7 +52,13 @@ fn layer(entries: &[E]) -> Vec<u8> {
             E::Link(n, t) => push(tar::EntryType::Link, n, t, 0o644, b""),
             E::Fifo(n) => push(tar::EntryType::Fifo, n, "", 0o600, b""),
             E::XattrFile(n, k, v) => {
-                push(tar::EntryType::XHeader, "PaxHeaders/x", "", 0o644, &pax(&format!("SCHILY.xattr.{k}"), v));
+                push(
+                    tar::EntryType::XHeader,
+                    "PaxHeaders/x",
+                    "",
+                    0o644,
+                    &sandbox::pax_record(&format!("SCHILY.xattr.{k}"), v),
+                );
                 push(tar::EntryType::Regular, n, "", 0o644, b"x");
             }
         }
