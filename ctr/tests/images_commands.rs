@@ -99,26 +99,6 @@ fn steps() -> Vec<Op> {
     ]
 }
 
-fn list_dir(dir: &Path) -> String {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                match std::fs::symlink_metadata(e.path()) {
-                    Ok(m) if m.file_type().is_symlink() => format!("{name} -> symlink"),
-                    Ok(m) if m.is_dir() => format!("{name}/"),
-                    Ok(m) => format!("{name} ({} bytes)", m.len()),
-                    Err(e) => format!("{name}: {e}"),
-                }
-            })
-            .collect(),
-        Err(e) => return format!("error: {}\n", e.kind()),
-    };
-    names.sort();
-    names.into_iter().map(|n| n + "\n").collect()
-}
-
 /// Run the sequence on a fresh crated; `ours` runs the `Both` steps with
 /// our ctr. The masked outputs.
 fn transcript(tag: &str, ours: bool) -> Vec<String> {

@@ -215,29 +215,6 @@ fn steps() -> Vec<Op> {
     ]
 }
 
-/// What a mount target holds, for `Op::Ls`.
-fn list_dir(dir: &Path) -> String {
-    let mut names: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                match std::fs::symlink_metadata(e.path()) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        format!("{name} -> {}", std::fs::read_link(e.path()).unwrap().display())
-                    }
-                    Ok(m) if m.is_dir() => format!("{name}/"),
-                    Ok(m) => format!("{name} ({} bytes)", m.len()),
-                    Err(e) => format!("{name}: {e}"),
-                }
-            })
-            .collect(),
-        Err(e) => return format!("error: {}\n", e.kind()),
-    };
-    names.sort();
-    names.into_iter().map(|n| n + "\n").collect()
-}
-
 /// An exported archive: its digest (ctr writes it deterministically) and
 /// the digest of each file in it.
 fn describe_export(path: &Path, several_images: bool) -> String {

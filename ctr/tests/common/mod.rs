@@ -423,3 +423,27 @@ impl Drop for MountGuard {
         let _ = Command::new("umount").arg("-l").arg(&self.target).output();
     }
 }
+
+/// What a mount target holds: one line per entry, sorted, with `/` after
+/// directories and symlinks shown with their targets.
+pub fn list_dir(dir: &Path) -> String {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match std::fs::symlink_metadata(e.path()) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        format!("{name} -> {}", std::fs::read_link(e.path()).unwrap().display())
+                    }
+                    Ok(m) if m.is_dir() => format!("{name}/"),
+                    Ok(m) => format!("{name} ({} bytes)", m.len()),
+                    Err(e) => format!("{name}: {e}"),
+                }
+            })
+            .collect(),
+        Err(e) => return format!("error: {}\n", e.kind()),
+    };
+    names.sort();
+    names.into_iter().map(|n| n + "\n").collect()
+}
