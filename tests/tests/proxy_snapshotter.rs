@@ -6,7 +6,9 @@
 //!   reached through the proxy forwarding, `Unavailable` (naming its
 //!   address) while down or killed, with the daemon serving on, and reached
 //!   again once it is back;
-//! - run as the same proxy for a stock containerd 1.6.
+//! - run as the same proxy for a stock containerd 1.6;
+//! - the target of an image unpack, by the daemon's transfer plugin and by
+//!   the stock ctr.
 //!
 //! crated's socket reaches a snapshotter through the metadata plugin's
 //! namespaced Snapshots service, as a user's would, so the stock
@@ -24,8 +26,10 @@ use std::{
 
 use common::{stderr, stdout, unary, Daemon, Setup, StockContainerd};
 use containerd_client::services::v1::snapshots::{
-    PrepareSnapshotRequest, PrepareSnapshotResponse, StatSnapshotRequest, StatSnapshotResponse,
+    PrepareSnapshotRequest, PrepareSnapshotResponse, StatSnapshotRequest, StatSnapshotResponse, ViewSnapshotRequest,
+    ViewSnapshotResponse,
 };
+use crated_plugin_api::mount::MountedDir;
 use tonic::Code;
 
 const LIBRARY: &str = "libsnapshotter_example.so";
@@ -33,6 +37,7 @@ const LIBRARY: &str = "libsnapshotter_example.so";
 const STACK: &[&str] = &["content", "metadata", "events"];
 const STAT: &str = "/containerd.services.snapshots.v1.Snapshots/Stat";
 const PREPARE: &str = "/containerd.services.snapshots.v1.Snapshots/Prepare";
+const VIEW: &str = "/containerd.services.snapshots.v1.Snapshots/View";
 
 /// `target/out-of-tree/debug` with the example built, once per process.
 fn built() -> &'static Path {
@@ -291,4 +296,64 @@ async fn example_snapshotter_proxy_conforms() {
     let config = format!("[proxy_plugins.ex]\ntype = \"snapshot\"\naddress = {:?}\n", socket.display().to_string());
     let d = Setup::new(&[]).with_real_plugins(STACK).extra(&config).start();
     crated_snapshot_conformance::assert_conforms(&conformance_target(&d, "ex"), &[]).await;
+}
+
+/// Images unpack into the out-of-tree snapshotter like into a built-in one:
+/// through the daemon's transfer plugin (our `ctr images import`) and
+/// client-side (stock ctr 1.6, which drives Diff and Snapshots itself).
+/// Both leave the layers committed under their chain IDs in the example's
+/// store, and `images check` reports the image unpacked there.
+#[tokio::test]
+async fn images_unpack_into_the_example_snapshotter() {
+    use crated_tests::images::{chain_ids, oci_archive, ImageOptions, Layers};
+
+    let setup = Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "diff", "transfer"]);
+    std::fs::copy(built().join(LIBRARY), setup.plugin_dir().join(LIBRARY)).unwrap();
+    let d = setup.start();
+    assert_listed_ok(&d, "example");
+    let archive = oci_archive(&ImageOptions { layers: Layers::WithWhiteouts, ..Default::default() }).unwrap();
+    let tar = d.setup.path().join("image.tar");
+    std::fs::write(&tar, &archive.tar).unwrap();
+    let tar = tar.to_str().unwrap();
+    let ok = |out: Output, what: &str| {
+        assert!(out.status.success(), "{what}: {}\n{}", stderr(&out), d.log());
+        stdout(&out)
+    };
+
+    let committed = |ls: &str| -> Vec<String> {
+        let mut committed: Vec<String> =
+            snapshot_rows(ls).into_iter().filter(|(_, _, kind)| kind == "Committed").map(|(k, _, _)| k).collect();
+        committed.sort();
+        committed
+    };
+    let mut expected = chain_ids(&archive.diff_ids);
+    let expected_top = expected.last().cloned().unwrap();
+    expected.sort();
+
+    // Through the transfer plugin, in the "one" namespace.
+    ok(d.ctr(&["-n", "one", "images", "import", "--snapshotter", "example", tar]), "our ctr import");
+    let ls = ok(d.stock_ctr(&["-n", "one", "snapshots", "--snapshotter", "example", "ls"]), "snapshots ls");
+    assert_eq!(committed(&ls), expected, "{ls}");
+    let check = ok(d.stock_ctr(&["-n", "one", "images", "check", "--snapshotter", "example"]), "check");
+    assert!(check.lines().skip(1).all(|l| l.trim_end().ends_with("true")), "{check}");
+
+    // Client-side, by the stock ctr, in the "two" namespace.
+    ok(d.stock_ctr(&["-n", "two", "images", "import", "--snapshotter", "example", tar]), "stock ctr import");
+    let ls = ok(d.stock_ctr(&["-n", "two", "snapshots", "--snapshotter", "example", "ls"]), "snapshots ls");
+    assert_eq!(committed(&ls), expected, "{ls}");
+
+    // The unpacked top layer holds busybox, and the whited-out file is gone.
+    let view = ViewSnapshotRequest {
+        snapshotter: "example".into(),
+        key: "check".into(),
+        parent: expected_top.clone(),
+        ..Default::default()
+    };
+    let ch = d.channel().await;
+    let v: ViewSnapshotResponse = unary(&ch, VIEW, Some("two"), view).await.unwrap();
+    let parent = d.setup.path().join("mnt");
+    std::fs::create_dir_all(&parent).unwrap();
+    let mounted = MountedDir::mount_all(&parent, &v.mounts).unwrap();
+    assert!(mounted.path().join("bin/busybox").is_file(), "{}", mounted.path().display());
+    assert!(!mounted.path().join("etc/motd").exists(), "the whiteout is applied");
 }
