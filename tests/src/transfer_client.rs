@@ -4,10 +4,12 @@
 //! `Data` chunks), progress collection, credentials answered on an auth
 //! stream, and the `Transfer` call itself.
 
+use std::collections::HashMap;
+
 use containerd_client::{
     services::v1::{
-        streaming_client::StreamingClient, transfer_client::TransferClient, StreamInit, TransferOptions,
-        TransferRequest,
+        content_client::ContentClient, images_client::ImagesClient, streaming_client::StreamingClient,
+        transfer_client::TransferClient, InfoRequest, ListImagesRequest, StreamInit, TransferOptions, TransferRequest,
     },
     types::transfer::{
         AuthRequest, AuthResponse, AuthType, Data, ImageImportStream, ImageStore, Progress, WindowUpdate,
@@ -181,6 +183,18 @@ pub async fn import(
     assert!(largest <= MAX_CHUNK);
     let events = progress.await.unwrap();
     result.map(|_| events)
+}
+
+/// The images of `ns`: name to target digest.
+pub async fn images(ch: &Channel, ns: &str) -> HashMap<String, String> {
+    let r = ImagesClient::new(ch.clone()).list(with_ns(ListImagesRequest::default(), ns)).await.unwrap();
+    r.into_inner().images.into_iter().map(|i| (i.name, i.target.unwrap().digest)).collect()
+}
+
+/// The labels of the blob `digest` in `ns`.
+pub async fn labels(ch: &Channel, ns: &str, digest: &str) -> HashMap<String, String> {
+    let r = ContentClient::new(ch.clone()).info(with_ns(InfoRequest { digest: digest.into() }, ns)).await.unwrap();
+    r.into_inner().info.unwrap().labels
 }
 
 /// Events of a list of progress messages, for assertions.

@@ -8,13 +8,12 @@
 
 mod common;
 
-use std::{collections::HashMap, fs, path::PathBuf};
+use std::{fs, path::PathBuf};
 
 use common::{unary, Daemon, Setup};
 use containerd_client::{
-    services::v1::{
-        snapshots::{Kind, StatSnapshotRequest, StatSnapshotResponse, ViewSnapshotRequest, ViewSnapshotResponse},
-        InfoRequest, InfoResponse, ListImagesRequest, ListImagesResponse,
+    services::v1::snapshots::{
+        Kind, StatSnapshotRequest, StatSnapshotResponse, ViewSnapshotRequest, ViewSnapshotResponse,
     },
     types::{
         transfer::{
@@ -25,18 +24,17 @@ use containerd_client::{
 };
 use crated_plugin_api::mount::MountedDir;
 use crated_tests::images::{
-    docker_archive, oci_archive, sha256_digest, with_corrupted_blob, Archive, ImageOptions, Layers,
+    chain_ids, docker_archive, oci_archive, sha256_digest, with_corrupted_blob, Archive, ImageOptions, Layers,
 };
 use crated_tests::transfer_client::{
-    events, import, open_stream, pack, receive_bytes, transfer, unique_id, unpack, ClientStream, MAX_CHUNK,
+    events, images, import, labels, open_stream, pack, receive_bytes, transfer, unique_id, unpack, ClientStream,
+    MAX_CHUNK,
 };
 use prost::Name;
 use prost_types::Any;
 use tonic::{transport::Channel, Code};
 
 const SN: &str = "/containerd.services.snapshots.v1.Snapshots";
-const CONTENT: &str = "/containerd.services.content.v1.Content";
-const IMAGES: &str = "/containerd.services.images.v1.Images";
 
 fn daemon() -> Daemon {
     Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer"]).start()
@@ -68,31 +66,6 @@ async fn export(ch: &Channel, ns: &str, names: &[&str], skip_docker: bool) -> Ve
     let destination = ImageExportStream { stream: id, skip_compatibility_manifest: skip_docker, ..Default::default() };
     transfer(ch, ns, pack(&source), pack(&destination), "").await.expect("export");
     receiver.await.unwrap()
-}
-
-async fn images(ch: &Channel, ns: &str) -> HashMap<String, String> {
-    let r: ListImagesResponse =
-        unary(ch, &format!("{IMAGES}/List"), Some(ns), ListImagesRequest::default()).await.unwrap();
-    r.images.into_iter().map(|i| (i.name, i.target.unwrap().digest)).collect()
-}
-
-async fn labels(ch: &Channel, ns: &str, digest: &str) -> HashMap<String, String> {
-    let r: InfoResponse =
-        unary(ch, &format!("{CONTENT}/Info"), Some(ns), InfoRequest { digest: digest.into() }).await.unwrap();
-    r.info.unwrap().labels
-}
-
-/// Chain IDs of diff IDs, computed here independently of the plugin.
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(p) => sha256_digest(format!("{p} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

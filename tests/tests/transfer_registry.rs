@@ -9,29 +9,22 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use common::{unary, Daemon, Setup};
 use containerd_client::{
-    services::v1::{
-        snapshots::{Kind, StatSnapshotRequest, StatSnapshotResponse},
-        InfoRequest, InfoResponse, ListImagesRequest, ListImagesResponse,
-    },
+    services::v1::snapshots::{Kind, StatSnapshotRequest, StatSnapshotResponse},
     types::{
         transfer::{ImageReference, ImageStore, OciRegistry, Progress, RegistryResolver, UnpackConfiguration},
         Platform,
     },
 };
-use crated_tests::images::{oci_archive, sha256_digest, Archive, ImageOptions};
+use crated_tests::images::{chain_ids, oci_archive, Archive, ImageOptions};
 use crated_tests::registry::{FaultProxy, Registry};
 use crated_tests::transfer_client::{
-    collect_progress, events, import, open_stream, pack, serve_credentials, transfer, unique_id,
+    collect_progress, events, images, import, labels, open_stream, pack, serve_credentials, transfer, unique_id,
 };
 use tonic::{transport::Channel, Code};
 
 const SN: &str = "/containerd.services.snapshots.v1.Snapshots";
-const CONTENT: &str = "/containerd.services.content.v1.Content";
-const IMAGES: &str = "/containerd.services.images.v1.Images";
 
 fn daemon() -> Daemon {
     Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer"]).start()
@@ -123,31 +116,6 @@ async fn import_image(ch: &Channel, ns: &str, name: &str, archive: &Archive) -> 
     };
     import(ch, ns, archive.tar.clone(), store).await.expect("import");
     format!("docker.io/library/{name}:latest")
-}
-
-async fn images(ch: &Channel, ns: &str) -> HashMap<String, String> {
-    let r: ListImagesResponse =
-        unary(ch, &format!("{IMAGES}/List"), Some(ns), ListImagesRequest::default()).await.unwrap();
-    r.images.into_iter().map(|i| (i.name, i.target.unwrap().digest)).collect()
-}
-
-async fn labels(ch: &Channel, ns: &str, digest: &str) -> HashMap<String, String> {
-    let r: InfoResponse =
-        unary(ch, &format!("{CONTENT}/Info"), Some(ns), InfoRequest { digest: digest.into() }).await.unwrap();
-    r.info.unwrap().labels
-}
-
-/// Chain IDs of diff IDs, computed here independently of the plugin.
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(p) => sha256_digest(format!("{p} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
 }
 
 async fn snapshot_committed(ch: &Channel, ns: &str, key: &str) -> bool {
