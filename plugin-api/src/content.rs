@@ -117,8 +117,33 @@ impl ContentClient {
             reference: reference.to_string(),
             conn: None,
             offset: 0,
-            hash: Sha256::new(),
+            hash: Some(Sha256::new()),
+            store_digest: String::new(),
         }
+    }
+
+    /// Opens the ingest `reference` for the blob `expected` of `total`
+    /// bytes, as containerd's `content.OpenWriter` with a descriptor: what
+    /// an earlier writer of the same reference left (an interrupted
+    /// download) is kept, and [`BlobWriter::offset`] says where to go on
+    /// from. `AlreadyExists` if the blob is in content already.
+    pub async fn resume(&self, reference: &str, expected: &str, total: u64) -> Result<BlobWriter, Status> {
+        let mut w = self.writer(reference);
+        let stat = WriteContentRequest {
+            action: WriteAction::Stat as i32,
+            r#ref: reference.to_string(),
+            total: total as i64,
+            expected: expected.to_string(),
+            ..Default::default()
+        };
+        let resp = w.exchange(stat).await?;
+        w.offset = u64::try_from(resp.offset).unwrap_or(0);
+        if w.offset > 0 {
+            // The bytes already there were hashed by the store, not here.
+            w.hash = None;
+            w.store_digest = resp.digest;
+        }
+        Ok(w)
     }
 
     /// Writes a small blob in one go; an existing blob is success.
@@ -162,7 +187,10 @@ pub struct BlobWriter {
     reference: String,
     conn: Option<(WriteRequests, WriteResponses)>,
     offset: u64,
-    hash: Sha256,
+    /// The digest of what this writer wrote; `None` for a resumed ingest,
+    /// whose digest only the store knows (`store_digest`).
+    hash: Option<Sha256>,
+    store_digest: String,
 }
 
 impl BlobWriter {
@@ -197,7 +225,9 @@ impl BlobWriter {
         if data.is_empty() {
             return Ok(());
         }
-        self.hash.update(&data);
+        if let Some(h) = &mut self.hash {
+            h.update(&data);
+        }
         let len = data.len() as u64;
         let req = WriteContentRequest {
             action: WriteAction::Write as i32,
@@ -206,14 +236,19 @@ impl BlobWriter {
             data,
             ..Default::default()
         };
-        self.exchange(req).await?;
+        let resp = self.exchange(req).await?;
         self.offset += len;
+        self.store_digest = resp.digest;
         Ok(())
     }
 
-    /// The digest of what was written so far.
+    /// The digest of what was written so far (for a resumed ingest, as the
+    /// store computed it over the whole ingest).
     pub fn digest(&self) -> String {
-        sha256_digest(self.hash.clone())
+        match &self.hash {
+            Some(h) => sha256_digest(h.clone()),
+            None => self.store_digest.clone(),
+        }
     }
 
     /// Commits what was written. With `expected`, a different digest fails

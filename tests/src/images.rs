@@ -125,6 +125,20 @@ fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
+/// Chain IDs of diff IDs (the snapshot names of an unpacked image),
+/// computed here independently of the plugins under test.
+pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for d in diff_ids {
+        let next = match out.last() {
+            None => d.clone(),
+            Some(p) => sha256_digest(format!("{p} {d}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
 /// JSON with object keys sorted at every level: oci-spec keeps annotations
 /// and labels in `HashMap`s, whose order changes between runs.
 fn canonical_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ImageError> {

@@ -3,11 +3,12 @@
 //! is needed. The integration tests use the same types as clients. [`images`]
 //! builds the OCI and docker image archives the image tests import;
 //! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
-//! and push tests.
+//! and push tests; [`transfer_client`] drives the Transfer service.
 
 pub mod images;
 pub mod registry;
 pub mod stock;
+pub mod transfer_client;
 
 /// The test service's name.
 pub const ECHO_SERVICE: &str = "crated.test.Echo";

@@ -160,14 +160,17 @@ pub struct Faults {
     /// blob bodies.
     pub cut_blob_after: Option<u64>,
     pub cut_times: u32,
+    /// Cut only blobs whose path holds this (a digest); any blob if `None`.
+    pub cut_only: Option<String>,
 }
 
 /// An HTTP proxy in front of a registry that injects [`Faults`] and logs
-/// every request (`"<METHOD> <path>"`).
+/// every request (`"<METHOD> <path>"`, and the `Range` headers apart).
 pub struct FaultProxy {
     addr: SocketAddr,
     faults: Arc<Mutex<Faults>>,
     log: Arc<Mutex<Vec<String>>>,
+    ranges: Arc<Mutex<Vec<(String, String)>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -177,6 +180,7 @@ struct ProxyState {
     own: SocketAddr,
     faults: Arc<Mutex<Faults>>,
     log: Arc<Mutex<Vec<String>>>,
+    ranges: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 type ProxyBody = BoxBody<Bytes, std::io::Error>;
@@ -197,7 +201,14 @@ impl FaultProxy {
         let addr = listener.local_addr().map_err(io("proxy address"))?;
         let faults = Arc::new(Mutex::new(Faults::default()));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let state = Arc::new(ProxyState { upstream, own: addr, faults: faults.clone(), log: log.clone() });
+        let ranges = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(ProxyState {
+            upstream,
+            own: addr,
+            faults: faults.clone(),
+            log: log.clone(),
+            ranges: ranges.clone(),
+        });
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("proxy runtime"))?;
@@ -224,7 +235,7 @@ impl FaultProxy {
                 }
             });
         });
-        Ok(FaultProxy { addr, faults, log, stop: Some(stop), thread: Some(thread) })
+        Ok(FaultProxy { addr, faults, log, ranges, stop: Some(stop), thread: Some(thread) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -245,6 +256,12 @@ impl FaultProxy {
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+
+    /// The requests that carried a `Range` header, as (path, header value):
+    /// how a client resumes a download.
+    pub fn ranges(&self) -> Vec<(String, String)> {
+        self.ranges.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -262,6 +279,9 @@ impl Drop for FaultProxy {
 async fn handle(state: &ProxyState, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     state.log.lock().unwrap().push(format!("{} {}", req.method(), path));
+    if let Some(range) = req.headers().get(hyper::header::RANGE).and_then(|v| v.to_str().ok()) {
+        state.ranges.lock().unwrap().push((path.clone(), range.to_string()));
+    }
     let cut_after;
     {
         let mut f = state.faults.lock().unwrap();
@@ -301,7 +321,12 @@ async fn handle(state: &ProxyState, req: Request<Incoming>) -> Response<ProxyBod
             }
         }
         cut_after = match f.cut_blob_after {
-            Some(k) if f.cut_times > 0 && req.method() == hyper::Method::GET && path.contains("/blobs/sha256:") => {
+            Some(k)
+                if f.cut_times > 0
+                    && req.method() == hyper::Method::GET
+                    && path.contains("/blobs/sha256:")
+                    && f.cut_only.as_ref().is_none_or(|d| path.contains(d.as_str())) =>
+            {
                 f.cut_times -= 1;
                 Some(k)
             }

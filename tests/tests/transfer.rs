@@ -8,132 +8,36 @@
 
 mod common;
 
-use std::{collections::HashMap, fs, path::PathBuf};
+use std::{fs, path::PathBuf};
 
 use common::{unary, Daemon, Setup};
 use containerd_client::{
-    services::v1::{
-        snapshots::{Kind, StatSnapshotRequest, StatSnapshotResponse, ViewSnapshotRequest, ViewSnapshotResponse},
-        streaming_client::StreamingClient,
-        transfer_client::TransferClient,
-        InfoRequest, InfoResponse, ListImagesRequest, ListImagesResponse, StreamInit, TransferOptions, TransferRequest,
+    services::v1::snapshots::{
+        Kind, StatSnapshotRequest, StatSnapshotResponse, ViewSnapshotRequest, ViewSnapshotResponse,
     },
     types::{
         transfer::{
-            Data, ImageExportStream, ImageImportStream, ImageReference, ImageStore, Progress, UnpackConfiguration,
-            WindowUpdate,
+            Data, ImageExportStream, ImageImportStream, ImageReference, ImageStore, UnpackConfiguration, WindowUpdate,
         },
         Platform,
     },
 };
 use crated_plugin_api::mount::MountedDir;
 use crated_tests::images::{
-    docker_archive, oci_archive, sha256_digest, with_corrupted_blob, Archive, ImageOptions, Layers,
+    chain_ids, docker_archive, oci_archive, sha256_digest, with_corrupted_blob, Archive, ImageOptions, Layers,
+};
+use crated_tests::transfer_client::{
+    events, images, import, labels, open_stream, pack, receive_bytes, transfer, unique_id, unpack, ClientStream,
+    MAX_CHUNK,
 };
 use prost::Name;
 use prost_types::Any;
-use tokio::sync::mpsc;
 use tonic::{transport::Channel, Code};
 
 const SN: &str = "/containerd.services.snapshots.v1.Snapshots";
-const CONTENT: &str = "/containerd.services.content.v1.Content";
-const IMAGES: &str = "/containerd.services.images.v1.Images";
-/// The credit the test's receiver grants, as containerd's.
-const WINDOW: i32 = 64 << 10;
-const MAX_CHUNK: usize = 32 << 10;
 
 fn daemon() -> Daemon {
     Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer"]).start()
-}
-
-fn pack<M: Name>(m: &M) -> Any {
-    Any { type_url: M::full_name(), value: m.encode_to_vec() }
-}
-
-fn unpack<M: Name + Default>(a: &Any) -> M {
-    assert_eq!(a.type_url.rsplit('/').next().unwrap(), M::full_name(), "message type");
-    M::decode(a.value.as_slice()).unwrap()
-}
-
-fn with_ns<T>(msg: T, ns: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
-    req
-}
-
-/// The client's end of a named stream.
-struct ClientStream {
-    tx: mpsc::Sender<Any>,
-    rx: tonic::Streaming<Any>,
-}
-
-/// Opens stream `id` and waits for its acknowledgement.
-async fn open_stream(ch: &Channel, id: &str) -> ClientStream {
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(pack(&StreamInit { id: id.into() })).await.unwrap();
-    let mut client = StreamingClient::new(ch.clone());
-    let mut rx_stream =
-        client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("open stream").into_inner();
-    let ack = rx_stream.message().await.unwrap().expect("ack");
-    assert_eq!(ack.type_url, "google.protobuf.Empty");
-    ClientStream { tx, rx: rx_stream }
-}
-
-/// Sends `data` as the sender of the binary stream protocol: never more
-/// than the credit granted; closes at the end. Returns the largest chunk.
-async fn send_bytes(mut s: ClientStream, data: Vec<u8>) -> usize {
-    let (mut credit, mut offset, mut largest) = (0i64, 0usize, 0usize);
-    while offset < data.len() {
-        while credit <= 0 {
-            // The server may stop reading (a failed import): then stop too.
-            let Ok(Some(msg)) = s.rx.message().await else { return largest };
-            credit += i64::from(unpack::<WindowUpdate>(&msg).update);
-        }
-        let n = (data.len() - offset).min(MAX_CHUNK).min(credit as usize);
-        if s.tx.send(pack(&Data { data: data[offset..offset + n].to_vec() })).await.is_err() {
-            break;
-        }
-        largest = largest.max(n);
-        credit -= n as i64;
-        offset += n;
-    }
-    // Close the sending side, then read until the server ends the stream:
-    // dropping the response early would reset the stream, losing what is
-    // still in flight.
-    drop(s.tx);
-    while let Ok(Some(_)) = s.rx.message().await {}
-    largest
-}
-
-/// Receives a binary stream, granting credit as containerd's receiver.
-async fn receive_bytes(mut s: ClientStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    s.tx.send(pack(&WindowUpdate { update: WINDOW })).await.unwrap();
-    let mut window = i64::from(WINDOW);
-    while let Some(msg) = s.rx.message().await.expect("export stream") {
-        let data = unpack::<Data>(&msg).data;
-        assert!(data.len() <= MAX_CHUNK, "a chunk of {} bytes", data.len());
-        window -= data.len() as i64;
-        assert!(window >= 0, "the sender exceeded its credit");
-        out.extend_from_slice(&data);
-        if window < i64::from(WINDOW) {
-            let _ = s.tx.send(pack(&WindowUpdate { update: WINDOW })).await;
-            window += i64::from(WINDOW);
-        }
-    }
-    out
-}
-
-/// Collects progress events until the stream ends.
-fn collect_progress(mut s: ClientStream) -> tokio::task::JoinHandle<Vec<Progress>> {
-    tokio::spawn(async move {
-        let _keep = s.tx;
-        let mut out = Vec::new();
-        while let Ok(Some(msg)) = s.rx.message().await {
-            out.push(unpack::<Progress>(&msg));
-        }
-        out
-    })
 }
 
 fn store(prefix: &str) -> ImageStore {
@@ -150,32 +54,9 @@ fn unpack_to(snapshotter: &str) -> UnpackConfiguration {
     }
 }
 
-async fn transfer(ch: &Channel, ns: &str, source: Any, destination: Any, progress: &str) -> Result<(), tonic::Status> {
-    let req = TransferRequest {
-        source: Some(source),
-        destination: Some(destination),
-        options: Some(TransferOptions { progress_stream: progress.into() }),
-    };
-    TransferClient::new(ch.clone()).transfer(with_ns(req, ns)).await.map(|_| ())
-}
-
-/// Imports `tar` into `ns` with `destination`; returns the progress events.
-async fn import(ch: &Channel, ns: &str, tar: Vec<u8>, destination: ImageStore) -> Result<Vec<Progress>, tonic::Status> {
-    let id = format!("import-{}", uuid());
-    let input = open_stream(ch, &id).await;
-    let progress = collect_progress(open_stream(ch, &format!("{id}-progress")).await);
-    let sender = tokio::spawn(send_bytes(input, tar));
-    let source = ImageImportStream { stream: id.clone(), ..Default::default() };
-    let result = transfer(ch, ns, pack(&source), pack(&destination), &format!("{id}-progress")).await;
-    let largest = sender.await.unwrap();
-    assert!(largest <= MAX_CHUNK);
-    let events = progress.await.unwrap();
-    result.map(|_| events)
-}
-
 /// Exports the named images from `ns`; returns the tar.
 async fn export(ch: &Channel, ns: &str, names: &[&str], skip_docker: bool) -> Vec<u8> {
-    let id = format!("export-{}", uuid());
+    let id = format!("export-{}", unique_id());
     let output = open_stream(ch, &id).await;
     let receiver = tokio::spawn(receive_bytes(output));
     let source = ImageStore {
@@ -185,40 +66,6 @@ async fn export(ch: &Channel, ns: &str, names: &[&str], skip_docker: bool) -> Ve
     let destination = ImageExportStream { stream: id, skip_compatibility_manifest: skip_docker, ..Default::default() };
     transfer(ch, ns, pack(&source), pack(&destination), "").await.expect("export");
     receiver.await.unwrap()
-}
-
-fn uuid() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{nanos}")
-}
-
-async fn images(ch: &Channel, ns: &str) -> HashMap<String, String> {
-    let r: ListImagesResponse =
-        unary(ch, &format!("{IMAGES}/List"), Some(ns), ListImagesRequest::default()).await.unwrap();
-    r.images.into_iter().map(|i| (i.name, i.target.unwrap().digest)).collect()
-}
-
-async fn labels(ch: &Channel, ns: &str, digest: &str) -> HashMap<String, String> {
-    let r: InfoResponse =
-        unary(ch, &format!("{CONTENT}/Info"), Some(ns), InfoRequest { digest: digest.into() }).await.unwrap();
-    r.info.unwrap().labels
-}
-
-/// Chain IDs of diff IDs, computed here independently of the plugin.
-fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(p) => sha256_digest(format!("{p} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
-
-fn events(progress: &[Progress]) -> Vec<&str> {
-    progress.iter().map(|p| p.event.as_str()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

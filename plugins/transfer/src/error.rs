@@ -22,6 +22,9 @@ pub enum TransferError {
     NotFound(String),
     #[error("layer {layer}: applied diff {actual} does not match the config's diff id {expected}")]
     DiffId { layer: String, expected: String, actual: String },
+    /// A registry's failure, with its kind (not found, unauthenticated, unavailable..).
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("{0}")]
     NotImplemented(String),
     #[error("{0}")]
@@ -37,6 +40,7 @@ impl TransferError {
             TransferError::Stream(..) => ErrorKind::Unavailable,
             TransferError::BlobDigest { .. } | TransferError::DiffId { .. } => ErrorKind::FailedPrecondition,
             TransferError::Archive { .. } => ErrorKind::InvalidArgument,
+            TransferError::Registry(e) => e.kind(),
             TransferError::NotImplemented(_) => ErrorKind::NotImplemented,
             TransferError::Failed(_) => ErrorKind::Unknown,
         }

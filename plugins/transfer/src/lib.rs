@@ -8,13 +8,15 @@
 //! - `io.containerd.transfer.v1.local` serves
 //!   `containerd.services.transfer.v1.Transfer`: import of OCI layout and
 //!   `docker save` tars ([`import`]), unpack into a snapshotter
-//!   ([`unpack`]), export ([`export`]); pull and push are left to the
-//!   registry client.
+//!   ([`unpack`]), export ([`export`]), pull ([`pull`], with the
+//!   [`registry`] client and credentials from the client's auth stream,
+//!   [`auth`]) and push ([`push`]).
 //!
 //! The pieces a pull or push reuses are modules with async APIs:
 //! [`imagestore`] (naming, GC labels, Images create/update), [`unpack`],
 //! [`progress`], [`lease`], [`streams`], and plugin-api's content client.
 
+pub mod auth;
 pub mod error;
 pub mod export;
 pub mod imagestore;
@@ -22,6 +24,8 @@ pub mod import;
 pub mod lease;
 pub mod oci;
 pub mod progress;
+pub mod pull;
+pub mod push;
 pub mod registry;
 pub mod service;
 pub mod streams;
@@ -42,7 +46,7 @@ impl Plugin for StreamManager {
     }
 }
 
-/// The local transfer service: import, export and unpack in process.
+/// The local transfer service: import, export, unpack, pull and push in process.
 pub struct LocalTransfer;
 
 impl Plugin for LocalTransfer {

@@ -205,6 +205,35 @@ fn split_name(reference: &str) -> (&str, &str) {
     }
 }
 
+/// The host and the repository path of a normalised reference:
+/// `docker.io/library/x:1` is (`docker.io`, `library/x`).
+pub fn repository_of(reference: &str) -> (&str, &str) {
+    let (name, _) = split_name(reference);
+    let (name, _) = split_name(name);
+    name.split_once('/').unwrap_or(("", name))
+}
+
+/// The tag of a reference, if it has one (`x:1@sha256:..` has `1`).
+pub fn tag_of(reference: &str) -> Option<&str> {
+    let (name, suffix) = split_name(reference);
+    let suffix = if suffix.starts_with('@') { split_name(name).1 } else { suffix };
+    suffix.strip_prefix(':')
+}
+
+/// The content ingest reference of a fetched blob, as containerd's
+/// `remotes.MakeRefKey`: `<kind>-<digest>`, the same for every pull of the
+/// blob so that an interrupted download is resumed.
+pub fn ref_key(desc: &Descriptor) -> String {
+    let kind = match desc.media_type.as_str() {
+        m if is_index(m) => "index",
+        m if is_manifest(m) => "manifest",
+        m if m.contains("layer") || m.contains("rootfs.diff") => "layer",
+        m if m.contains("config") => "config",
+        _ => "unknown",
+    };
+    format!("{kind}-{}", desc.digest)
+}
+
 /// The short, familiar form of a normalised reference, as `docker save`
 /// writes `RepoTags`: `docker.io/library/x:1` becomes `x:1`.
 pub fn familiarize_reference(reference: &str) -> String {
@@ -234,6 +263,10 @@ mod tests {
         assert_eq!(normalize_reference("localhost:5000/app:2"), "localhost:5000/app:2");
         assert_eq!(familiarize_reference("docker.io/library/busybox:1"), "busybox:1");
         assert_eq!(oci_reference_name("docker.io/library/busybox:1"), "1");
+        assert_eq!(repository_of("127.0.0.1:5000/a/b:1@sha256:ab"), ("127.0.0.1:5000", "a/b"));
+        assert_eq!(tag_of("127.0.0.1:5000/a/b:1@sha256:ab"), Some("1"));
+        assert_eq!(tag_of("127.0.0.1:5000/a/b@sha256:ab"), None);
+        assert_eq!(tag_of("localhost:5000/b"), None);
     }
 
     #[test]

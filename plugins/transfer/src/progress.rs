@@ -36,6 +36,21 @@ impl ProgressSink {
         self.send(Progress { event: event.to_string(), name: name.to_string(), desc, ..Default::default() }).await;
     }
 
+    /// An event about one blob of a pull or push: named by its ingest
+    /// reference (`layer-sha256:..`), with its descriptor, bytes moved and
+    /// size (as containerd's progress tracker sends them).
+    pub async fn blob(&mut self, event: &str, desc: &crate::oci::Descriptor, progress: u64) {
+        self.send(Progress {
+            event: event.to_string(),
+            name: crate::oci::ref_key(desc),
+            desc: Some(desc.to_proto()),
+            progress: progress as i64,
+            total: desc.size,
+            ..Default::default()
+        })
+        .await;
+    }
+
     /// Bytes moved for one named thing.
     pub async fn bytes(&mut self, event: &str, name: &str, progress: u64, total: u64) {
         self.send(Progress {

@@ -1,11 +1,14 @@
 //! `containerd.services.transfer.v1.Transfer/Transfer`: dispatch on the
 //! (source, destination) pair of a request, as containerd's local transfer
 //! service: archive stream to image store (import, with unpack), image
-//! store to archive stream (export). Pull and push (registry to image
-//! store and back) are answered in [`pull`] and [`push`] until the
-//! registry client is wired in.
+//! store to archive stream (export), registry to image store (pull, with
+//! unpack: [`crate::pull`]) and image store to registry (push:
+//! [`crate::push`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
 
 use containerd_client::{
     services::v1::TransferRequest,
@@ -18,6 +21,7 @@ use crated_plugin_api::{content::ContentClient, Call, Host, ServiceRouter, Statu
 use prost::Name;
 
 use crate::{
+    auth::StreamCredentials,
     error::{Result, TransferError},
     export::{export_images, ExportOptions},
     imagestore::{label_children, ImageStoreSpec, ImagesClient, REF_SOURCE_ANNOTATION},
@@ -25,6 +29,9 @@ use crate::{
     lease::LeaseGuard,
     oci::{self, Descriptor, ImageConfig, Manifest},
     progress::ProgressSink,
+    pull::Fetcher,
+    push::push_image,
+    registry::{Credentials, Registry, RegistryOptions},
     streams::{self, type_name, unpack, ByteReceiver, ByteSender, STREAM_WAIT},
     unpack::{UnpackImage, Unpacker},
 };
@@ -36,10 +43,10 @@ pub struct TransferService {
     host: Host,
 }
 
-/// An image manifest reached while walking an import, with its config.
-struct Reached {
-    manifest: Manifest,
-    config: ImageConfig,
+/// An image manifest reached while walking an import or pull, with its config.
+pub struct Reached {
+    pub manifest: Manifest,
+    pub config: ImageConfig,
 }
 
 impl TransferService {
@@ -67,9 +74,13 @@ impl TransferService {
             let mut progress = self.progress(&progress_id).await?;
             self.with_lease(ns, |lease| self.export(ns, lease, s.into(), d, &mut progress)).await
         } else if pair == from_registry {
-            pull(unpack::<OciRegistry>(&source)?, unpack::<ImageStore>(&destination)?).await
+            let (s, d) = (unpack::<OciRegistry>(&source)?, unpack::<ImageStore>(&destination)?);
+            let mut progress = self.progress(&progress_id).await?;
+            self.with_lease(ns, |lease| self.pull(ns, lease, s, d.into(), &mut progress)).await
         } else if pair == to_registry {
-            push(unpack::<ImageStore>(&source)?, unpack::<OciRegistry>(&destination)?).await
+            let (s, d) = (unpack::<ImageStore>(&source)?, unpack::<OciRegistry>(&destination)?);
+            let mut progress = self.progress(&progress_id).await?;
+            self.push(ns, s.into(), d, &mut progress).await
         } else {
             Err(TransferError::InvalidArgument(format!(
                 "unsupported transfer from {:?} to {:?}",
@@ -112,18 +123,7 @@ impl TransferService {
 
         let mut descriptors = vec![index.clone()];
         let reached = self.walk(&content, &store, &index, &mut descriptors).await?;
-        if !store.unpacks.is_empty() {
-            let unpacker = Unpacker::new(self.host.clone(), ns, Some(&lease));
-            let mut done = HashSet::new();
-            for u in &store.unpacks {
-                let platform = u.platform.clone().unwrap_or_else(host_platform);
-                for r in reached.iter().filter(|r| r.config.platform().matches(&platform)) {
-                    if done.insert((u.snapshotter.clone(), r.manifest.config.digest.clone())) {
-                        unpacker.unpack(&u.snapshotter, &UnpackImage::new(&r.manifest, &r.config), progress).await?;
-                    }
-                }
-            }
-        }
+        self.unpack_reached(ns, &lease, &store, &reached, progress).await?;
         let images = ImagesClient::new(self.host.clone(), ns);
         for desc in descriptors {
             let mut saved_desc = desc.clone();
@@ -133,6 +133,106 @@ impl TransferService {
             }
         }
         progress.event("Completed import").await;
+        Ok(())
+    }
+
+    /// Unpacks the reached images of the platforms `store` wants unpacked.
+    async fn unpack_reached(
+        &self,
+        ns: &str,
+        lease: &str,
+        store: &ImageStoreSpec,
+        reached: &[Reached],
+        progress: &mut ProgressSink,
+    ) -> Result<()> {
+        if store.unpacks.is_empty() {
+            return Ok(());
+        }
+        let unpacker = Unpacker::new(self.host.clone(), ns, Some(lease));
+        let mut done = HashSet::new();
+        for u in &store.unpacks {
+            let platform = u.platform.clone().unwrap_or_else(host_platform);
+            for r in reached.iter().filter(|r| r.config.platform().matches(&platform)) {
+                if done.insert((u.snapshotter.clone(), r.manifest.config.digest.clone())) {
+                    unpacker.unpack(&u.snapshotter, &UnpackImage::new(&r.manifest, &r.config), progress).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A registry client for the transfer's `OCIRegistry`, asking the
+    /// client's auth stream for credentials when it named one.
+    async fn registry(&self, source: &OciRegistry) -> Result<Registry> {
+        let resolver = source.resolver.clone().unwrap_or_default();
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let options = RegistryOptions {
+            default_scheme: non_empty(resolver.default_scheme),
+            host_dir: non_empty(resolver.host_dir).map(Into::into),
+            headers: resolver.headers,
+        };
+        let creds: Option<Arc<dyn Credentials>> = match non_empty(resolver.auth_stream) {
+            Some(id) => {
+                let stream = streams::take(&id, STREAM_WAIT).await?;
+                Some(Arc::new(StreamCredentials::new(stream, &source.reference)))
+            }
+            None => None,
+        };
+        Ok(Registry::new(&source.reference, options, creds).await?)
+    }
+
+    /// Pulls an image into content, unpacks it, then names it (containerd's
+    /// `pull`): a failure on the way leaves no image record behind.
+    async fn pull(
+        &self,
+        ns: &str,
+        lease: String,
+        source: OciRegistry,
+        store: ImageStoreSpec,
+        progress: &mut ProgressSink,
+    ) -> Result<()> {
+        let content = ContentClient::new(self.host.clone(), ns).with_lease(Some(&lease));
+        let from = format!("OCI Registry ({})", source.reference);
+        progress.event(&format!("Resolving from {from}")).await;
+        let registry = self.registry(&source).await?;
+        let root = Descriptor::from_proto(&registry.resolve().await?);
+        progress.event(&format!("Pulling from {from}")).await;
+        progress.named("fetching image content", registry.name(), Some(root.to_proto())).await;
+        let reached = Fetcher::new(&content, &registry).fetch_image(&store, &root, progress).await?;
+        self.unpack_reached(ns, &lease, &store, &reached, progress).await?;
+        let images = ImagesClient::new(self.host.clone(), ns);
+        for img in images.store(&store, &root).await? {
+            progress.named("saved", &img.name, Some(root.to_proto())).await;
+        }
+        progress.event(&format!("Completed pull from {from}")).await;
+        Ok(())
+    }
+
+    /// Pushes an image of the store to a registry (containerd's `push`).
+    async fn push(
+        &self,
+        ns: &str,
+        source: ImageStoreSpec,
+        destination: OciRegistry,
+        progress: &mut ProgressSink,
+    ) -> Result<()> {
+        let content = ContentClient::new(self.host.clone(), ns);
+        let image = ImagesClient::new(self.host.clone(), ns).get(&source.name).await?;
+        let target = image.target.as_ref().map(Descriptor::from_proto).unwrap_or_default();
+        let registry = self.registry(&destination).await?;
+        let to = format!("OCI Registry ({})", destination.reference);
+        progress.event(&format!("Pushing to {to}")).await;
+        progress.named("pushing content", &image.name, Some(target.to_proto())).await;
+        let tag = oci::tag_of(registry.name());
+        push_image(&content, &registry, &target, &source.platforms, tag, progress).await?;
+        progress.named("pushed content", &image.name, Some(target.to_proto())).await;
+        progress
+            .send(containerd_client::types::transfer::Progress {
+                event: format!("Completed push to {to}"),
+                desc: Some(target.to_proto()),
+                ..Default::default()
+            })
+            .await;
         Ok(())
     }
 
@@ -239,22 +339,12 @@ fn host_platform() -> Platform {
     Platform { os: os.into(), architecture: arch.into(), ..Default::default() }
 }
 
-async fn read(content: &ContentClient, desc: &Descriptor) -> Result<Vec<u8>> {
+pub(crate) async fn read(content: &ContentClient, desc: &Descriptor) -> Result<Vec<u8>> {
     content.read_all(&desc.digest).await.map_err(|s| TransferError::from(s).context(format!("content {}", desc.digest)))
 }
 
-fn parse<T: serde::de::DeserializeOwned>(desc: &Descriptor, doc: &[u8]) -> Result<T> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(desc: &Descriptor, doc: &[u8]) -> Result<T> {
     serde_json::from_slice(doc).map_err(|e| TransferError::archive(format!("{} {}", desc.media_type, desc.digest), e))
-}
-
-/// Registry to image store: the registry client wires in here.
-async fn pull(_source: OciRegistry, _destination: ImageStore) -> Result<()> {
-    Err(TransferError::NotImplemented("pull/push: not built yet".into()))
-}
-
-/// Image store to registry: the registry client wires in here.
-async fn push(_source: ImageStore, _destination: OciRegistry) -> Result<()> {
-    Err(TransferError::NotImplemented("pull/push: not built yet".into()))
 }
 
 pub fn router(svc: TransferService) -> ServiceRouter {
