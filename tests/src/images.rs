@@ -612,19 +612,3 @@ mod tests {
         assert_eq!(repositories["example.com/busybox"]["1.0"], hex_of(&a.diff_ids[1]));
     }
 }
-
-/// The chain IDs of a stack of layers (containerd's snapshot names for an
-/// unpacked image), computed from the diff IDs independently of crated:
-/// the first is the first diff ID, each next one
-/// `sha256("<previous chain ID> <diff ID>")`.
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(p) => sha256_digest(format!("{p} {d}").as_bytes()),
-        };
-        out.push(next);
-    }
-    out
-}
