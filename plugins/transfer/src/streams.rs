@@ -12,7 +12,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{LazyLock, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        LazyLock, Mutex,
+    },
     time::Duration,
 };
 
@@ -36,6 +39,8 @@ pub const MAX_CHUNK: usize = 32 << 10;
 pub const WINDOW: i32 = 64 << 10;
 /// How long a transfer waits for a stream the client has not opened yet.
 pub const STREAM_WAIT: Duration = Duration::from_secs(5);
+/// How long an opened stream waits for a transfer to take it.
+pub const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 /// Messages queued towards a client before a sender waits.
 const OUTGOING_DEPTH: usize = 16;
 
@@ -85,26 +90,45 @@ impl StreamHandle {
 
 #[derive(Default)]
 struct Registry {
-    streams: Mutex<HashMap<String, StreamHandle>>,
+    /// Open streams no transfer has taken yet, each with the serial number
+    /// of its registration.
+    streams: Mutex<HashMap<String, (u64, StreamHandle)>>,
+    serial: AtomicU64,
     added: Notify,
 }
 
 /// The one registry of this library: both plugins see it.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
 
-fn register(handle: StreamHandle) -> std::result::Result<(), StreamHandle> {
+/// Registers `handle`; its serial number, or the handle back if its id is
+/// taken.
+fn register(handle: StreamHandle) -> std::result::Result<u64, StreamHandle> {
     let mut streams = REGISTRY.streams.lock().unwrap_or_else(|p| p.into_inner());
     if streams.contains_key(&handle.id) {
         return Err(handle);
     }
-    streams.insert(handle.id.clone(), handle);
+    let serial = REGISTRY.serial.fetch_add(1, Ordering::Relaxed);
+    streams.insert(handle.id.clone(), (serial, handle));
     drop(streams);
     REGISTRY.added.notify_waiters();
-    Ok(())
+    Ok(serial)
 }
 
 fn remove(id: &str) -> Option<StreamHandle> {
-    REGISTRY.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(id)
+    REGISTRY.streams.lock().unwrap_or_else(|p| p.into_inner()).remove(id).map(|(_, h)| h)
+}
+
+/// Drops the registration `serial` of `id` if no transfer took it within
+/// `ttl`. Without this, a client that opens streams and never names them in
+/// a transfer would grow the registry (and hold its HTTP/2 streams) for as
+/// long as the daemon runs; dropping the handle ends the client's stream.
+async fn reap_unclaimed(id: String, serial: u64, ttl: Duration) {
+    tokio::time::sleep(ttl).await;
+    let mut streams = REGISTRY.streams.lock().unwrap_or_else(|p| p.into_inner());
+    if streams.get(&id).is_some_and(|(s, _)| *s == serial) {
+        streams.remove(&id);
+        tracing::debug!(stream = %id, "stream dropped: no transfer took it");
+    }
 }
 
 /// Takes the stream `id` out of the registry, waiting up to `wait` for the
@@ -149,10 +173,14 @@ async fn open(mut input: Streaming<Any>, outgoing: Outgoing) {
     };
     let ack = outgoing.clone();
     let handle = StreamHandle { id: init.id.clone(), incoming: input.boxed(), outgoing };
-    if let Err(h) = register(handle) {
-        let _ = h.outgoing.send(Err(Status::already_exists(format!("stream {}: already exists", init.id)))).await;
-        return;
-    }
+    let serial = match register(handle) {
+        Ok(serial) => serial,
+        Err(h) => {
+            let _ = h.outgoing.send(Err(Status::already_exists(format!("stream {}: already exists", init.id)))).await;
+            return;
+        }
+    };
+    tokio::spawn(reap_unclaimed(init.id.clone(), serial, UNCLAIMED_TTL));
     let _ = ack.send(Ok(Any { type_url: EMPTY.to_string(), value: Vec::new() })).await;
 }
 
@@ -259,5 +287,38 @@ impl ByteSender {
     /// Ends the stream (the receiver sees its end).
     pub fn close(self) {
         drop(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: &str) -> (StreamHandle, mpsc::Receiver<std::result::Result<Any, Status>>) {
+        let (outgoing, rx) = mpsc::channel(1);
+        (StreamHandle { id: id.into(), incoming: futures::stream::pending().boxed(), outgoing }, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unclaimed_streams_are_dropped_and_claimed_ones_kept() {
+        // Never taken: gone after the TTL, and the client's stream ends.
+        let (h, mut client) = handle("reap-unclaimed");
+        let serial = register(h).map_err(|_| ()).unwrap();
+        tokio::spawn(reap_unclaimed("reap-unclaimed".into(), serial, UNCLAIMED_TTL));
+        tokio::time::sleep(UNCLAIMED_TTL + Duration::from_secs(1)).await;
+        assert!(remove("reap-unclaimed").is_none());
+        assert!(client.recv().await.is_none(), "the stream is closed");
+
+        // Taken in time: the reaper leaves the new registration of the same
+        // id alone.
+        let (h, _client) = handle("reap-taken");
+        let serial = register(h).map_err(|_| ()).unwrap();
+        tokio::spawn(reap_unclaimed("reap-taken".into(), serial, UNCLAIMED_TTL));
+        let taken = take("reap-taken", Duration::ZERO).await.unwrap();
+        let (again, _client2) = handle("reap-taken");
+        register(again).map_err(|_| ()).unwrap();
+        tokio::time::sleep(UNCLAIMED_TTL + Duration::from_secs(1)).await;
+        assert!(remove("reap-taken").is_some(), "a later registration of the id survives the first one's reaper");
+        drop(taken);
     }
 }
