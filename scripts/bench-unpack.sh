@@ -18,6 +18,8 @@
 # The root filesystem and the image are built once, cached under
 # target/bench-cache/. Daemons run on temporary roots, states and sockets,
 # and are stopped by pid; whatever is left mounted under them is unmounted.
+# Both daemons run at once and the runs alternate between them, so drift
+# over the session weighs on both alike.
 # Needs root. Usage: scripts/bench-unpack.sh   (RUNS=n to change the count)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,14 +73,16 @@ cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
 tmp=$(mktemp -d /tmp/bench-unpack.XXXXXX)
-pid=""
+declare -A pids
 cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    fi
-    pid=""
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        fi
+    done
+    pids=()
     # Deepest first; lazily, so a busy mount does not stop the cleanup.
     awk -v d="$tmp" '$2 ~ "^"d { print $2 }' /proc/self/mounts | sort -r | while read -r m; do umount -l "$m"; done
 }
@@ -89,10 +93,10 @@ start() {
     local name=$1 sock=$2
     shift 2
     "$@" >"$tmp/$name.log" 2>&1 &
-    pid=$!
+    pids[$name]=$!
     for _ in $(seq 300); do
         [ -S "$sock" ] && $ctr -a "$sock" version >/dev/null 2>&1 && return 0
-        kill -0 "$pid" 2>/dev/null || break
+        kill -0 "${pids[$name]}" 2>/dev/null || break
         sleep 0.1
     done
     echo "$name did not start:" >&2
@@ -115,33 +119,41 @@ settle() {
     sync
 }
 
-# bench <name> <socket>: the runs against the running daemon $pid.
-declare -A wall cpu rss
-bench() {
-    local name=$1 sock=$2 c=("$ctr" -a "$2" -n "$ns")
-    "${c[@]}" images import --no-unpack "$image" >/dev/null
-    echo 5 >"/proc/$pid/clear_refs"
-    local times=() cpus=()
-    for i in $(seq "$runs"); do
-        "${c[@]}" snapshots rm "$chain_id" >/dev/null 2>&1 || true
-        settle "$name"
-        local c0 t0 t1 c1
-        c0=$(cpu_ticks "$pid")
-        t0=$(now)
-        "${c[@]}" images import "$image" >/dev/null
-        t1=$(now)
-        c1=$(cpu_ticks "$pid")
-        "${c[@]}" snapshots ls | grep -q "^$chain_id" || { echo "$name: run $i left no snapshot" >&2; exit 1; }
-        times+=("$(echo "$t1 - $t0" | bc -l)")
-        cpus+=("$(echo "($c1 - $c0) / $tck" | bc -l)")
-        printf '%s run %d: %.3f s wall, %.2f s daemon CPU\n' "$name" "$i" "${times[-1]}" "${cpus[-1]}" >&2
-    done
-    # The median run (by wall time), and its CPU time.
-    local mid
-    mid=$(for i in "${!times[@]}"; do echo "${times[$i]} $i"; done | sort -n | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
-    wall[$name]=${times[$mid]}
-    cpu[$name]=${cpus[$mid]}
-    rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/$pid/status")
+# Both daemons run side by side and the runs alternate between them, so
+# whatever drifts over a session (page cache, writeback, the filesystem)
+# weighs on both alike.
+declare -A socks times cpus wall cpu rss
+# prepare <name>: the image's content into the daemon, peak RSS reset.
+prepare() {
+    "$ctr" -a "${socks[$1]}" -n "$ns" images import --no-unpack "$image" >/dev/null
+    echo 5 >"/proc/${pids[$1]}/clear_refs"
+}
+# run_once <name> <i>: one timed unpack.
+run_once() {
+    local name=$1 i=$2 pid=${pids[$1]} c=("$ctr" -a "${socks[$1]}" -n "$ns")
+    "${c[@]}" snapshots rm "$chain_id" >/dev/null 2>&1 || true
+    settle "$name"
+    local c0 t0 t1 c1
+    c0=$(cpu_ticks "$pid")
+    t0=$(now)
+    "${c[@]}" images import "$image" >/dev/null
+    t1=$(now)
+    c1=$(cpu_ticks "$pid")
+    "${c[@]}" snapshots ls | grep -q "^$chain_id" || { echo "$name: run $i left no snapshot" >&2; exit 1; }
+    times[$name]+="$(echo "$t1 - $t0" | bc -l) "
+    cpus[$name]+="$(echo "($c1 - $c0) / $tck" | bc -l) "
+    printf '%s run %d: %.3f s wall, %.2f s daemon CPU\n' "$name" "$i" "$(echo "$t1 - $t0" | bc -l)" \
+        "$(echo "($c1 - $c0) / $tck" | bc -l)" >&2
+}
+# summarise <name>: the median run (by wall time), its CPU time, peak RSS.
+summarise() {
+    local name=$1 t c mid
+    read -r -a t <<<"${times[$name]}"
+    read -r -a c <<<"${cpus[$name]}"
+    mid=$(for i in "${!t[@]}"; do echo "${t[$i]} $i"; done | sort -n | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
+    wall[$name]=${t[$mid]}
+    cpu[$name]=${c[$mid]}
+    rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/${pids[$name]}/status")
 }
 
 # 4. crated: the release daemon with the release plugins (target/release/*.so).
@@ -159,15 +171,21 @@ address = "$tmp/crated/crated.sock"
 [debug]
 level = "warn"
 TOML
-start crated "$tmp/crated/crated.sock" target/release/crated -c "$tmp/crated/config.toml"
-bench crated "$tmp/crated/crated.sock"
-cleanup
+socks[crated]=$tmp/crated/crated.sock
+start crated "${socks[crated]}" target/release/crated -c "$tmp/crated/config.toml"
 
 # 5. containerd: Debian's, on the tests' stock layout (CRI disabled).
 mkdir -p "$tmp/containerd"
 target/debug/examples/stock_config "$tmp/containerd" >"$tmp/containerd/config.toml"
-start containerd "$tmp/containerd/c.sock" /usr/bin/containerd -c "$tmp/containerd/config.toml"
-bench containerd "$tmp/containerd/c.sock"
+socks[containerd]=$tmp/containerd/c.sock
+start containerd "${socks[containerd]}" /usr/bin/containerd -c "$tmp/containerd/config.toml"
+
+# 6. The runs, alternating.
+for d in crated containerd; do prepare "$d"; done
+for i in $(seq "$runs"); do
+    for d in crated containerd; do run_once "$d" "$i"; done
+done
+for d in crated containerd; do summarise "$d"; done
 cleanup
 
 printf '\nunpack of %s (%s bytes gzip, %s entries), median of %d runs\n' "$ref" "$(info layer_compressed_bytes)" \

@@ -26,8 +26,15 @@ use crate::{
     Status,
 };
 
-/// How many frames may wait between producer and consumer.
-const STREAM_BUFFER: usize = 16;
+/// How many frames may wait between producer and consumer. Frames are up
+/// to a MiB (content reads), and a blob crosses several hops (content ->
+/// metadata -> diff), each with its own buffer: at 16 a slow consumer (an
+/// unpack waiting on the filesystem) held some 50 MiB in flight and doubled
+/// the daemon's peak RSS during an unpack (`scripts/bench-unpack.sh`: 105
+/// MiB against containerd's 50; 74 at 4, 62 at 2). Two still keep every
+/// hop pipelined: a 256 MiB blob reads at 925 MiB/s against containerd's
+/// 715 (`--bench content`).
+const STREAM_BUFFER: usize = 2;
 
 struct ChannelSource {
     rx: Arc<Mutex<mpsc::Receiver<Frame>>>,
