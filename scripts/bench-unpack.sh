@@ -51,7 +51,7 @@ fi
 # 2. Binaries: release daemon and plugins; the image packer (debug: its
 # gzip and sha256 are optimised in the dev profile too).
 cargo build --release --locked -p crated -p crated-plugin-content -p crated-plugin-diff -p crated-plugin-events \
-    -p crated-plugin-metadata -p crated-plugin-snapshots
+    -p crated-plugin-metadata -p crated-plugin-snapshots -p crated-plugin-transfer -p ctr
 cargo build --locked -p crated-tests --example rootfs_image --example stock_config
 
 # 3. The image.
@@ -123,16 +123,24 @@ settle() {
 # whatever drifts over a session (page cache, writeback, the filesystem)
 # weighs on both alike.
 declare -A socks times cpus wall cpu rss
+# A run: which daemon, and which client drives it. "crated+transfer" is our
+# ctr, whose import streams the archive to the daemon's transfer plugin and
+# unpacks there (the path CRI will take); the others are the stock ctr,
+# which unpacks from the client through Diff and Snapshots.
+declare -A daemon_of=([crated]=crated [crated+transfer]=crated [containerd]=containerd)
+declare -A client_of=([crated]=$ctr [crated+transfer]=$repo/target/release/ctr [containerd]=$ctr)
+variants=(crated crated+transfer containerd)
 # prepare <name>: the image's content into the daemon, peak RSS reset.
 prepare() {
     "$ctr" -a "${socks[$1]}" -n "$ns" images import --no-unpack "$image" >/dev/null
     echo 5 >"/proc/${pids[$1]}/clear_refs"
 }
-# run_once <name> <i>: one timed unpack.
+# run_once <variant> <i>: one timed unpack.
 run_once() {
-    local name=$1 i=$2 pid=${pids[$1]} c=("$ctr" -a "${socks[$1]}" -n "$ns")
+    local name=$1 i=$2 d=${daemon_of[$1]}
+    local pid=${pids[$d]} c=("${client_of[$name]}" -a "${socks[$d]}" -n "$ns")
     "${c[@]}" snapshots rm "$chain_id" >/dev/null 2>&1 || true
-    settle "$name"
+    settle "$d"
     local c0 t0 t1 c1
     c0=$(cpu_ticks "$pid")
     t0=$(now)
@@ -153,12 +161,12 @@ summarise() {
     mid=$(for i in "${!t[@]}"; do echo "${t[$i]} $i"; done | sort -n | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
     wall[$name]=${t[$mid]}
     cpu[$name]=${c[$mid]}
-    rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/${pids[$name]}/status")
+    rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/${pids[${daemon_of[$name]}]}/status")
 }
 
 # 4. crated: the release daemon with the release plugins (target/release/*.so).
 mkdir -p "$tmp/crated/plugins"
-for so in content diff events metadata snapshots; do
+for so in content diff events metadata snapshots transfer; do
     cp "target/release/libcrated_plugin_$so.so" "$tmp/crated/plugins/"
 done
 cat >"$tmp/crated/config.toml" <<TOML
@@ -183,16 +191,19 @@ start containerd "${socks[containerd]}" /usr/bin/containerd -c "$tmp/containerd/
 # 6. The runs, alternating.
 for d in crated containerd; do prepare "$d"; done
 for i in $(seq "$runs"); do
-    for d in crated containerd; do run_once "$d" "$i"; done
+    for v in "${variants[@]}"; do run_once "$v" "$i"; done
 done
-for d in crated containerd; do summarise "$d"; done
+for v in "${variants[@]}"; do summarise "$v"; done
 cleanup
 
 printf '\nunpack of %s (%s bytes gzip, %s entries), median of %d runs\n' "$ref" "$(info layer_compressed_bytes)" \
     "$(info entries)" "$runs"
-printf '%-12s %10s %12s %14s\n' daemon "wall (s)" "CPU (s)" "peak RSS (MiB)"
-for d in crated containerd; do
-    printf '%-12s %10.3f %12.2f %14.1f\n' "$d" "${wall[$d]}" "${cpu[$d]}" "$(echo "${rss[$d]} / 1024" | bc -l)"
+printf '%-22s %10s %12s %14s\n' "daemon (client)" "wall (s)" "CPU (s)" "peak RSS (MiB)"
+for v in "${variants[@]}"; do
+    printf '%-22s %10.3f %12.2f %14.1f\n' "$v" "${wall[$v]}" "${cpu[$v]}" "$(echo "${rss[$v]} / 1024" | bc -l)"
 done
-printf '%-12s %10.2f %12.2f %14.2f\n' crated/ctrd "$(echo "${wall[crated]} / ${wall[containerd]}" | bc -l)" \
-    "$(echo "${cpu[crated]} / ${cpu[containerd]}" | bc -l)" "$(echo "${rss[crated]} / ${rss[containerd]}" | bc -l)"
+for v in crated crated+transfer; do
+    printf '%-22s %10.2f %12.2f %14.2f\n' "$v/containerd" "$(echo "${wall[$v]} / ${wall[containerd]}" | bc -l)" \
+        "$(echo "${cpu[$v]} / ${cpu[containerd]}" | bc -l)" "$(echo "${rss[$v]} / ${rss[containerd]}" | bc -l)"
+done
+echo "(peak RSS: the daemon's over all its runs, so both crated rows show the same)"
