@@ -48,6 +48,7 @@ pub mod abi;
 pub mod content;
 pub mod errdefs;
 pub mod filters;
+pub mod gc;
 #[cfg(feature = "proxy-server")]
 pub mod grpc;
 pub mod host;
