@@ -271,7 +271,7 @@ impl ContainerStore {
     }
 
     pub fn delete(&self, ns: &str, id: &str) -> Result<(), ContainerError> {
-        self.db.write(|txn| {
+        self.db.write_deleting(|txn| {
             let mut t = txn.open_table(CONTAINERS).map_err(DbError::from)?;
             if t.remove((ns, id)).map_err(DbError::from)?.is_none() {
                 // containerd formats this one with %v: no quotes.

@@ -186,12 +186,34 @@ impl ContentStore {
         })
     }
 
+    /// Adds an ingest (a writer's ref) to a lease, as containerd's content
+    /// Writer does, so that a collection keeps what the write is for.
+    pub fn lease_ingest(&self, ns: &str, r: &str, lease: &str) -> Result<(), ContentError> {
+        self.db.write(|txn| {
+            ensure_namespace(txn, ns)?;
+            add_resource_in(txn, ns, lease, &Resource { id: r.into(), kind: "ingests".into() })?;
+            Ok(())
+        })
+    }
+
+    /// Drops a committed ingest from its lease (the commit leased the
+    /// content itself).
+    pub fn unlease_ingest(&self, ns: &str, r: &str, lease: &str) -> Result<(), ContentError> {
+        self.db.write_quiet(|txn| {
+            txn.open_table(crate::db::LEASE_RESOURCES)
+                .map_err(DbError::from)?
+                .remove((ns, lease, "ingests", r))
+                .map_err(DbError::from)?;
+            Ok(())
+        })
+    }
+
     /// Removes the record of `digest` from `ns`. Returns whether no
     /// namespace references the blob any more (the caller then deletes
     /// the raw blob).
     pub fn delete(&self, ns: &str, digest: &str) -> Result<bool, ContentError> {
         check_digest(digest)?;
-        self.db.write(|txn| {
+        self.db.write_deleting(|txn| {
             let mut t = txn.open_table(CONTENT).map_err(DbError::from)?;
             if t.remove((ns, digest)).map_err(DbError::from)?.is_none() {
                 return Err(Error::not_found(format!("content digest {digest}")).into());

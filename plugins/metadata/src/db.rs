@@ -207,11 +207,23 @@ pub fn now_nanos() -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// Committed changes since the database was opened, which the garbage
+/// collector's scheduler counts (`crated.gc.v1.Collector/Watch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Write transactions committed through [`Db::write`] or [`Db::write_deleting`].
+    pub mutations: u64,
+    /// Of those, the ones through [`Db::write_deleting`]: they removed
+    /// something whose references a collection may free.
+    pub deletions: u64,
+}
+
 /// The shared database handle. Cheap to clone; every method blocks, so
 /// async code calls it through `tokio::task::spawn_blocking`.
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Database>,
+    changes: Arc<tokio::sync::watch::Sender<Changes>>,
 }
 
 impl Db {
@@ -241,12 +253,39 @@ impl Db {
             txn.open_table(SNAPSHOT_REFS)?;
         }
         txn.commit()?;
-        Ok(Db { inner: Arc::new(db) })
+        Ok(Db { inner: Arc::new(db), changes: Arc::new(tokio::sync::watch::channel(Changes::default()).0) })
     }
 
     /// Runs `f` in one write transaction; commits if it returns `Ok`,
-    /// aborts (drops every change) otherwise.
+    /// aborts (drops every change) otherwise. A commit counts as a mutation.
     pub fn write<T, E>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        let out = self.write_quiet(f)?;
+        self.changes.send_modify(|c| c.mutations += 1);
+        Ok(out)
+    }
+
+    /// [`Db::write`] for a change that removes something (an image, a
+    /// lease, a container, a content or snapshot record): counts as a
+    /// mutation and a deletion.
+    pub fn write_deleting<T, E>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<DbError>,
+    {
+        let out = self.write_quiet(f)?;
+        self.changes.send_modify(|c| {
+            c.mutations += 1;
+            c.deletions += 1;
+        });
+        Ok(out)
+    }
+
+    /// [`Db::write`] without counting: for transactions that only check
+    /// (a write transaction sees what the next one will) and for the
+    /// collector's sweep, which must not schedule another collection.
+    pub fn write_quiet<T, E>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, E>) -> Result<T, E>
     where
         E: From<DbError>,
     {
@@ -254,6 +293,11 @@ impl Db {
         let out = f(&txn)?;
         txn.commit().map_err(DbError::from)?;
         Ok(out)
+    }
+
+    /// The running count of committed changes.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<Changes> {
+        self.changes.subscribe()
     }
 
     /// Runs `f` on a consistent snapshot.

@@ -233,7 +233,7 @@ impl ImageStore {
     /// containerd 2.x's API), an image whose target digest differs is
     /// `NotFound` and stays.
     pub fn delete(&self, ns: &str, name: &str, target: Option<&str>) -> Result<(), ImageError> {
-        self.db.write(|txn| {
+        self.db.write_deleting(|txn| {
             let mut t = txn.open_table(IMAGES).map_err(DbError::from)?;
             if let Some(want) = target {
                 let rec: ImageRecord = match t.get((ns, name)).map_err(DbError::from)? {

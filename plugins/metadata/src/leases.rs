@@ -154,7 +154,7 @@ impl LeaseStore {
 
     /// Deletes a lease and its resource references.
     pub fn delete(&self, ns: &str, id: &str) -> Result<(), LeaseError> {
-        self.db.write(|txn| delete_in(txn, ns, id))
+        self.db.write_deleting(|txn| delete_in(txn, ns, id))
     }
 
     pub fn get(&self, ns: &str, id: &str) -> Result<Lease, LeaseError> {
@@ -188,7 +188,7 @@ impl LeaseStore {
 
     pub fn delete_resource(&self, ns: &str, id: &str, r: &Resource) -> Result<(), LeaseError> {
         check_resource(r)?;
-        self.db.write(|txn| {
+        self.db.write_deleting(|txn| {
             if txn.open_table(LEASES).map_err(DbError::from)?.get((ns, id)).map_err(DbError::from)?.is_none() {
                 return Err(Error::not_found(format!("lease {id:?}")).into());
             }
@@ -222,7 +222,7 @@ impl LeaseStore {
     /// Deletes every lease whose `containerd.io/gc.expire` lies before
     /// `now` (seconds since the epoch), in one transaction; returns them.
     pub fn expire(&self, now: i64) -> Result<Vec<(String, String)>, LeaseError> {
-        self.db.write(|txn| {
+        self.db.write_deleting(|txn| {
             let mut expired = Vec::new();
             {
                 let t = txn.open_table(LEASES).map_err(DbError::from)?;
@@ -246,7 +246,7 @@ impl LeaseStore {
     }
 }
 
-fn delete_in(txn: &WriteTransaction, ns: &str, id: &str) -> Result<(), LeaseError> {
+pub(crate) fn delete_in(txn: &WriteTransaction, ns: &str, id: &str) -> Result<(), LeaseError> {
     let mut t = txn.open_table(LEASES).map_err(DbError::from)?;
     if t.remove((ns, id)).map_err(DbError::from)?.is_none() {
         return Err(Error::not_found(format!("lease {id:?}")).into());

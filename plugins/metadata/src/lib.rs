@@ -7,11 +7,13 @@
 //! Like containerd, the stores are plain library modules ([`db`],
 //! [`namespaces`], [`leases`], [`content`], [`images`], [`containers`],
 //! [`snapshots`]) and
-//! [`service`] maps gRPC to them; this file only registers the plugin.
+//! [`service`] maps gRPC to them; [`gc`] is the garbage collector over all
+//! of them; this file only registers the plugin.
 
 pub mod containers;
 pub mod content;
 pub mod db;
+pub mod gc;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
@@ -69,6 +71,7 @@ impl Plugin for Metadata {
             .map(|d| (d.id.clone(), SnapshotterClient::new(&ctx.host, &d.key())))
             .collect();
         let snapshots = SnapshotStore::new(db.clone(), snapshotters);
+        let collector = gc::Collector::new(db.clone(), snapshots.clone(), ctx.host.clone(), content.blob_lock());
         // Repair what a crash left between a record and its backend
         // snapshot (snapshots.rs explains why). Each repair holds its
         // snapshotter's lock, so that snapshotter's changes wait for it;
@@ -111,8 +114,9 @@ impl Plugin for Metadata {
             async move { expiry.abort() }
         });
         let router = service::namespaces::routes(router, NamespaceStore::new(db.clone()), events.clone());
-        let router = service::leases::routes(router, leases);
-        let router = service::images::routes(router, ImageStore::new(db.clone()), events.clone());
+        let router = service::leases::routes(router, leases, collector.clone());
+        let router = service::images::routes(router, ImageStore::new(db.clone()), events.clone(), collector.clone());
+        let router = service::gc::routes(router, collector);
         let router = service::containers::routes(router, ContainerStore::new(db.clone()), events.clone());
         let router = service::snapshots::routes(router, snapshots, events);
         Ok(service::content::routes(router, content))

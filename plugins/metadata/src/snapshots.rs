@@ -202,7 +202,7 @@ fn insert_in(txn: &WriteTransaction, ns: &str, sn: &str, key: &str, rec: &Snapsh
 }
 
 /// Removes a record with its child link and backend reference.
-fn delete_in(txn: &WriteTransaction, ns: &str, sn: &str, key: &str, rec: &SnapshotRecord) -> Result<(), SnapshotError> {
+pub(crate) fn delete_in(txn: &WriteTransaction, ns: &str, sn: &str, key: &str, rec: &SnapshotRecord) -> Result<(), SnapshotError> {
     txn.open_table(SNAPSHOTS)?.remove((ns, sn, key))?;
     if !rec.parent.is_empty() {
         txn.open_table(SNAPSHOT_CHILDREN)?.remove((ns, sn, rec.parent.as_str(), key))?;
@@ -310,6 +310,18 @@ impl SnapshotStore {
             .map(|(id, client)| (id, Backend { client, lock: tokio::sync::Mutex::new(()) }))
             .collect();
         SnapshotStore { db, backends: Arc::new(backends) }
+    }
+
+    /// Holds every snapshotter's lock, in id order (each other caller holds
+    /// one at a time, so this cannot deadlock): while the guards live, no
+    /// snapshot change is between its transaction and its backend call,
+    /// which is what the garbage collector's mark and sweep need.
+    pub async fn lock_all(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(self.backends.len());
+        for b in self.backends.values() {
+            guards.push(b.lock.lock().await);
+        }
+        guards
     }
 
     /// The ids of the loaded snapshotters.
@@ -718,7 +730,7 @@ impl SnapshotStore {
         // same state the final transaction will (the lock keeps it so).
         let (rec, last) = self
             .blocking(move |db| {
-                db.write(|txn| {
+                db.write_quiet(|txn| {
                     let rec = get(&txn.open_table(SNAPSHOTS)?, &n, &s, &k)?.ok_or_else(|| not_exist(&k))?;
                     if has_children(txn, &n, &s, &k)? {
                         return Err(Error::failed_precondition("cannot remove snapshot with child").into());
@@ -737,7 +749,7 @@ impl SnapshotStore {
         }
         let (n, s, k) = (ns.to_string(), sn.to_string(), key.to_string());
         self.blocking(move |db| {
-            db.write(|txn| {
+            db.write_deleting(|txn| {
                 delete_in(txn, &n, &s, &k, &rec)?;
                 lease_remove(txn, &n, &s, &k, lease.as_deref())
             })
@@ -807,7 +819,7 @@ impl SnapshotStore {
         let s = sn.to_string();
         let (dropped, referenced) = self
             .blocking(move |db| {
-                db.write(|txn| {
+                db.write_quiet(|txn| {
                     let mut stale = Vec::new();
                     let mut referenced = BTreeSet::new();
                     {

@@ -382,11 +382,30 @@ where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
+    bidi_streaming_leased(ch, method, namespace, None, reqs).await
+}
+
+/// [`bidi_streaming`] under a lease (the `containerd-lease` header).
+pub async fn bidi_streaming_leased<Req, Resp>(
+    ch: &Channel,
+    method: &str,
+    namespace: Option<&str>,
+    lease: Option<&str>,
+    reqs: Vec<Req>,
+) -> Result<Vec<Resp>, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
     let mut grpc = tonic::client::Grpc::new(ch.clone());
     grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let stream = tokio_stream::iter(reqs);
-    let mut out =
-        grpc.streaming(request(stream, namespace), path(method), Codec::<Req, Resp>::default()).await?.into_inner();
+    let mut req = request(stream, namespace);
+    if let Some(l) = lease {
+        req.metadata_mut()
+            .insert("containerd-lease", l.parse().map_err(|_| tonic::Status::invalid_argument("lease id"))?);
+    }
+    let mut out = grpc.streaming(req, path(method), Codec::<Req, Resp>::default()).await?.into_inner();
     let mut v = Vec::new();
     while let Some(m) = out.message().await? {
         v.push(m);

@@ -10,13 +10,19 @@
 //! - Write proxies the stream to the raw store. On COMMIT the blob is
 //!   recorded in the namespace (labels from the commit) and, with a
 //!   `containerd-lease` header, added to that lease, in one transaction.
+//!   Under a lease the ingest itself joins the lease when the writer
+//!   opens (resource type `ingests`, id the client's ref) and leaves it
+//!   at commit, as containerd's writer does.
 //!   A blob the raw store already holds is recorded without rewriting it:
 //!   a raw `AlreadyExists` on commit is success, and a writer opened with
 //!   an expected digest the raw store has never touches the raw store
 //!   (containerd's shared content policy, its default).
-//! - Delete removes the record and deletes the raw blob once no namespace
-//!   references it. A process-wide lock orders commits against deletes of
-//!   raw blobs, so a commit never records a blob that a delete is removing.
+//! - Delete removes the record and deletes the raw blob at once when no
+//!   namespace references it any more (containerd leaves the blob to its
+//!   garbage collector; tests rely on the immediate deletion, and the
+//!   collector removes any blob left unreferenced anyway). A process-wide
+//!   lock orders commits against deletes of raw blobs (the collector's
+//!   too), so a commit never records a blob that a delete is removing.
 
 use crated_events_api::topics;
 use std::sync::Arc;
@@ -103,6 +109,12 @@ pub struct ContentService {
 impl ContentService {
     pub fn new(store: ContentStore, host: Host, events: Events) -> Self {
         ContentService { store, host, events, blob_lock: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    /// The lock that orders commits against deletes of raw blobs, which
+    /// the garbage collector shares.
+    pub fn blob_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.blob_lock.clone()
     }
 
     async fn raw_info(&self, digest: &str) -> Result<api::Info, Status> {
@@ -195,7 +207,7 @@ impl Writer {
     async fn open(&mut self, req: &WriteContentRequest) -> Result<(), Status> {
         self.mode = Mode::Raw;
         if req.expected.is_empty() {
-            return Ok(());
+            return self.lease_ingest().await;
         }
         match self.svc.namespaced_info(&self.ns, &req.expected).await {
             Ok(_) => {
@@ -213,7 +225,24 @@ impl Writer {
                 self.mode = Mode::Shared { digest: req.expected.clone(), size: info.size, started_at: now() };
             }
         }
-        Ok(())
+        self.lease_ingest().await
+    }
+
+    /// Under a lease, the ingest joins it (containerd's `addIngestLease`),
+    /// so a collection never takes what an import or pull is writing.
+    async fn lease_ingest(&mut self) -> Result<(), Status> {
+        let Some(lease) = self.lease.clone() else { return Ok(()) };
+        let (s, ns, r) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone());
+        blocking(move || Ok(s.lease_ingest(&ns, &r, &lease)?)).await
+    }
+
+    /// After a commit the lease holds the content; the ingest row goes.
+    async fn unlease_ingest(&mut self) {
+        let Some(lease) = self.lease.clone() else { return };
+        let (s, ns, r) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone());
+        if let Err(e) = blocking(move || Ok(s.unlease_ingest(&ns, &r, &lease)?)).await {
+            crated_plugin_api::tracing::warn!("dropping ingest {} from its lease: {e}", self.client_ref);
+        }
     }
 
     async fn shared(
@@ -235,6 +264,7 @@ impl Writer {
             }
             let _guard = self.svc.blob_lock.clone().lock_owned().await;
             self.svc.record(&self.ns, &digest, labels_in(req.labels), self.lease.clone()).await?;
+            self.unlease_ingest().await;
         }
         Ok(WriteContentResponse {
             action: req.action,
@@ -338,6 +368,7 @@ impl Writer {
             return Err(Status::internal("content store committed without telling the digest"));
         }
         let info = self.svc.record(&self.ns, &digest, labels, self.lease.clone()).await?;
+        self.unlease_ingest().await;
         Ok(resp.unwrap_or_else(|| WriteContentResponse {
             action: WriteAction::Commit as i32,
             started_at: Some(now()),

@@ -3,9 +3,8 @@
 //! /images/update and /images/delete with the events of the images API
 //! (`containerd.services.images.v1.ImageCreate` etc.). A Delete carrying a
 //! target (containerd 2.x) deletes only an image with that target digest.
-//! Deleting never
-//! collects content here (there is no garbage collector yet), so `sync` has
-//! nothing to wait for.
+//! A Delete with `sync` runs a garbage collection before it answers
+//! (containerd's `ScheduleAndWait`).
 
 use containerd_client::services::v1::{
     CreateImageRequest, CreateImageResponse, DeleteImageRequest, GetImageRequest, GetImageResponse, Image, ImageCreate,
@@ -16,6 +15,7 @@ use crated_events_api::topics;
 use crated_plugin_api::{Call, ServiceRouter, Status};
 
 use super::{blocking, labels_in, labels_out, namespace, timestamp, Events};
+use crate::gc::Collector;
 use crate::images::{self as store, ImageStore};
 
 const SERVICE: &str = "/containerd.services.images.v1.Images";
@@ -60,8 +60,8 @@ fn required(image: Option<Image>) -> Result<store::Image, Status> {
     Ok(image)
 }
 
-pub fn routes(router: ServiceRouter, store: ImageStore, events: Events) -> ServiceRouter {
-    let svc = ImageService { store, events };
+pub fn routes(router: ServiceRouter, store: ImageStore, events: Events, gc: Collector) -> ServiceRouter {
+    let svc = ImageService { store, events, gc };
     router
         .unary_with(&format!("{SERVICE}/Get"), &svc, ImageService::get)
         .unary_with(&format!("{SERVICE}/List"), &svc, ImageService::list)
@@ -75,6 +75,7 @@ pub fn routes(router: ServiceRouter, store: ImageStore, events: Events) -> Servi
 struct ImageService {
     store: ImageStore,
     events: Events,
+    gc: Collector,
 }
 
 impl ImageService {
@@ -118,6 +119,9 @@ impl ImageService {
         let target = req.target.map(|t| t.digest).filter(|d| !d.is_empty());
         blocking(move || Ok(s.delete(&n, &name, target.as_deref())?)).await?;
         self.events.publish(&ns, topics::IMAGE_DELETE, &ImageDelete { name: req.name }).await;
+        if req.sync {
+            self.gc.collect().await?;
+        }
         Ok(())
     }
 }

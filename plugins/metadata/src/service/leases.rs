@@ -1,7 +1,7 @@
 //! `containerd.services.leases.v1.Leases` (containerd's
 //! services/leases/service.go). Namespaced; containerd publishes no lease
-//! events, and neither does this. Deletion never collects content here
-//! (there is no garbage collector yet), so `sync` has nothing to wait for.
+//! events, and neither does this. A Delete with `sync` runs a garbage
+//! collection before it answers (containerd's `ScheduleAndWait`).
 
 use containerd_client::services::v1::{
     AddResourceRequest, CreateRequest, CreateResponse, DeleteRequest, DeleteResourceRequest, Lease, ListRequest,
@@ -10,6 +10,7 @@ use containerd_client::services::v1::{
 use crated_plugin_api::{Call, ServiceRouter, Status};
 
 use super::{blocking, labels_in, labels_out, namespace, timestamp};
+use crate::gc::Collector;
 use crate::leases::{self as store, random_id, LeaseStore};
 
 const SERVICE: &str = "/containerd.services.leases.v1.Leases";
@@ -23,8 +24,8 @@ fn resource(r: Option<Resource>) -> Result<store::Resource, Status> {
     Ok(store::Resource { id: r.id, kind: r.r#type })
 }
 
-pub fn routes(router: ServiceRouter, store: LeaseStore) -> ServiceRouter {
-    let svc = LeaseService { store };
+pub fn routes(router: ServiceRouter, store: LeaseStore, gc: Collector) -> ServiceRouter {
+    let svc = LeaseService { store, gc };
     router
         .unary_with(&format!("{SERVICE}/Create"), &svc, LeaseService::create)
         .unary_with(&format!("{SERVICE}/Delete"), &svc, LeaseService::delete)
@@ -38,6 +39,7 @@ pub fn routes(router: ServiceRouter, store: LeaseStore) -> ServiceRouter {
 #[derive(Clone)]
 struct LeaseService {
     store: LeaseStore,
+    gc: Collector,
 }
 
 impl LeaseService {
@@ -50,7 +52,11 @@ impl LeaseService {
 
     async fn delete(self, call: Call, req: DeleteRequest) -> Result<(), Status> {
         let ns = namespace(&call)?;
-        blocking(move || Ok(self.store.delete(&ns, &req.id)?)).await?;
+        let store = self.store;
+        blocking(move || Ok(store.delete(&ns, &req.id)?)).await?;
+        if req.sync {
+            self.gc.collect().await?;
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod content;
+pub mod gc;
 pub mod images;
 pub mod leases;
 pub mod namespaces;

@@ -1,0 +1,322 @@
+//! The metadata store's garbage collector through the daemon's socket: the
+//! stock ctr imports images (unpacked into the real overlayfs snapshotter),
+//! `images rm --sync` and `leases rm --sync` run a collection before they
+//! answer, and the listings and the disk show what went and what stayed:
+//! content shared with another namespace, what a lease holds until its
+//! `containerd.io/gc.expire` passes, an ingest under a lease, a blob
+//! orphaned by a crash, and a daemon killed during a busy collection.
+//! Needs root (overlay mounts).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Daemon, Setup};
+use containerd_client::services::v1::{AddResourceRequest, CreateRequest, CreateResponse, Resource};
+use crated_tests::images::{oci_archive, Archive, ImageOptions};
+
+const STACK: &[&str] = &["content", "metadata", "events", "snapshots", "diff"];
+
+fn daemon() -> Daemon {
+    Setup::new(&[]).with_real_plugins(STACK).start()
+}
+
+fn ok(o: std::process::Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}\n{}", common::stdout(&o), common::stderr(&o));
+    common::stdout(&o)
+}
+
+fn ctr(d: &Daemon, ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    ok(d.stock_ctr(&all), &all.join(" "))
+}
+
+/// The rows of a ctr listing (header dropped).
+fn rows(listing: &str) -> Vec<String> {
+    listing.lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
+fn blobs_dir(d: &Daemon) -> PathBuf {
+    d.setup.root().join("io.containerd.content.v1.content/blobs/sha256")
+}
+
+fn blob_files(d: &Daemon) -> Vec<String> {
+    match std::fs::read_dir(blobs_dir(d)) {
+        Ok(it) => it.map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy())).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn snapshot_dirs(d: &Daemon) -> Vec<String> {
+    match std::fs::read_dir(d.setup.root().join("io.containerd.snapshotter.v1.overlayfs/snapshots")) {
+        Ok(it) => it.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+struct Archived {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    archive: Archive,
+}
+
+fn archived(name: &str) -> Archived {
+    let archive = oci_archive(&ImageOptions { ref_name: Some(name.to_string()), ..Default::default() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.tar");
+    std::fs::write(&path, &archive.tar).unwrap();
+    Archived { _dir: dir, path, archive }
+}
+
+fn import(d: &Daemon, ns: &str, a: &Archived, base: &str) {
+    ctr(d, ns, &["images", "import", "--base-name", base, a.path.to_str().unwrap()]);
+}
+
+/// Every blob of the archive's image.
+fn image_blobs(a: &Archive) -> Vec<String> {
+    a.manifests.iter().chain(&a.configs).chain(&a.layers).cloned().collect()
+}
+
+#[test]
+fn images_rm_sync_collects_content_snapshots_and_disk() {
+    let d = daemon();
+    let a = archived("latest");
+    let before_dirs = snapshot_dirs(&d);
+    import(&d, "one", &a, "example.com/one");
+    assert!(!rows(&ctr(&d, "one", &["snapshots", "ls"])).is_empty(), "import unpacked nothing");
+    for b in image_blobs(&a.archive) {
+        assert!(blob_files(&d).contains(&b), "{b} not on disk after import");
+    }
+    let name = rows(&ctr(&d, "one", &["images", "ls", "-q"]))
+        .into_iter()
+        .find(|n| n.starts_with("example.com/one"))
+        .expect("imported image");
+    // Another namespace holds the same image: its blobs must stay.
+    import(&d, "two", &a, "example.com/two");
+    ctr(&d, "one", &["images", "rm", "--sync", &name]);
+    assert!(rows(&ctr(&d, "one", &["content", "ls"])).is_empty(), "content left in one");
+    assert!(rows(&ctr(&d, "one", &["snapshots", "ls"])).is_empty(), "snapshots left in one");
+    let two = ctr(&d, "two", &["content", "ls"]);
+    for b in image_blobs(&a.archive) {
+        assert!(two.contains(&b), "{b} gone from two:\n{two}");
+        assert!(blob_files(&d).contains(&b), "{b} gone from disk while two uses it");
+    }
+    ok(d.stock_ctr(&["-n", "two", "images", "check"]), "check in two");
+
+    // Then the last user goes: nothing left, on disk either.
+    for n in rows(&ctr(&d, "two", &["images", "ls", "-q"])) {
+        ctr(&d, "two", &["images", "rm", "--sync", &n]);
+    }
+    assert!(rows(&ctr(&d, "two", &["content", "ls"])).is_empty());
+    assert!(rows(&ctr(&d, "two", &["snapshots", "ls"])).is_empty());
+    assert!(blob_files(&d).is_empty(), "blobs left on disk: {:?}", blob_files(&d));
+    assert_eq!(snapshot_dirs(&d), before_dirs, "overlayfs snapshot directories left");
+}
+
+async fn create_lease(d: &Daemon, ns: &str, id: &str, labels: &[(&str, &str)]) {
+    let ch = d.channel().await;
+    let _: CreateResponse = common::unary(
+        &ch,
+        "/containerd.services.leases.v1.Leases/Create",
+        Some(ns),
+        CreateRequest { id: id.into(), labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() },
+    )
+    .await
+    .expect("lease create");
+}
+
+async fn add_to_lease(d: &Daemon, ns: &str, id: &str, kind: &str, rid: &str) {
+    let ch = d.channel().await;
+    let _: () = common::unary(
+        &ch,
+        "/containerd.services.leases.v1.Leases/AddResource",
+        Some(ns),
+        AddResourceRequest { id: id.into(), resource: Some(Resource { id: rid.into(), r#type: kind.into() }) },
+    )
+    .await
+    .expect("add resource");
+}
+
+/// A collection, triggered the way a client can: removing a throwaway
+/// lease with `--sync`.
+fn collect(d: &Daemon, ns: &str) {
+    ctr(d, ns, &["leases", "create", "gc-trigger"]);
+    ctr(d, ns, &["leases", "rm", "--sync", "gc-trigger"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_protect_until_they_expire() {
+    let d = daemon();
+    let ch = d.channel().await;
+    create_lease(&d, "l", "keep", &[]).await;
+    create_lease(&d, "l", "soon", &[("containerd.io/gc.expire", "2999-01-01T00:00:00Z")]).await;
+    let kept = common::write_blob(&ch, "l", "r1", b"kept by a lease", Some("keep"), &[]).await.unwrap();
+    let expiring = common::write_blob(&ch, "l", "r2", b"kept until expiry", Some("soon"), &[]).await.unwrap();
+    let loose = common::write_blob(&ch, "l", "r3", b"kept by nothing", None, &[]).await.unwrap();
+    collect(&d, "l");
+    let ls = ctr(&d, "l", &["content", "ls"]);
+    assert!(ls.contains(&kept) && ls.contains(&expiring), "{ls}");
+    assert!(!ls.contains(&loose), "unreferenced content survived:\n{ls}");
+    assert!(!blob_files(&d).contains(&loose));
+
+    // The expiry passes: the next collection removes the lease and what
+    // only it held. (A new lease with the same resource and an expiry in
+    // the past stands for the passage of time.)
+    create_lease(&d, "l", "past", &[("containerd.io/gc.expire", "2000-01-01T00:00:00Z")]).await;
+    add_to_lease(&d, "l", "past", "content", &expiring).await;
+    ctr(&d, "l", &["leases", "rm", "soon"]);
+    collect(&d, "l");
+    let ls = ctr(&d, "l", &["content", "ls"]);
+    assert!(ls.contains(&kept), "{ls}");
+    assert!(!ls.contains(&expiring), "content of an expired lease survived:\n{ls}");
+    assert!(!blob_files(&d).contains(&expiring));
+    let leases = ctr(&d, "l", &["leases", "ls"]);
+    assert!(!leases.contains("past"), "an expired lease survived a collection:\n{leases}");
+    assert!(leases.contains("keep"), "{leases}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ingest_under_a_lease_survives_a_collection() {
+    use containerd_client::services::v1::{
+        ListResourcesRequest, ListResourcesResponse, WriteAction, WriteContentRequest, WriteContentResponse,
+    };
+    let d = daemon();
+    let ch = d.channel().await;
+    create_lease(&d, "i", "pull", &[]).await;
+    // Half a blob, written under the lease, not committed.
+    let data = b"half of a layer being pulled".to_vec();
+    let first = WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: "layer-1".into(),
+        total: data.len() as i64 * 2,
+        data: data.clone(),
+        ..Default::default()
+    };
+    let _: Vec<WriteContentResponse> = common::bidi_streaming_leased(
+        &ch,
+        "/containerd.services.content.v1.Content/Write",
+        Some("i"),
+        Some("pull"),
+        vec![first],
+    )
+    .await
+    .expect("partial write");
+    let res: ListResourcesResponse = common::unary(
+        &ch,
+        "/containerd.services.leases.v1.Leases/ListResources",
+        Some("i"),
+        ListResourcesRequest { id: "pull".into() },
+    )
+    .await
+    .unwrap();
+    assert!(
+        res.resources.iter().any(|r| r.r#type == "ingests" && r.id == "layer-1"),
+        "the ingest did not join its lease: {:?}",
+        res.resources
+    );
+    collect(&d, "i");
+    let active = ctr(&d, "i", &["content", "active"]);
+    assert!(active.contains("layer-1"), "the ingest went:\n{active}");
+    // Finished under the lease, the blob is leased content and survives.
+    let digest = common::write_blob(&ch, "i", "layer-2", b"a whole layer", Some("pull"), &[]).await.unwrap();
+    collect(&d, "i");
+    assert!(ctr(&d, "i", &["content", "ls"]).contains(&digest));
+    let res: ListResourcesResponse = common::unary(
+        &ch,
+        "/containerd.services.leases.v1.Leases/ListResources",
+        Some("i"),
+        ListResourcesRequest { id: "pull".into() },
+    )
+    .await
+    .unwrap();
+    assert!(res.resources.iter().any(|r| r.r#type == "content" && r.id == digest), "{:?}", res.resources);
+    assert!(!res.resources.iter().any(|r| r.r#type == "ingests" && r.id == "layer-2"), "{:?}", res.resources);
+}
+
+#[test]
+fn a_blob_with_no_record_is_collected() {
+    let d = daemon();
+    // What a SIGKILL between the raw commit and the record leaves.
+    let data = b"orphaned by a crash";
+    let digest = crated_tests::images::sha256_digest(data);
+    std::fs::create_dir_all(blobs_dir(&d)).unwrap();
+    let file = blobs_dir(&d).join(&digest["sha256:".len()..]);
+    std::fs::write(&file, data).unwrap();
+    assert!(blob_files(&d).contains(&digest));
+    collect(&d, "o");
+    assert!(!file.exists(), "the orphan blob survived a collection");
+}
+
+/// Every content record has its blob, every image its content, every
+/// snapshot record its backend snapshot, in each namespace.
+fn assert_consistent(d: &Daemon, namespaces: &[String], a: &Archive) {
+    let blobs = blob_files(d);
+    for ns in namespaces {
+        for row in rows(&ctr(d, ns, &["content", "ls"])) {
+            let digest = row.split_whitespace().next().unwrap().to_string();
+            assert!(blobs.contains(&digest), "{ns}: record of {digest} without its blob");
+        }
+        let images = rows(&ctr(d, ns, &["images", "ls", "-q"]));
+        if !images.is_empty() {
+            let content = ctr(d, ns, &["content", "ls"]);
+            for b in image_blobs(a) {
+                assert!(content.contains(&b), "{ns}: an image's {b} is gone");
+                assert!(blobs.contains(&b), "{ns}: an image's {b} is gone from disk");
+            }
+        }
+        for row in rows(&ctr(d, ns, &["snapshots", "ls"])) {
+            let key = row.split_whitespace().next().unwrap().to_string();
+            ok(d.stock_ctr(&["-n", ns, "snapshots", "info", &key]), &format!("{ns}: snapshot {key} backend"));
+        }
+    }
+}
+
+#[test]
+fn sigkill_during_a_busy_collection_restarts_consistent() {
+    let mut d = daemon();
+    let a = archived("latest");
+    let namespaces: Vec<String> = (0..12).map(|i| format!("ns{i}")).collect();
+    for ns in &namespaces {
+        import(&d, ns, &a, "example.com/busy");
+    }
+    // Half the namespaces drop their image; the last removal's collection
+    // is killed while it runs (or just after: either must be consistent).
+    for ns in &namespaces[..5] {
+        for n in rows(&ctr(&d, ns, &["images", "ls", "-q"])) {
+            ctr(&d, ns, &["images", "rm", &n]);
+        }
+    }
+    let ns = namespaces[5].clone();
+    let names = rows(&ctr(&d, &ns, &["images", "ls", "-q"]));
+    let mut args = vec!["-n".to_string(), ns.clone(), "images".into(), "rm".into(), "--sync".into()];
+    args.extend(names);
+    let sock = d.socket();
+    let mut rm = std::process::Command::new(common::stock_ctr_bin())
+        .arg("--address")
+        .arg(&sock)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    d.signal_and_wait("KILL");
+    let _ = rm.wait();
+    d.restart();
+    assert_consistent(&d, &namespaces, &a.archive);
+    // The next collection finishes the job: what the six namespaces
+    // dropped is gone, the rest intact.
+    collect(&d, &namespaces[6]);
+    for ns in &namespaces[..6] {
+        for n in rows(&ctr(&d, ns, &["images", "ls", "-q"])) {
+            ctr(&d, ns, &["images", "rm", &n]);
+        }
+    }
+    collect(&d, &namespaces[6]);
+    for ns in &namespaces[..6] {
+        assert!(rows(&ctr(&d, ns, &["content", "ls"])).is_empty(), "{ns}: content left");
+        assert!(rows(&ctr(&d, ns, &["snapshots", "ls"])).is_empty(), "{ns}: snapshots left");
+    }
+    assert_consistent(&d, &namespaces, &a.archive);
+}
