@@ -37,6 +37,11 @@ fn rows(listing: &str) -> Vec<String> {
     listing.lines().skip(1).filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
 }
 
+/// The image names in a namespace (`images ls -q` has no header).
+fn image_names(d: &Daemon, ns: &str) -> Vec<String> {
+    ctr(d, ns, &["images", "ls", "-q"]).lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+}
+
 fn blobs_dir(d: &Daemon) -> PathBuf {
     d.setup.root().join("io.containerd.content.v1.content/blobs/sha256")
 }
@@ -88,10 +93,7 @@ fn images_rm_sync_collects_content_snapshots_and_disk() {
     for b in image_blobs(&a.archive) {
         assert!(blob_files(&d).contains(&b), "{b} not on disk after import");
     }
-    let name = rows(&ctr(&d, "one", &["images", "ls", "-q"]))
-        .into_iter()
-        .find(|n| n.starts_with("example.com/one"))
-        .expect("imported image");
+    let name = image_names(&d, "one").into_iter().find(|n| n.starts_with("example.com/one")).expect("imported image");
     // Another namespace holds the same image: its blobs must stay.
     import(&d, "two", &a, "example.com/two");
     ctr(&d, "one", &["images", "rm", "--sync", &name]);
@@ -105,7 +107,7 @@ fn images_rm_sync_collects_content_snapshots_and_disk() {
     ok(d.stock_ctr(&["-n", "two", "images", "check"]), "check in two");
 
     // Then the last user goes: nothing left, on disk either.
-    for n in rows(&ctr(&d, "two", &["images", "ls", "-q"])) {
+    for n in image_names(&d, "two") {
         ctr(&d, "two", &["images", "rm", "--sync", &n]);
     }
     assert!(rows(&ctr(&d, "two", &["content", "ls"])).is_empty());
@@ -141,7 +143,7 @@ async fn add_to_lease(d: &Daemon, ns: &str, id: &str, kind: &str, rid: &str) {
 /// A collection, triggered the way a client can: removing a throwaway
 /// lease with `--sync`.
 fn collect(d: &Daemon, ns: &str) {
-    ctr(d, ns, &["leases", "create", "gc-trigger"]);
+    ctr(d, ns, &["leases", "create", "--id", "gc-trigger"]);
     ctr(d, ns, &["leases", "rm", "--sync", "gc-trigger"]);
 }
 
@@ -257,7 +259,7 @@ fn assert_consistent(d: &Daemon, namespaces: &[String], a: &Archive) {
             let digest = row.split_whitespace().next().unwrap().to_string();
             assert!(blobs.contains(&digest), "{ns}: record of {digest} without its blob");
         }
-        let images = rows(&ctr(d, ns, &["images", "ls", "-q"]));
+        let images = image_names(d, ns);
         if !images.is_empty() {
             let content = ctr(d, ns, &["content", "ls"]);
             for b in image_blobs(a) {
@@ -283,12 +285,12 @@ fn sigkill_during_a_busy_collection_restarts_consistent() {
     // Half the namespaces drop their image; the last removal's collection
     // is killed while it runs (or just after: either must be consistent).
     for ns in &namespaces[..5] {
-        for n in rows(&ctr(&d, ns, &["images", "ls", "-q"])) {
+        for n in image_names(&d, ns) {
             ctr(&d, ns, &["images", "rm", &n]);
         }
     }
     let ns = namespaces[5].clone();
-    let names = rows(&ctr(&d, &ns, &["images", "ls", "-q"]));
+    let names = image_names(&d, &ns);
     let mut args = vec!["-n".to_string(), ns.clone(), "images".into(), "rm".into(), "--sync".into()];
     args.extend(names);
     let sock = d.socket();
@@ -309,7 +311,7 @@ fn sigkill_during_a_busy_collection_restarts_consistent() {
     // dropped is gone, the rest intact.
     collect(&d, &namespaces[6]);
     for ns in &namespaces[..6] {
-        for n in rows(&ctr(&d, ns, &["images", "ls", "-q"])) {
+        for n in image_names(&d, ns) {
             ctr(&d, ns, &["images", "rm", &n]);
         }
     }
@@ -319,4 +321,53 @@ fn sigkill_during_a_busy_collection_restarts_consistent() {
         assert!(rows(&ctr(&d, ns, &["snapshots", "ls"])).is_empty(), "{ns}: snapshots left");
     }
     assert_consistent(&d, &namespaces, &a.archive);
+}
+
+/// The pause on a large store: 10,000 content records (under a lease) and
+/// 1,000 snapshot records (labelled `containerd.io/gc.root`), built
+/// through the services, then one collection; prints the daemon's debug
+/// line with the duration and the pause. A measurement, not a check:
+/// `cargo nextest run -p crated-tests --test gc --run-ignored only`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn pause_on_a_large_store() {
+    use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse};
+    let d = Setup::new(&[]).with_real_plugins(STACK).extra("[debug]\nlevel = \"debug\"\n").start();
+    let ch = d.channel().await;
+    create_lease(&d, "big", "keep", &[]).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let ch = ch.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..10_000).step_by(8) {
+                let data = format!("blob number {i}");
+                common::write_blob(&ch, "big", &format!("r{i}"), data.as_bytes(), Some("keep"), &[]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..1_000 {
+        let _: PrepareSnapshotResponse = common::unary(
+            &ch,
+            "/containerd.services.snapshots.v1.Snapshots/Prepare",
+            Some("big"),
+            PrepareSnapshotRequest {
+                snapshotter: "native".into(),
+                key: format!("s{i}"),
+                labels: [("containerd.io/gc.root".to_string(), "x".to_string())].into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    collect(&d, "big");
+    collect(&d, "big");
+    let log = d.log();
+    for line in log.lines().filter(|l| l.contains("garbage collected")) {
+        println!("{line}");
+    }
+    assert_eq!(rows(&ctr(&d, "big", &["content", "ls"])).len(), 10_000);
 }

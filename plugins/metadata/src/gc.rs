@@ -241,12 +241,9 @@ pub fn build_graph(view: &StoreView, now: i64) -> Graph {
                     out.push(Node::new(if flat { Kind::ContentFlat } else { Kind::Content }, ns, &r.id))
                 }
                 None if r.kind == "ingests" => out.push(Node::new(Kind::Ingest, ns, &r.id)),
-                Some(("snapshots", sn)) => out.push(Node::snapshot(
-                    if flat { Kind::SnapshotFlat } else { Kind::Snapshot },
-                    ns,
-                    sn,
-                    &r.id,
-                )),
+                Some(("snapshots", sn)) => {
+                    out.push(Node::snapshot(if flat { Kind::SnapshotFlat } else { Kind::Snapshot }, ns, sn, &r.id))
+                }
                 _ => {}
             }
         }
@@ -398,10 +395,7 @@ struct Inner {
 const RAW_CONTENT: &str = "/containerd.services.content.v1.Content";
 
 fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default()
 }
 
 impl Collector {

@@ -202,7 +202,13 @@ fn insert_in(txn: &WriteTransaction, ns: &str, sn: &str, key: &str, rec: &Snapsh
 }
 
 /// Removes a record with its child link and backend reference.
-pub(crate) fn delete_in(txn: &WriteTransaction, ns: &str, sn: &str, key: &str, rec: &SnapshotRecord) -> Result<(), SnapshotError> {
+pub(crate) fn delete_in(
+    txn: &WriteTransaction,
+    ns: &str,
+    sn: &str,
+    key: &str,
+    rec: &SnapshotRecord,
+) -> Result<(), SnapshotError> {
     txn.open_table(SNAPSHOTS)?.remove((ns, sn, key))?;
     if !rec.parent.is_empty() {
         txn.open_table(SNAPSHOT_CHILDREN)?.remove((ns, sn, rec.parent.as_str(), key))?;

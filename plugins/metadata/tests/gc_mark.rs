@@ -156,11 +156,8 @@ fn expected(v: &StoreView) -> HashSet<(String, String, String)> {
     type Obj = (String, String, String); // (kind, ns, key)
     let content_labels: BTreeMap<(String, String), &BTreeMap<String, String>> =
         v.content.iter().map(|(ns, d, l)| ((ns.clone(), d.clone()), l)).collect();
-    let snapshot_recs: BTreeMap<(String, String), (&String, &BTreeMap<String, String>)> = v
-        .snapshots
-        .iter()
-        .map(|(ns, sn, k, p, l)| ((ns.clone(), format!("{sn}/{k}")), (p, l)))
-        .collect();
+    let snapshot_recs: BTreeMap<(String, String), (&String, &BTreeMap<String, String>)> =
+        v.snapshots.iter().map(|(ns, sn, k, p, l)| ((ns.clone(), format!("{sn}/{k}")), (p, l))).collect();
     let refs = |ns: &str, labels: &BTreeMap<String, String>| -> Vec<Obj> {
         let mut out = Vec::new();
         for (k, val) in labels {

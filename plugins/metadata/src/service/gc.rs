@@ -11,10 +11,7 @@ use crate::db::Changes;
 use crate::gc::Collector;
 
 pub fn routes(router: ServiceRouter, gc: Collector) -> ServiceRouter {
-    router
-        .unary_with(COLLECT, &gc, collect)
-        .server_streaming_with(WATCH, &gc, watch)
-        .internal(SERVICE)
+    router.unary_with(COLLECT, &gc, collect).server_streaming_with(WATCH, &gc, watch).internal(SERVICE)
 }
 
 async fn collect(gc: Collector, _: Call, _: CollectRequest) -> Result<CollectResponse, Status> {
@@ -39,10 +36,8 @@ async fn watch(
         loop {
             rx.changed().await.ok()?;
             let now = *rx.borrow_and_update();
-            let notice = MutationNotice {
-                mutations: now.mutations - seen.mutations,
-                deletions: now.deletions - seen.deletions,
-            };
+            let notice =
+                MutationNotice { mutations: now.mutations - seen.mutations, deletions: now.deletions - seen.deletions };
             if notice.mutations > 0 {
                 return Some((Ok(notice), (rx, now)));
             }
