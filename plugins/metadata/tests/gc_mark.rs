@@ -26,7 +26,7 @@ fn bfs(g: &Graph) -> HashSet<Node> {
 
 fn node(i: usize) -> Node {
     let kind = [Kind::Content, Kind::Snapshot, Kind::Image, Kind::Lease][i % 4];
-    Node::new(kind, if i % 3 == 0 { "a" } else { "b" }, &format!("k{i}"))
+    Node::new(kind, if i.is_multiple_of(3) { "a" } else { "b" }, &format!("k{i}"))
 }
 
 proptest! {
@@ -156,7 +156,8 @@ fn expected(v: &StoreView) -> HashSet<(String, String, String)> {
     type Obj = (String, String, String); // (kind, ns, key)
     let content_labels: BTreeMap<(String, String), &BTreeMap<String, String>> =
         v.content.iter().map(|(ns, d, l)| ((ns.clone(), d.clone()), l)).collect();
-    let snapshot_recs: BTreeMap<(String, String), (&String, &BTreeMap<String, String>)> =
+    type SnapshotRec<'a> = (&'a String, &'a BTreeMap<String, String>);
+    let snapshot_recs: BTreeMap<(String, String), SnapshotRec> =
         v.snapshots.iter().map(|(ns, sn, k, p, l)| ((ns.clone(), format!("{sn}/{k}")), (p, l))).collect();
     let refs = |ns: &str, labels: &BTreeMap<String, String>| -> Vec<Obj> {
         let mut out = Vec::new();
@@ -242,7 +243,9 @@ fn expected(v: &StoreView) -> HashSet<(String, String, String)> {
 }
 
 /// The existing content and snapshot records a set of objects keeps.
-fn records(v: &StoreView, keep: impl Fn(&str, &str, &str) -> bool) -> (Vec<(String, String)>, Vec<(String, String)>) {
+type Keys = Vec<(String, String)>;
+
+fn records(v: &StoreView, keep: impl Fn(&str, &str, &str) -> bool) -> (Keys, Keys) {
     let c = v.content.iter().filter(|(ns, d, _)| keep("content", ns, d)).map(|(ns, d, _)| (ns.clone(), d.clone()));
     let s = v
         .snapshots
