@@ -188,12 +188,14 @@ mod tests {
 
     use super::*;
 
+    type NoticeSender = mpsc::UnboundedSender<Result<MutationNotice, Status>>;
+
     /// Records the time of each call; notices are fed through `senders`.
     #[derive(Clone, Default)]
     struct Scripted {
         collects: Arc<Mutex<Vec<Instant>>>,
         watches: Arc<Mutex<Vec<Instant>>>,
-        senders: Arc<Mutex<Vec<mpsc::UnboundedSender<Result<MutationNotice, Status>>>>>,
+        senders: Arc<Mutex<Vec<NoticeSender>>>,
         /// Every call fails with this.
         fail_with: Option<Status>,
     }
