@@ -114,7 +114,7 @@ fn transcript(tag: &str, ours: bool) -> Vec<String> {
     let mut out = Vec::new();
     for op in steps() {
         out.push(match op {
-            Op::Stock(args) => run(STOCK_CTR, &sock, &step(&expand(args))),
+            Op::Stock(args) => run_settled(STOCK_CTR, &sock, &step(&expand(args))),
             Op::Both(args) => run(if ours { OURS } else { STOCK_CTR }, &sock, &step(&expand(args))),
             Op::Ls(rel) => format!("# ls {{M}}/{rel}\n{}", list_dir(&mount.path().join(rel))),
         });
@@ -195,7 +195,7 @@ fn unpack_and_usage() {
             }
         }
         let outputs: Vec<String> =
-            inspect.iter().map(|s| sort_label_lists(&mask(&run(STOCK_CTR, &sock, &step(s))))).collect();
+            inspect.iter().map(|s| sort_label_lists(&mask(&run_settled(STOCK_CTR, &sock, &step(s))))).collect();
         if ours {
             // Usage: each key's line is what `snapshots usage` reports, and
             // each next key is the previous one's parent.

@@ -310,7 +310,7 @@ fn transcript(tag: &str, server: Server) -> Vec<String> {
     let mut outputs = Vec::new();
     for op in steps() {
         let output = match op {
-            Op::Ctr(args) => run(STOCK_CTR, &sock, &step(&args.replace("{A}", &a).replace("{M}", &m))),
+            Op::Ctr(args) => run_settled(STOCK_CTR, &sock, &step(&args.replace("{A}", &a).replace("{M}", &m))),
             Op::Cat(rel) => format!(
                 "# cat {{M}}/{rel}\n{}",
                 std::fs::read_to_string(mount.path().join(rel)).unwrap_or_else(|e| format!("error: {}\n", e.kind()))

@@ -120,7 +120,7 @@ fn transcript(tag: &str, server: Server, source: &Source) -> Vec<String> {
     let outputs: Vec<String> = steps(&r)
         .iter()
         .map(|args| {
-            let out = run(STOCK_CTR, &sock, &step(args));
+            let out = run_settled(STOCK_CTR, &sock, &step(args));
             if args.starts_with("images pull") {
                 mask_pull(&out)
             } else {

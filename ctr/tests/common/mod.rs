@@ -447,3 +447,20 @@ pub fn list_dir(dir: &Path) -> String {
     names.sort();
     names.into_iter().map(|n| n + "\n").collect()
 }
+
+/// `run` for listings whose result a background garbage collection could
+/// change (`content ls`, `snapshots ... ls`): a sync collection first (a
+/// throwaway lease removed with `--sync`), so that the listing does not
+/// depend on whether the daemon's scheduler has run yet. Other steps run
+/// as they are.
+pub fn run_settled(ctr: &str, sock: &Path, s: &Step) -> String {
+    let listing =
+        s.0.first().is_some_and(|a| a == "content" || a == "snapshots") && s.0.iter().any(|a| a == "ls" || a == "list");
+    if listing {
+        for args in ["leases create --id gc-settle", "leases rm --sync gc-settle"] {
+            let out = run(STOCK_CTR, sock, &step(args));
+            assert!(out.ends_with("[rc=0]\n"), "settling the collector: {out}");
+        }
+    }
+    run(ctr, sock, s)
+}
