@@ -6,14 +6,15 @@
 //! `containerd.io/gc.expire` passes, an ingest under a lease, a blob
 //! orphaned by a crash, a daemon killed during a busy collection, and
 //! collections racing imports (stock ctr) and pulls (our ctr through the
-//! transfer plugin, from the registry fixture).
+//! transfer plugin, from the registry fixture), and containers as roots
+//! (compared with a stock containerd).
 //! Needs root (overlay mounts).
 
 mod common;
 
 use std::path::PathBuf;
 
-use common::{Daemon, Setup};
+use common::{Daemon, Setup, StockContainerd};
 use containerd_client::services::v1::{AddResourceRequest, CreateRequest, CreateResponse, Resource};
 use crated_tests::images::{oci_archive, Archive, Compression, ImageOptions, Layers};
 use crated_tests::registry::Registry;
@@ -507,4 +508,50 @@ fn collections_racing_imports_and_pulls_take_nothing_leased() {
     }
     assert!(!rows(&ctr(&d, "race", &["snapshots", "ls"])).is_empty(), "no snapshots in race");
     assert_complete(&d, "other", "example.com/unrelated:latest", &unrelated.archive);
+}
+
+/// The digests `content ls` lists and the `snapshots ls` rows, sorted.
+fn content_and_snapshots(ctr: impl Fn(&[&str]) -> std::process::Output) -> (Vec<String>, Vec<String>) {
+    let run = |args: &[&str]| ok(ctr(args), &args.join(" "));
+    let mut content: Vec<String> = rows(&run(&["-n", "c", "content", "ls"]))
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect();
+    content.sort();
+    let mut snapshots: Vec<String> = rows(&run(&["-n", "c", "snapshots", "ls"]))
+        .iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    snapshots.sort();
+    (content, snapshots)
+}
+
+/// A container is a root: after its image goes with `images rm --sync`,
+/// its snapshot and the parent chain stay, and the image's blobs go as
+/// they do in a stock containerd (the listings are compared); once the
+/// container goes too, a collection leaves no snapshot.
+#[test]
+fn containers_keep_their_snapshots_as_stock_containerd_does() {
+    let a = archived("latest");
+    let steps = |ctr: &dyn Fn(&[&str]) -> std::process::Output| {
+        let run = |args: &[&str]| ok(ctr(args), &args.join(" "));
+        run(&["-n", "c", "images", "import", "--base-name", "example.com/c", a.path.to_str().unwrap()]);
+        run(&["-n", "c", "containers", "create", "example.com/c:latest", "c1"]);
+        run(&["-n", "c", "images", "rm", "--sync", "example.com/c:latest"]);
+        let after_image = content_and_snapshots(ctr);
+        run(&["-n", "c", "containers", "rm", "c1"]);
+        run(&["-n", "c", "leases", "create", "--id", "gc-trigger"]);
+        run(&["-n", "c", "leases", "rm", "--sync", "gc-trigger"]);
+        (after_image, content_and_snapshots(ctr))
+    };
+    let stock = StockContainerd::start();
+    let expected = steps(&|args| stock.ctr(args));
+    drop(stock);
+    let d = daemon();
+    let got = steps(&|args| d.stock_ctr(args));
+    assert!(!expected.0 .1.is_empty(), "stock containerd kept no snapshot for the container");
+    assert!(got.0 .1.iter().any(|r| r.starts_with("c1 ")), "the container's snapshot went: {:?}", got.0 .1);
+    assert_eq!(got.0, expected.0, "content and snapshots after images rm --sync (ours, stock)");
+    assert!(got.1 .1.is_empty(), "snapshots left after the container went: {:?}", got.1 .1);
+    assert_eq!(got.1, expected.1, "content and snapshots after the container went (ours, stock)");
 }
