@@ -4,16 +4,20 @@
 //! answer, and the listings and the disk show what went and what stayed:
 //! content shared with another namespace, what a lease holds until its
 //! `containerd.io/gc.expire` passes, an ingest under a lease, a blob
-//! orphaned by a crash, and a daemon killed during a busy collection.
+//! orphaned by a crash, a daemon killed during a busy collection, and
+//! collections racing imports (stock ctr) and pulls (our ctr through the
+//! transfer plugin, from the registry fixture), and containers as roots
+//! (compared with a stock containerd).
 //! Needs root (overlay mounts).
 
 mod common;
 
 use std::path::PathBuf;
 
-use common::{Daemon, Setup};
+use common::{Daemon, Setup, StockContainerd};
 use containerd_client::services::v1::{AddResourceRequest, CreateRequest, CreateResponse, Resource};
-use crated_tests::images::{oci_archive, Archive, ImageOptions};
+use crated_tests::images::{oci_archive, Archive, Compression, ImageOptions, Layers};
+use crated_tests::registry::Registry;
 
 const STACK: &[&str] = &["content", "metadata", "events", "snapshots", "diff"];
 
@@ -370,4 +374,184 @@ async fn pause_on_a_large_store() {
         println!("{line}");
     }
     assert_eq!(rows(&ctr(&d, "big", &["content", "ls"])).len(), 10_000);
+}
+
+/// Our ctr against `d`, in `ns`.
+fn our_ctr(d: &Daemon, ns: &str, args: &[&str]) -> String {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    ok(d.ctr(&all), &format!("(our ctr) {}", all.join(" ")))
+}
+
+/// The archive of a distinct image (compression and layers vary the
+/// digests), saved to a file, and named `latest`.
+fn archived_with(compression: Compression, layers: Layers) -> Archived {
+    let options = ImageOptions { compression, layers, ..Default::default() };
+    let archive = oci_archive(&options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("image.tar");
+    std::fs::write(&path, &archive.tar).unwrap();
+    Archived { _dir: dir, path, archive }
+}
+
+/// Asserts `name` is complete and unpacked (`images check`), and its
+/// blobs are listed and on disk.
+fn assert_complete(d: &Daemon, ns: &str, name: &str, a: &Archive) {
+    // Only this image: another one listed may be removed (and collected)
+    // while `images check` goes through the list.
+    let check = ctr(d, ns, &["images", "check", &format!("name=={name}")]);
+    let row = check
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} not in images check:\n{check}"));
+    assert!(row.contains("complete") && row.trim_end().ends_with("true"), "{name} incomplete or not unpacked: {row}");
+    let content = ctr(d, ns, &["content", "ls"]);
+    let on_disk = blob_files(d);
+    for b in image_blobs(a) {
+        assert!(content.contains(&b), "{ns}: {name}'s {b} not listed");
+        assert!(on_disk.contains(&b), "{ns}: {name}'s {b} not on disk");
+    }
+}
+
+/// Collections (an `images rm --sync` of an unrelated image, a `leases rm
+/// --sync`) run over and over while the stock ctr imports images and our
+/// ctr pulls others from a registry through the transfer plugin, into one
+/// namespace. Between rounds each image is removed without `--sync`, so its
+/// blobs are unreferenced when the next round writes them again: only the
+/// leases of the import and the pull keep a collection off them. Every
+/// image is complete and unpacked after each import or pull, and at the end.
+#[test]
+fn collections_racing_imports_and_pulls_take_nothing_leased() {
+    let d =
+        Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer"]).start();
+    let registry = Registry::start().expect("registry fixture");
+    let imported = [
+        archived_with(Compression::Gzip, Layers::Rootfs),
+        archived_with(Compression::Uncompressed, Layers::WithWhiteouts),
+    ];
+    let pulled = [
+        archived_with(Compression::Uncompressed, Layers::Rootfs),
+        archived_with(Compression::Gzip, Layers::WithWhiteouts),
+    ];
+    // The pulled images go to the registry from a namespace that is then
+    // emptied, so the pulls fetch every blob.
+    let mut remotes = Vec::new();
+    for (i, a) in pulled.iter().enumerate() {
+        import(&d, "seed", a, &format!("example.com/seed{i}"));
+        let remote = format!("{}/test/p{i}:1", registry.host());
+        our_ctr(&d, "seed", &["images", "push", "--plain-http", &remote, &format!("example.com/seed{i}:latest")]);
+        remotes.push(remote);
+    }
+    for n in image_names(&d, "seed") {
+        ctr(&d, "seed", &["images", "rm", "--sync", &n]);
+    }
+    assert!(blob_files(&d).is_empty(), "the seed's blobs stayed");
+    let unrelated = archived("latest");
+    import(&d, "other", &unrelated, "example.com/unrelated");
+
+    const ROUNDS: usize = 4;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let collections = std::thread::scope(|s| {
+        let collector = s.spawn(|| {
+            let mut n = 0usize;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if n % 2 == 0 {
+                    let tag = format!("example.com/unrelated:t{n}");
+                    ctr(&d, "other", &["images", "tag", "example.com/unrelated:latest", &tag]);
+                    ctr(&d, "other", &["images", "rm", "--sync", &tag]);
+                } else {
+                    collect(&d, "race");
+                }
+                n += 1;
+            }
+            n
+        });
+        let importer = s.spawn(|| {
+            for round in 0..ROUNDS {
+                for (i, a) in imported.iter().enumerate() {
+                    let name = format!("example.com/imp{i}:latest");
+                    import(&d, "race", a, &format!("example.com/imp{i}"));
+                    assert_complete(&d, "race", &name, &a.archive);
+                    if round + 1 < ROUNDS {
+                        ctr(&d, "race", &["images", "rm", &name]);
+                    }
+                }
+            }
+        });
+        let puller = s.spawn(|| {
+            for round in 0..ROUNDS {
+                for (remote, a) in remotes.iter().zip(&pulled) {
+                    our_ctr(&d, "race", &["images", "pull", "--plain-http", remote]);
+                    assert_complete(&d, "race", remote, &a.archive);
+                    if round + 1 < ROUNDS {
+                        ctr(&d, "race", &["images", "rm", remote]);
+                    }
+                }
+            }
+        });
+        let imports = importer.join();
+        let pulls = puller.join();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let collections = collector.join().unwrap();
+        if let Err(e) = imports.and(pulls) {
+            std::panic::resume_unwind(e);
+        }
+        collections
+    });
+    assert!(collections > 0, "no collection ran");
+    collect(&d, "race");
+    for (i, a) in imported.iter().enumerate() {
+        assert_complete(&d, "race", &format!("example.com/imp{i}:latest"), &a.archive);
+    }
+    for (remote, a) in remotes.iter().zip(&pulled) {
+        assert_complete(&d, "race", remote, &a.archive);
+    }
+    assert!(!rows(&ctr(&d, "race", &["snapshots", "ls"])).is_empty(), "no snapshots in race");
+    assert_complete(&d, "other", "example.com/unrelated:latest", &unrelated.archive);
+}
+
+/// The digests `content ls` lists and the `snapshots ls` rows, sorted.
+fn content_and_snapshots(ctr: impl Fn(&[&str]) -> std::process::Output) -> (Vec<String>, Vec<String>) {
+    let run = |args: &[&str]| ok(ctr(args), &args.join(" "));
+    let mut content: Vec<String> = rows(&run(&["-n", "c", "content", "ls"]))
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap().to_string())
+        .collect();
+    content.sort();
+    let mut snapshots: Vec<String> = rows(&run(&["-n", "c", "snapshots", "ls"]))
+        .iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    snapshots.sort();
+    (content, snapshots)
+}
+
+/// A container is a root: after its image goes with `images rm --sync`,
+/// its snapshot and the parent chain stay, and the image's blobs go as
+/// they do in a stock containerd (the listings are compared); once the
+/// container goes too, a collection leaves no snapshot.
+#[test]
+fn containers_keep_their_snapshots_as_stock_containerd_does() {
+    let a = archived("latest");
+    let steps = |ctr: &dyn Fn(&[&str]) -> std::process::Output| {
+        let run = |args: &[&str]| ok(ctr(args), &args.join(" "));
+        run(&["-n", "c", "images", "import", "--base-name", "example.com/c", a.path.to_str().unwrap()]);
+        run(&["-n", "c", "containers", "create", "example.com/c:latest", "c1"]);
+        run(&["-n", "c", "images", "rm", "--sync", "example.com/c:latest"]);
+        let after_image = content_and_snapshots(ctr);
+        run(&["-n", "c", "containers", "rm", "c1"]);
+        run(&["-n", "c", "leases", "create", "--id", "gc-trigger"]);
+        run(&["-n", "c", "leases", "rm", "--sync", "gc-trigger"]);
+        (after_image, content_and_snapshots(ctr))
+    };
+    let stock = StockContainerd::start();
+    let expected = steps(&|args| stock.ctr(args));
+    drop(stock);
+    let d = daemon();
+    let got = steps(&|args| d.stock_ctr(args));
+    assert!(!expected.0 .1.is_empty(), "stock containerd kept no snapshot for the container");
+    assert!(got.0 .1.iter().any(|r| r.starts_with("c1 ")), "the container's snapshot went: {:?}", got.0 .1);
+    assert_eq!(got.0, expected.0, "content and snapshots after images rm --sync (ours, stock)");
+    assert!(got.1 .1.is_empty(), "snapshots left after the container went: {:?}", got.1 .1);
+    assert_eq!(got.1, expected.1, "content and snapshots after the container went (ours, stock)");
 }

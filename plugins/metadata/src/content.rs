@@ -179,10 +179,18 @@ impl ContentStore {
 
     /// Adds existing content of `ns` to a lease (a writer opened for a
     /// digest the namespace already has, as containerd's `Writer` does).
-    pub fn lease_existing(&self, ns: &str, digest: &str, lease: &str) -> Result<(), ContentError> {
+    /// Returns whether the namespace still had the content: the check and
+    /// the lease share one write transaction, so a collection cannot take
+    /// the content between them (containerd checks and leases in one
+    /// update too).
+    pub fn lease_existing(&self, ns: &str, digest: &str, lease: &str) -> Result<bool, ContentError> {
         self.db.write(|txn| {
-            add_resource_in(txn, ns, lease, &Resource { id: digest.into(), kind: "content".into() })?;
-            Ok(())
+            let exists =
+                txn.open_table(CONTENT).map_err(DbError::from)?.get((ns, digest)).map_err(DbError::from)?.is_some();
+            if exists {
+                add_resource_in(txn, ns, lease, &Resource { id: digest.into(), kind: "content".into() })?;
+            }
+            Ok(exists)
         })
     }
 

@@ -211,11 +211,18 @@ impl Writer {
         }
         match self.svc.namespaced_info(&self.ns, &req.expected).await {
             Ok(_) => {
-                if let Some(lease) = self.lease.clone() {
-                    let (s, ns, d) = (self.svc.store.clone(), self.ns.clone(), req.expected.clone());
-                    blocking(move || Ok(s.lease_existing(&ns, &d, &lease)?)).await?;
+                let still_there = match self.lease.clone() {
+                    Some(lease) => {
+                        let (s, ns, d) = (self.svc.store.clone(), self.ns.clone(), req.expected.clone());
+                        blocking(move || Ok(s.lease_existing(&ns, &d, &lease)?)).await?
+                    }
+                    None => true,
+                };
+                // A collection may have taken it since the look-up: then
+                // it is written like new content.
+                if still_there {
+                    return Err(Error::already_exists(format!("content {}", req.expected)).into());
                 }
-                return Err(Error::already_exists(format!("content {}", req.expected)).into());
             }
             Err(e) if e.code == Code::NotFound => {}
             Err(e) => return Err(e),
