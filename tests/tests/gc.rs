@@ -184,9 +184,7 @@ async fn leases_protect_until_they_expire() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ingest_under_a_lease_survives_a_collection() {
-    use containerd_client::services::v1::{
-        ListResourcesRequest, ListResourcesResponse, WriteAction, WriteContentRequest, WriteContentResponse,
-    };
+    use containerd_client::services::v1::{WriteAction, WriteContentRequest, WriteContentResponse};
     let d = daemon();
     let ch = d.channel().await;
     create_lease(&d, "i", "pull", &[]).await;
@@ -208,14 +206,7 @@ async fn an_ingest_under_a_lease_survives_a_collection() {
     )
     .await
     .expect("partial write");
-    let res: ListResourcesResponse = common::unary(
-        &ch,
-        "/containerd.services.leases.v1.Leases/ListResources",
-        Some("i"),
-        ListResourcesRequest { id: "pull".into() },
-    )
-    .await
-    .unwrap();
+    let res = lease_resources(&ch, "i", "pull").await;
     assert!(
         res.resources.iter().any(|r| r.r#type == "ingests" && r.id == "layer-1"),
         "the ingest did not join its lease: {:?}",
@@ -228,14 +219,7 @@ async fn an_ingest_under_a_lease_survives_a_collection() {
     let digest = common::write_blob(&ch, "i", "layer-2", b"a whole layer", Some("pull"), &[]).await.unwrap();
     collect(&d, "i");
     assert!(ctr(&d, "i", &["content", "ls"]).contains(&digest));
-    let res: ListResourcesResponse = common::unary(
-        &ch,
-        "/containerd.services.leases.v1.Leases/ListResources",
-        Some("i"),
-        ListResourcesRequest { id: "pull".into() },
-    )
-    .await
-    .unwrap();
+    let res = lease_resources(&ch, "i", "pull").await;
     assert!(res.resources.iter().any(|r| r.r#type == "content" && r.id == digest), "{:?}", res.resources);
     assert!(!res.resources.iter().any(|r| r.r#type == "ingests" && r.id == "layer-2"), "{:?}", res.resources);
 }
@@ -554,4 +538,20 @@ fn containers_keep_their_snapshots_as_stock_containerd_does() {
     assert_eq!(got.0, expected.0, "content and snapshots after images rm --sync (ours, stock)");
     assert!(got.1 .1.is_empty(), "snapshots left after the container went: {:?}", got.1 .1);
     assert_eq!(got.1, expected.1, "content and snapshots after the container went (ours, stock)");
+}
+
+/// What a lease holds, as the Leases service lists it.
+async fn lease_resources(
+    ch: &tonic::transport::Channel,
+    ns: &str,
+    id: &str,
+) -> containerd_client::services::v1::ListResourcesResponse {
+    common::unary(
+        ch,
+        "/containerd.services.leases.v1.Leases/ListResources",
+        Some(ns),
+        containerd_client::services::v1::ListResourcesRequest { id: id.into() },
+    )
+    .await
+    .unwrap()
 }
