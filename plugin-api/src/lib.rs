@@ -55,6 +55,7 @@ pub mod host;
 pub mod logging;
 #[cfg(feature = "mount")]
 pub mod mount;
+pub mod paths;
 pub mod plugin;
 #[cfg(feature = "proxy-server")]
 pub mod proxy;

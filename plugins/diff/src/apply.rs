@@ -118,22 +118,7 @@ fn open_dir(path: &Path) -> Result<OwnedFd, ApplyError> {
     })
 }
 
-/// `name` cleaned as a path inside the root: no empty, `.` or `..`
-/// components, never absolute (`..` at the top stays at the top, as in
-/// Go's `filepath.Clean("/" + name)`).
-pub fn clean(name: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in name.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crated_plugin_api::paths::clean;
 
 fn timespec(secs: u64) -> Timespec {
     Timespec { tv_sec: secs.min(i64::MAX as u64) as i64, tv_nsec: 0 }
@@ -499,18 +484,4 @@ pub fn remove_all_at(dir: &impl AsFd, name: &str) -> Result<(), Errno> {
         remove_all_at(&sub, &child)?;
     }
     rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clean_keeps_paths_inside_the_root() {
-        assert_eq!(clean("../x"), vec!["x"]);
-        assert_eq!(clean("/etc/passwd"), vec!["etc", "passwd"]);
-        assert_eq!(clean("a/../../b/./c/"), vec!["b", "c"]);
-        assert!(clean("/").is_empty());
-        assert!(clean("..").is_empty());
-    }
 }

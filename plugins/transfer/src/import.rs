@@ -47,17 +47,7 @@ enum TarEvent {
 
 /// `path.Clean` of a tar name, without a leading `./` or `/`.
 fn clean(name: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for p in name.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
+    crated_plugin_api::paths::clean(name).join("/")
 }
 
 /// Walks the tar on a blocking thread, sending its regular files and

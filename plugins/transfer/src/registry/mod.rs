@@ -134,15 +134,11 @@ pub struct Registry {
 }
 
 /// The media types of manifests, fetched from `/manifests/` rather than `/blobs/`.
-const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+const MANIFEST_TYPES: &[&str] =
+    &[crate::oci::OCI_INDEX, crate::oci::OCI_MANIFEST, crate::oci::DOCKER_INDEX, crate::oci::DOCKER_MANIFEST];
 
 fn is_manifest(media_type: &str) -> bool {
-    MANIFEST_TYPES.contains(&media_type)
+    crate::oci::is_index(media_type) || crate::oci::is_manifest(media_type)
 }
 
 /// reqwest is built without a default TLS provider; install ring's once per
