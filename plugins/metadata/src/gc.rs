@@ -389,6 +389,8 @@ struct Inner {
     snapshots: SnapshotStore,
     host: Host,
     blob_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Raw blobs open writers rely on (the content service's pins).
+    blob_pins: crate::service::content::BlobPins,
     running: tokio::sync::Mutex<()>,
 }
 
@@ -402,8 +404,15 @@ impl Collector {
     /// A collector over `db`, the snapshot store, and the raw content
     /// plugin reached through `host`; `blob_lock` is the content service's
     /// lock ordering commits against deletes of raw blobs.
-    pub fn new(db: Db, snapshots: SnapshotStore, host: Host, blob_lock: Arc<tokio::sync::Mutex<()>>) -> Self {
-        Collector { inner: Arc::new(Inner { db, snapshots, host, blob_lock, running: tokio::sync::Mutex::new(()) }) }
+    pub fn new(
+        db: Db,
+        snapshots: SnapshotStore,
+        host: Host,
+        blob_lock: Arc<tokio::sync::Mutex<()>>,
+        blob_pins: crate::service::content::BlobPins,
+    ) -> Self {
+        let running = tokio::sync::Mutex::new(());
+        Collector { inner: Arc::new(Inner { db, snapshots, host, blob_lock, blob_pins, running }) }
     }
 
     pub fn db(&self) -> &Db {
@@ -510,9 +519,13 @@ impl Collector {
         }
         let _blobs = inner.blob_lock.lock().await;
         let db = inner.db.clone();
-        let doomed = tokio::task::spawn_blocking(move || unreferenced(&db, candidates))
+        let mut doomed = tokio::task::spawn_blocking(move || unreferenced(&db, candidates))
             .await
             .map_err(|e| GcError::Backend(format!("blob check task: {e}")))??;
+        {
+            let pins = inner.blob_pins.lock().unwrap_or_else(|p| p.into_inner());
+            doomed.retain(|d| !pins.contains_key(d));
+        }
         let mut removed = 0;
         for digest in doomed {
             let call = Host::call(&format!("{RAW_CONTENT}/Delete"), None);

@@ -71,7 +71,13 @@ impl Plugin for Metadata {
             .map(|d| (d.id.clone(), SnapshotterClient::new(&ctx.host, &d.key())))
             .collect();
         let snapshots = SnapshotStore::new(db.clone(), snapshotters);
-        let collector = gc::Collector::new(db.clone(), snapshots.clone(), ctx.host.clone(), content.blob_lock());
+        let collector = gc::Collector::new(
+            db.clone(),
+            snapshots.clone(),
+            ctx.host.clone(),
+            content.blob_lock(),
+            content.blob_pins(),
+        );
         // Repair what a crash left between a record and its backend
         // snapshot (snapshots.rs explains why). Each repair holds its
         // snapshotter's lock, so that snapshotter's changes wait for it;

@@ -25,6 +25,7 @@
 //!   too), so a commit never records a blob that a delete is removing.
 
 use crated_events_api::topics;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use containerd_client::events::ContentDelete;
@@ -104,11 +105,42 @@ pub struct ContentService {
     host: Host,
     events: Events,
     blob_lock: Arc<tokio::sync::Mutex<()>>,
+    pins: BlobPins,
+}
+
+/// Raw blobs that open writers rely on without writing them (a namespace
+/// committing a blob another namespace stored): the collector must not
+/// delete them between the writer's check and its commit. Changed and read
+/// under the blob lock.
+pub type BlobPins = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+
+/// A writer's pin on a raw blob, released when the writer goes.
+struct BlobPin {
+    pins: BlobPins,
+    digest: String,
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pins.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.digest);
+            }
+        }
+    }
 }
 
 impl ContentService {
     pub fn new(store: ContentStore, host: Host, events: Events) -> Self {
-        ContentService { store, host, events, blob_lock: Arc::new(tokio::sync::Mutex::new(())) }
+        let blob_lock = Arc::new(tokio::sync::Mutex::new(()));
+        ContentService { store, host, events, blob_lock, pins: BlobPins::default() }
+    }
+
+    /// The raw blobs open writers rely on, which the collector leaves alone.
+    pub fn blob_pins(&self) -> BlobPins {
+        self.pins.clone()
     }
 
     /// The lock that orders commits against deletes of raw blobs, which
@@ -170,6 +202,8 @@ struct Writer {
     raw: Option<(futures::channel::mpsc::Sender<Result<WriteContentRequest, Status>>, RawOut)>,
     /// The digest of the data written so far, as the raw store last told.
     last_digest: String,
+    /// The raw blob a shared-mode writer relies on.
+    pin: Option<BlobPin>,
     done: bool,
 }
 
@@ -227,11 +261,17 @@ impl Writer {
             Err(e) if e.code == Code::NotFound => {}
             Err(e) => return Err(e),
         }
+        // Checked and pinned under the blob lock, so a collection cannot
+        // delete the raw blob between this check and the commit.
+        let _guard = self.svc.blob_lock.clone().lock_owned().await;
         if let Ok(info) = self.svc.raw_info(&req.expected).await {
             if req.total == 0 || req.total == info.size {
                 self.mode = Mode::Shared { digest: req.expected.clone(), size: info.size, started_at: now() };
+                *self.svc.pins.lock().unwrap_or_else(|p| p.into_inner()).entry(req.expected.clone()).or_default() += 1;
+                self.pin = Some(BlobPin { pins: self.svc.pins.clone(), digest: req.expected.clone() });
             }
         }
+        drop(_guard);
         self.lease_ingest().await
     }
 
@@ -515,6 +555,7 @@ impl ContentService {
             mode: Mode::Unopened,
             raw: None,
             last_digest: String::new(),
+            pin: None,
             done: false,
         };
         Ok(futures::stream::unfold(w, |mut w| async move {
