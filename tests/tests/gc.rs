@@ -222,6 +222,28 @@ async fn an_ingest_under_a_lease_survives_a_collection() {
     let res = lease_resources(&ch, "i", "pull").await;
     assert!(res.resources.iter().any(|r| r.r#type == "content" && r.id == digest), "{:?}", res.resources);
     assert!(!res.resources.iter().any(|r| r.r#type == "ingests" && r.id == "layer-2"), "{:?}", res.resources);
+
+    // An ingest written without a lease is kept (for a day, as containerd
+    // keeps it); once the lease of `layer-1` goes, its write is aborted.
+    let unleased = WriteContentRequest {
+        action: WriteAction::Write as i32,
+        r#ref: "no-lease".into(),
+        total: data.len() as i64 * 2,
+        data: data.clone(),
+        ..Default::default()
+    };
+    let _: Vec<WriteContentResponse> =
+        common::bidi_streaming_leased(&ch, "/containerd.services.content.v1.Content/Write", Some("i"), None, vec![unleased])
+            .await
+            .expect("partial write without a lease");
+    ctr(&d, "i", &["leases", "rm", "--sync", "pull"]);
+    let active = ctr(&d, "i", &["content", "active"]);
+    assert!(!active.contains("layer-1"), "the ingest of a deleted lease survived:\n{active}");
+    assert!(active.contains("no-lease"), "an unleased ingest went before it expired:\n{active}");
+    let ingest_dirs = std::fs::read_dir(d.setup.root().join("io.containerd.content.v1.content/ingest"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(ingest_dirs, 1, "the aborted ingest left its directory");
 }
 
 #[test]

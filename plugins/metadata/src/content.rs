@@ -12,7 +12,12 @@ use redb::ReadableTable;
 
 use crate::db::{
     decode, encode, ensure_namespace, now_nanos, scan_ns, ContentRecord, Db, DbError, Labels, BLOB_REFS, CONTENT,
+    INGESTS, INGEST_LEASED,
 };
+
+/// How long an ingest written without a lease is kept after its writer last
+/// opened it (containerd's 24 hours).
+pub const INGEST_TTL: i64 = 24 * 60 * 60;
 use crate::leases::{add_resource_in, validate_digest, LeaseError, Resource};
 use crate::namespaces::{apply_label_paths, validate_labels};
 
@@ -194,24 +199,35 @@ impl ContentStore {
         })
     }
 
-    /// Adds an ingest (a writer's ref) to a lease, as containerd's content
-    /// Writer does, so that a collection keeps what the write is for.
-    pub fn lease_ingest(&self, ns: &str, r: &str, lease: &str) -> Result<(), ContentError> {
+    /// Records an open writer's ingest: under a lease it joins the lease,
+    /// as containerd's content Writer does, so a collection keeps what the
+    /// write is for; without one it is kept for [`INGEST_TTL`] from now.
+    pub fn open_ingest(&self, ns: &str, r: &str, lease: Option<&str>, now: i64) -> Result<(), ContentError> {
         self.db.write(|txn| {
             ensure_namespace(txn, ns)?;
-            add_resource_in(txn, ns, lease, &Resource { id: r.into(), kind: "ingests".into() })?;
+            let expire = match lease {
+                Some(lease) => {
+                    add_resource_in(txn, ns, lease, &Resource { id: r.into(), kind: "ingests".into() })?;
+                    INGEST_LEASED
+                }
+                None => now + INGEST_TTL,
+            };
+            txn.open_table(INGESTS).map_err(DbError::from)?.insert((ns, r), expire).map_err(DbError::from)?;
             Ok(())
         })
     }
 
-    /// Drops a committed ingest from its lease (the commit leased the
-    /// content itself).
-    pub fn unlease_ingest(&self, ns: &str, r: &str, lease: &str) -> Result<(), ContentError> {
+    /// Forgets a committed or aborted ingest (and drops it from its lease:
+    /// after a commit the lease holds the content itself).
+    pub fn close_ingest(&self, ns: &str, r: &str, lease: Option<&str>) -> Result<(), ContentError> {
         self.db.write_quiet(|txn| {
-            txn.open_table(crate::db::LEASE_RESOURCES)
-                .map_err(DbError::from)?
-                .remove((ns, lease, "ingests", r))
-                .map_err(DbError::from)?;
+            if let Some(lease) = lease {
+                txn.open_table(crate::db::LEASE_RESOURCES)
+                    .map_err(DbError::from)?
+                    .remove((ns, lease, "ingests", r))
+                    .map_err(DbError::from)?;
+            }
+            txn.open_table(INGESTS).map_err(DbError::from)?.remove((ns, r)).map_err(DbError::from)?;
             Ok(())
         })
     }

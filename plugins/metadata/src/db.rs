@@ -43,6 +43,13 @@ pub const CONTAINERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::ne
 pub const SNAPSHOTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("snapshots");
 pub const SNAPSHOT_CHILDREN: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("snapshot_children");
 pub const SNAPSHOT_REFS: TableDefinition<(&str, &str, &str, &str), ()> = TableDefinition::new("snapshot_refs");
+/// Open content writers: (namespace, ref) -> when the ingest expires (unix
+/// seconds), or [`INGEST_LEASED`] for one that only its lease keeps. As in
+/// containerd, an ingest written without a lease is kept for 24 hours after
+/// its writer last opened it, and a leased one as long as its lease.
+pub const INGESTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("ingests");
+/// The [`INGESTS`] value of an ingest kept by its lease alone.
+pub const INGEST_LEASED: i64 = 0;
 
 /// Bumped whenever the layout above changes incompatibly (a new table is
 /// compatible: [`Db::open`] creates it in an existing file).
@@ -251,6 +258,7 @@ impl Db {
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(SNAPSHOT_CHILDREN)?;
             txn.open_table(SNAPSHOT_REFS)?;
+            txn.open_table(INGESTS)?;
         }
         txn.commit()?;
         Ok(Db { inner: Arc::new(db), changes: Arc::new(tokio::sync::watch::channel(Changes::default()).0) })

@@ -38,14 +38,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use containerd_client::services::v1::{DeleteContentRequest, ListContentRequest, ListContentResponse};
+use containerd_client::services::v1::{AbortRequest, DeleteContentRequest, ListContentRequest, ListContentResponse};
 use crated_plugin_api::{Code, Host, Status};
 use futures::StreamExt;
 use redb::{ReadableTable, WriteTransaction};
 
 use crate::db::{
     decode, ContainerRecord, ContentRecord, Db, DbError, ImageRecord, Labels, LeaseRecord, SnapshotRecord, BLOB_REFS,
-    CONTAINERS, CONTENT, IMAGES, LEASES, LEASE_RESOURCES, SNAPSHOTS,
+    CONTAINERS, CONTENT, IMAGES, INGESTS, INGEST_LEASED, LEASES, LEASE_RESOURCES, SNAPSHOTS,
 };
 use crate::leases::{parse_rfc3339, EXPIRE_LABEL};
 use crate::snapshots::SnapshotStore;
@@ -159,6 +159,8 @@ pub struct StoreView {
     pub containers: Vec<(String, String, String, String, Labels)>,
     /// (namespace, id, labels, resources)
     pub leases: Vec<(String, String, Labels, Vec<LeasedResource>)>,
+    /// (namespace, ref, expiry in unix seconds or `INGEST_LEASED`)
+    pub ingests: Vec<(String, String, i64)>,
 }
 
 /// The nodes an object's reference labels name, in its namespace.
@@ -250,6 +252,13 @@ pub fn build_graph(view: &StoreView, now: i64) -> Graph {
         g.roots.push(node.clone());
         g.edges.insert(node, out);
     }
+    // An ingest written without a lease is a root until it expires; a
+    // leased one is reached through its lease only, so it goes with it.
+    for (ns, r, expire) in &view.ingests {
+        if *expire != INGEST_LEASED && *expire > now {
+            g.roots.push(Node::new(Kind::Ingest, ns, r));
+        }
+    }
     g
 }
 
@@ -301,6 +310,11 @@ pub fn read_view(txn: &WriteTransaction) -> Result<StoreView, DbError> {
         let res = resources.remove(&(ns.to_string(), id.to_string())).unwrap_or_default();
         v.leases.push((ns.to_string(), id.to_string(), rec.labels, res));
     }
+    for item in txn.open_table(INGESTS)?.iter()? {
+        let (k, val) = item?;
+        let (ns, r) = k.value();
+        v.ingests.push((ns.to_string(), r.to_string(), val.value()));
+    }
     Ok(v)
 }
 
@@ -310,6 +324,9 @@ pub struct Swept {
     pub content: usize,
     pub snapshots: usize,
     pub leases: usize,
+    /// (namespace, ref) of the ingests whose records went: their writes
+    /// are aborted after the transaction.
+    pub ingests: Vec<(String, String)>,
 }
 
 /// Marks and deletes the unreached records, all in the caller's write
@@ -355,6 +372,13 @@ pub fn sweep_in(txn: &WriteTransaction, now: i64) -> Result<Swept, DbError> {
                 other => DbError::Corrupt { table: "leases", message: other.to_string() },
             })?;
             swept.leases += 1;
+        }
+    }
+    let mut ingests = txn.open_table(INGESTS)?;
+    for (ns, r, _) in &view.ingests {
+        if !live.contains(&Node::new(Kind::Ingest, ns, r)) {
+            ingests.remove((ns.as_str(), r.as_str()))?;
+            swept.ingests.push((ns.clone(), r.clone()));
         }
     }
     Ok(swept)
@@ -450,13 +474,23 @@ impl Collector {
             }
         }
 
-        // 3. Raw blobs no namespace records.
+        // 3. Raw blobs no namespace records, and the writes of ingests
+        //    nothing keeps (expired, or their lease gone).
         let blobs = self.remove_unreferenced_blobs().await?;
+        for (ns, r) in &swept.ingests {
+            let req = AbortRequest { r#ref: format!("{ns}/{r}") };
+            match inner.host.unary::<_, ()>(&Host::call(&format!("{RAW_CONTENT}/Abort"), None), &req).await {
+                Ok(()) => {}
+                Err(e) if e.code == Code::NotFound => {}
+                Err(e) => crated_plugin_api::tracing::warn!("gc: aborting ingest {r} in {ns}: {}", e.message),
+            }
+        }
 
         let mut removed = BTreeMap::new();
         removed.insert("content".to_string(), swept.content as u64);
         removed.insert("snapshots".to_string(), swept.snapshots as u64);
         removed.insert("leases".to_string(), swept.leases as u64);
+        removed.insert("ingests".to_string(), swept.ingests.len() as u64);
         removed.insert("blobs".to_string(), blobs);
         removed.insert("backend_snapshots".to_string(), backend_snapshots);
         let report = Report { duration: started.elapsed(), pause, removed };
@@ -583,5 +617,21 @@ mod tests {
         assert!(!has(Kind::Content, "loose") && !has(Kind::Content, "expired"));
         assert!(!has(Kind::Snapshot, "overlayfs/s3"));
         assert!(has(Kind::Lease, "f") && !has(Kind::Lease, "old"));
+    }
+
+    #[test]
+    fn ingests_kept_by_their_lease_or_until_they_expire() {
+        let mut v = StoreView::default();
+        let now = parse_rfc3339("2024-01-01T00:00:00Z").unwrap();
+        let res = |id: &str| LeasedResource { kind: "ingests".into(), id: id.into() };
+        v.leases.push(("a".into(), "pull".into(), Labels::new(), vec![res("leased")]));
+        v.ingests.push(("a".into(), "leased".into(), INGEST_LEASED));
+        v.ingests.push(("a".into(), "orphaned".into(), INGEST_LEASED));
+        v.ingests.push(("a".into(), "fresh".into(), now + 60));
+        v.ingests.push(("a".into(), "stale".into(), now - 60));
+        let live = live(&v, now);
+        let has = |key: &str| live.contains(&Node::new(Kind::Ingest, "a", key));
+        assert!(has("leased") && has("fresh"));
+        assert!(!has("orphaned") && !has("stale"));
     }
 }

@@ -275,20 +275,20 @@ impl Writer {
         self.lease_ingest().await
     }
 
-    /// Under a lease, the ingest joins it (containerd's `addIngestLease`),
-    /// so a collection never takes what an import or pull is writing.
+    /// Records the ingest: under a lease it joins the lease (containerd's
+    /// `addIngestLease`), so a collection never takes what an import or pull
+    /// is writing; without one it expires a day after this open.
     async fn lease_ingest(&mut self) -> Result<(), Status> {
-        let Some(lease) = self.lease.clone() else { return Ok(()) };
-        let (s, ns, r) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone());
-        blocking(move || Ok(s.lease_ingest(&ns, &r, &lease)?)).await
+        let (s, ns, r, lease) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone(), self.lease.clone());
+        let now = now().seconds;
+        blocking(move || Ok(s.open_ingest(&ns, &r, lease.as_deref(), now)?)).await
     }
 
-    /// After a commit the lease holds the content; the ingest row goes.
+    /// After a commit the lease holds the content; the ingest record goes.
     async fn unlease_ingest(&mut self) {
-        let Some(lease) = self.lease.clone() else { return };
-        let (s, ns, r) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone());
-        if let Err(e) = blocking(move || Ok(s.unlease_ingest(&ns, &r, &lease)?)).await {
-            crated_plugin_api::tracing::warn!("dropping ingest {} from its lease: {e}", self.client_ref);
+        let (s, ns, r, lease) = (self.svc.store.clone(), self.ns.clone(), self.client_ref.clone(), self.lease.clone());
+        if let Err(e) = blocking(move || Ok(s.close_ingest(&ns, &r, lease.as_deref())?)).await {
+            crated_plugin_api::tracing::warn!("forgetting ingest {}: {e}", self.client_ref);
         }
     }
 
@@ -536,7 +536,9 @@ impl ContentService {
 
     async fn abort(self, call: Call, req: AbortRequest) -> Result<(), Status> {
         let ns = namespace(&call)?;
-        self.host.unary::<_, ()>(&raw("Abort"), &AbortRequest { r#ref: raw_ref(&ns, &req.r#ref) }).await
+        self.host.unary::<_, ()>(&raw("Abort"), &AbortRequest { r#ref: raw_ref(&ns, &req.r#ref) }).await?;
+        let s = self.store.clone();
+        blocking(move || Ok(s.close_ingest(&ns, &req.r#ref, None)?)).await
     }
 
     async fn write(
