@@ -232,10 +232,15 @@ async fn an_ingest_under_a_lease_survives_a_collection() {
         data: data.clone(),
         ..Default::default()
     };
-    let _: Vec<WriteContentResponse> =
-        common::bidi_streaming_leased(&ch, "/containerd.services.content.v1.Content/Write", Some("i"), None, vec![unleased])
-            .await
-            .expect("partial write without a lease");
+    let _: Vec<WriteContentResponse> = common::bidi_streaming_leased(
+        &ch,
+        "/containerd.services.content.v1.Content/Write",
+        Some("i"),
+        None,
+        vec![unleased],
+    )
+    .await
+    .expect("partial write without a lease");
     ctr(&d, "i", &["leases", "rm", "--sync", "pull"]);
     let active = ctr(&d, "i", &["content", "active"]);
     assert!(!active.contains("layer-1"), "the ingest of a deleted lease survived:\n{active}");
