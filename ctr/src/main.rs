@@ -12,6 +12,7 @@ mod gotime;
 mod mount;
 mod platforms;
 mod progress;
+mod spec;
 mod tabwriter;
 mod transfer;
 mod units;

@@ -11,6 +11,7 @@ pub mod image_transfer;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod oci;
 pub mod plugins;
 pub mod snapshots;
 pub mod version;
@@ -126,6 +127,12 @@ pub enum Command {
         #[command(subcommand)]
         command: namespaces::NamespacesCommand,
     },
+    /// OCI tools
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Oci {
+        #[command(subcommand)]
+        command: oci::OciCommand,
+    },
     /// Provides information about containerd plugins
     #[command(visible_alias = "plugin", subcommand_required = true, arg_required_else_help = true)]
     Plugins {
@@ -150,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Images { command } => images::run(&cli.global, command).await,
             Command::Leases { command } => leases::run(&cli.global, command).await,
             Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
+            Command::Oci { command } => oci::run(&cli.global, command).await,
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
             Command::Snapshots(args) => snapshots::run(&cli.global, args).await,
             Command::Version => version::run(&cli.global).await,
