@@ -60,16 +60,25 @@ impl J {
 
     /// Go's `MarshalIndent` with a four-space indent.
     pub fn indent(&self) -> String {
+        self.indent_with("    ")
+    }
+
+    /// Go's `MarshalIndent` with the given indent.
+    pub fn indent_with(&self, unit: &str) -> String {
         let mut out = String::new();
-        self.write(&mut out, 0);
+        self.write_unit(&mut out, 0, unit);
         out
     }
 
     fn write(&self, out: &mut String, depth: usize) {
+        self.write_unit(out, depth, "    ")
+    }
+
+    fn write_unit(&self, out: &mut String, depth: usize, unit: &str) {
         let pad = |out: &mut String, d: usize| {
             out.push('\n');
             for _ in 0..d {
-                out.push_str("    ");
+                out.push_str(unit);
             }
         };
         match self {
@@ -86,7 +95,7 @@ impl J {
                         out.push(',');
                     }
                     pad(out, depth + 1);
-                    item.write(out, depth + 1);
+                    item.write_unit(out, depth + 1, unit);
                 }
                 pad(out, depth);
                 out.push(']');
@@ -100,7 +109,7 @@ impl J {
                     pad(out, depth + 1);
                     json_string(out, k);
                     out.push_str(": ");
-                    v.write(out, depth + 1);
+                    v.write_unit(out, depth + 1, unit);
                 }
                 pad(out, depth);
                 out.push('}');
@@ -251,11 +260,8 @@ const DEVICE: &[F] = &[
     F("uid", Kind::NumPtr, true),
     F("gid", Kind::NumPtr, true),
 ];
-const INTEL_RDT: &[F] = &[
-    F("closID", Kind::Str, true),
-    F("l3CacheSchema", Kind::Str, true),
-    F("memBwSchema", Kind::Str, true),
-];
+const INTEL_RDT: &[F] =
+    &[F("closID", Kind::Str, true), F("l3CacheSchema", Kind::Str, true), F("memBwSchema", Kind::Str, true)];
 const LINUX: &[F] = &[
     F("uidMappings", Kind::List(&Kind::Struct(ID_MAPPING)), true),
     F("gidMappings", Kind::List(&Kind::Struct(ID_MAPPING)), true),

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespaceType, LinuxResources,
-    Mount, Spec,
+    LinuxCpu, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxMemory, LinuxNamespaceType, LinuxResources, Mount,
+    Spec,
 };
 use serde_json::{json, Value};
 
@@ -129,9 +129,7 @@ pub fn default_spec(namespace: &str, id: &str) -> GoSpec {
     let cgroups_path: String =
         [namespace, id].iter().filter(|p| !p.is_empty()).map(|p| format!("/{p}")).collect::<String>();
     let cgroups_path = if cgroups_path.is_empty() { "/".to_string() } else { cgroups_path };
-    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| {
-        json!({"destination": dest, "type": typ, "source": src, "options": opts})
-    };
+    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| json!({"destination": dest, "type": typ, "source": src, "options": opts});
     let doc = json!({
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
@@ -338,7 +336,17 @@ impl GoSpec {
     /// `oci.WithDefaultUnixDevices`: the cgroup rules for null, random,
     /// full, tty, zero, urandom, console, pts and ptmx.
     pub fn with_default_unix_devices(&mut self) {
-        let rules = [(1, Some(3)), (1, Some(8)), (1, Some(7)), (5, Some(0)), (1, Some(5)), (1, Some(9)), (5, Some(1)), (136, None), (5, Some(2))];
+        let rules = [
+            (1, Some(3)),
+            (1, Some(8)),
+            (1, Some(7)),
+            (5, Some(0)),
+            (1, Some(5)),
+            (1, Some(9)),
+            (5, Some(1)),
+            (136, None),
+            (5, Some(2)),
+        ];
         let r = self.resources();
         let mut devices = r.devices().clone().unwrap_or_default();
         for (major, minor) in rules {
@@ -359,7 +367,8 @@ impl GoSpec {
 
     /// `oci.WithEnvFile`: one variable a line.
     pub fn with_env_file(&mut self, path: &str) -> Result<(), SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Open { path: path.to_string(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SpecError::Open { path: path.to_string(), source })?;
         let vars: Vec<String> = text.lines().map(str::to_string).collect();
         self.with_env(&vars);
         Ok(())
@@ -444,7 +453,7 @@ impl GoSpec {
     /// `oci.WithMemoryLimit`.
     pub fn with_memory_limit(&mut self, limit: u64) {
         let r = self.resources();
-        let mut m = r.memory().clone().unwrap_or_else(|| serde_json::from_value(json!({})).expect("empty memory"));
+        let mut m = (*r.memory()).unwrap_or_else(|| serde_json::from_value(json!({})).expect("empty memory"));
         m.set_limit(Some(limit as i64));
         r.set_memory(Some::<LinuxMemory>(m));
     }
@@ -644,7 +653,9 @@ impl GoSpec {
             None => userstr.to_string(),
         };
         let gids: Vec<u32> = match groups(root) {
-            Ok(gs) => gs.into_iter().filter(|g| g.name != username && g.members.contains(&username)).map(|g| g.gid).collect(),
+            Ok(gs) => {
+                gs.into_iter().filter(|g| g.name != username && g.members.contains(&username)).map(|g| g.gid).collect()
+            }
             Err(e) if is_not_exist(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -675,21 +686,22 @@ impl GoSpec {
     /// A spec read back from a container record (`containers.Container.Spec`).
     pub fn from_bytes(raw: &[u8]) -> Result<GoSpec, SpecError> {
         let mut v: Value = serde_json::from_slice(raw)?;
-        let caps = v.get_mut("process").and_then(Value::as_object_mut).and_then(|p| p.remove("capabilities")).map(|c| {
-            let list = |k: &str| -> Vec<String> {
-                c.get(k)
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                    .unwrap_or_default()
-            };
-            Capabilities {
-                bounding: list("bounding"),
-                effective: list("effective"),
-                inheritable: list("inheritable"),
-                permitted: list("permitted"),
-                ambient: list("ambient"),
-            }
-        });
+        let caps =
+            v.get_mut("process").and_then(Value::as_object_mut).and_then(|p| p.remove("capabilities")).map(|c| {
+                let list = |k: &str| -> Vec<String> {
+                    c.get(k)
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                        .unwrap_or_default()
+                };
+                Capabilities {
+                    bounding: list("bounding"),
+                    effective: list("effective"),
+                    inheritable: list("inheritable"),
+                    permitted: list("permitted"),
+                    ambient: list("ambient"),
+                }
+            });
         Ok(GoSpec { spec: serde_json::from_value(v)?, caps })
     }
 
@@ -757,7 +769,13 @@ fn split_csv(s: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn device_rule(allow: bool, typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+fn device_rule(
+    allow: bool,
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
     let mut d: LinuxDeviceCgroup = serde_json::from_value(json!({"allow": allow})).expect("a device rule decodes");
     d.set_typ(typ);
     d.set_major(major);
@@ -849,7 +867,8 @@ mod tests {
     fn user_lookup_in_rootfs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nbob:x:1000:100::/home/bob:/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nbob:x:1000:100::/home/bob:/bin/sh\n")
+            .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nusers:x:100:\nwheel:x:10:bob\n").unwrap();
         let mut s = default_spec("default", "c");
         s.with_user("bob", dir.path()).unwrap();
