@@ -23,18 +23,62 @@ impl J {
         J::Str(s.to_string())
     }
 
+    /// Go's `json.Marshal`: no whitespace.
+    pub fn compact(&self) -> String {
+        let mut out = String::new();
+        self.write_compact(&mut out);
+        out
+    }
+
+    fn write_compact(&self, out: &mut String) {
+        match self {
+            J::Arr(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write_compact(out);
+                }
+                out.push(']');
+            }
+            J::Obj(items) => {
+                out.push('{');
+                for (i, (k, v)) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(out, k);
+                    out.push(':');
+                    v.write_compact(out);
+                }
+                out.push('}');
+            }
+            scalar => scalar.write(out, 0),
+        }
+    }
+
     /// Go's `MarshalIndent` with a four-space indent.
     pub fn indent(&self) -> String {
+        self.indent_with("    ")
+    }
+
+    /// Go's `MarshalIndent` with the given indent.
+    pub fn indent_with(&self, unit: &str) -> String {
         let mut out = String::new();
-        self.write(&mut out, 0);
+        self.write_unit(&mut out, 0, unit);
         out
     }
 
     fn write(&self, out: &mut String, depth: usize) {
+        self.write_unit(out, depth, "    ")
+    }
+
+    fn write_unit(&self, out: &mut String, depth: usize, unit: &str) {
         let pad = |out: &mut String, d: usize| {
             out.push('\n');
             for _ in 0..d {
-                out.push_str("    ");
+                out.push_str(unit);
             }
         };
         match self {
@@ -51,7 +95,7 @@ impl J {
                         out.push(',');
                     }
                     pad(out, depth + 1);
-                    item.write(out, depth + 1);
+                    item.write_unit(out, depth + 1, unit);
                 }
                 pad(out, depth);
                 out.push(']');
@@ -65,7 +109,7 @@ impl J {
                     pad(out, depth + 1);
                     json_string(out, k);
                     out.push_str(": ");
-                    v.write(out, depth + 1);
+                    v.write_unit(out, depth + 1, unit);
                 }
                 pad(out, depth);
                 out.push('}');
@@ -100,7 +144,8 @@ enum Kind {
     Struct(&'static [F]),
     /// A pointer to a struct.
     Ptr(&'static [F]),
-    /// A pointer to a number (`*int`).
+    /// A pointer to a number or a bool (`*int64`, `*bool`): omitted only
+    /// when nil.
     NumPtr,
     List(&'static Kind),
     /// A map, or a struct not described here: written with sorted keys.
@@ -168,20 +213,69 @@ const HOOKS: &[F] = &[
 const NAMESPACE: &[F] = &[F("type", Kind::Str, false), F("path", Kind::Str, true)];
 const ID_MAPPING: &[F] =
     &[F("containerID", Kind::Num, false), F("hostID", Kind::Num, false), F("size", Kind::Num, false)];
+const DEVICE_CGROUP: &[F] = &[
+    F("allow", Kind::Bool, false),
+    F("type", Kind::Str, true),
+    F("major", Kind::NumPtr, true),
+    F("minor", Kind::NumPtr, true),
+    F("access", Kind::Str, true),
+];
+const MEMORY: &[F] = &[
+    F("limit", Kind::NumPtr, true),
+    F("reservation", Kind::NumPtr, true),
+    F("swap", Kind::NumPtr, true),
+    F("kernel", Kind::NumPtr, true),
+    F("kernelTCP", Kind::NumPtr, true),
+    F("swappiness", Kind::NumPtr, true),
+    F("disableOOMKiller", Kind::NumPtr, true),
+    F("useHierarchy", Kind::NumPtr, true),
+];
+const CPU: &[F] = &[
+    F("shares", Kind::NumPtr, true),
+    F("quota", Kind::NumPtr, true),
+    F("period", Kind::NumPtr, true),
+    F("realtimeRuntime", Kind::NumPtr, true),
+    F("realtimePeriod", Kind::NumPtr, true),
+    F("cpus", Kind::Str, true),
+    F("mems", Kind::Str, true),
+];
+const PIDS: &[F] = &[F("limit", Kind::Num, false)];
+const RESOURCES: &[F] = &[
+    F("devices", Kind::List(&Kind::Struct(DEVICE_CGROUP)), true),
+    F("memory", Kind::Ptr(MEMORY), true),
+    F("cpu", Kind::Ptr(CPU), true),
+    F("pids", Kind::Ptr(PIDS), true),
+    F("blockIO", Kind::Raw, true),
+    F("hugepageLimits", Kind::Raw, true),
+    F("network", Kind::Raw, true),
+    F("rdma", Kind::Raw, true),
+    F("unified", Kind::Raw, true),
+];
+const DEVICE: &[F] = &[
+    F("path", Kind::Str, false),
+    F("type", Kind::Str, false),
+    F("major", Kind::Num, false),
+    F("minor", Kind::Num, false),
+    F("fileMode", Kind::NumPtr, true),
+    F("uid", Kind::NumPtr, true),
+    F("gid", Kind::NumPtr, true),
+];
+const INTEL_RDT: &[F] =
+    &[F("closID", Kind::Str, true), F("l3CacheSchema", Kind::Str, true), F("memBwSchema", Kind::Str, true)];
 const LINUX: &[F] = &[
     F("uidMappings", Kind::List(&Kind::Struct(ID_MAPPING)), true),
     F("gidMappings", Kind::List(&Kind::Struct(ID_MAPPING)), true),
     F("sysctl", Kind::Raw, true),
-    F("resources", Kind::Raw, true),
+    F("resources", Kind::Ptr(RESOURCES), true),
     F("cgroupsPath", Kind::Str, true),
     F("namespaces", Kind::List(&Kind::Struct(NAMESPACE)), true),
-    F("devices", Kind::List(&Kind::Raw), true),
+    F("devices", Kind::List(&Kind::Struct(DEVICE)), true),
     F("seccomp", Kind::Raw, true),
     F("rootfsPropagation", Kind::Str, true),
     F("maskedPaths", STR_LIST, true),
     F("readonlyPaths", STR_LIST, true),
     F("mountLabel", Kind::Str, true),
-    F("intelRdt", Kind::Raw, true),
+    F("intelRdt", Kind::Ptr(INTEL_RDT), true),
     F("personality", Kind::Raw, true),
 ];
 const SPEC: &[F] = &[
@@ -255,7 +349,12 @@ fn encode_struct(v: Option<&Value>, fields: &[F]) -> J {
 /// dropped.
 pub fn spec(raw: &[u8]) -> Result<J, serde_json::Error> {
     let v: Value = serde_json::from_slice(raw)?;
-    Ok(encode_struct(Some(&v), SPEC))
+    Ok(spec_value(&v))
+}
+
+/// [`spec`] for an already parsed value.
+pub fn spec_value(v: &Value) -> J {
+    encode_struct(Some(v), SPEC)
 }
 
 #[cfg(test)]

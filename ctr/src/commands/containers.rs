@@ -24,6 +24,8 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 
 #[derive(Debug, Subcommand)]
 pub enum ContainersCommand {
+    /// Create container
+    Create(Box<super::run::CreateArgs>),
     /// Delete one or more existing containers
     #[command(visible_aliases = ["del", "remove", "rm"])]
     Delete(DeleteArgs),
@@ -78,6 +80,7 @@ pub struct LabelArgs {
 
 pub async fn run(global: &GlobalArgs, command: ContainersCommand) -> anyhow::Result<()> {
     match command {
+        ContainersCommand::Create(args) => super::run::create(global, *args).await,
         ContainersCommand::Delete(args) => delete(global, args).await,
         ContainersCommand::Info(args) => info(global, args).await,
         ContainersCommand::List(args) => list(global, args).await,
@@ -133,7 +136,7 @@ async fn list(global: &GlobalArgs, args: ListArgs) -> anyhow::Result<()> {
 }
 
 /// `client.LoadContainer`.
-async fn load(client: &Client, id: &str) -> anyhow::Result<Container> {
+pub async fn load(client: &Client, id: &str) -> anyhow::Result<Container> {
     let resp = client
         .call(client.containers().get(client.request(GetContainerRequest { id: id.to_string() })))
         .await
@@ -245,7 +248,7 @@ fn status_text(status: i32, exit_status: u32, exited_at: &Option<prost_types::Ti
 }
 
 /// ctr's `deleteContainer`.
-async fn delete_one(client: &Client, id: &str, cleanup_snapshot: bool) -> anyhow::Result<()> {
+pub async fn delete_one(client: &Client, id: &str, cleanup_snapshot: bool) -> anyhow::Result<()> {
     let c = load(client, id).await?;
     let task_req = || GetRequest { container_id: id.to_string(), ..Default::default() };
     if client.call(client.tasks().get(client.request(task_req()))).await.is_ok() {

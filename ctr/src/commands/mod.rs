@@ -11,8 +11,11 @@ pub mod image_transfer;
 pub mod images;
 pub mod leases;
 pub mod namespaces;
+pub mod oci;
 pub mod plugins;
+pub mod run;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use std::collections::{BTreeMap, HashMap};
@@ -126,11 +129,25 @@ pub enum Command {
         #[command(subcommand)]
         command: namespaces::NamespacesCommand,
     },
+    /// OCI tools
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Oci {
+        #[command(subcommand)]
+        command: oci::OciCommand,
+    },
     /// Provides information about containerd plugins
     #[command(visible_alias = "plugin", subcommand_required = true, arg_required_else_help = true)]
     Plugins {
         #[command(subcommand)]
         command: plugins::PluginsCommand,
+    },
+    /// Run a container
+    Run(Box<run::RunArgs>),
+    /// Manage tasks
+    #[command(visible_aliases = ["t", "task"], subcommand_required = true, arg_required_else_help = true)]
+    Tasks {
+        #[command(subcommand)]
+        command: tasks::TasksCommand,
     },
     /// Manage snapshots
     #[command(visible_alias = "snapshot", subcommand_required = true, arg_required_else_help = true)]
@@ -142,7 +159,7 @@ pub enum Command {
 /// Run the parsed command line on a fresh single-threaded runtime.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         match cli.command {
             Command::Containers { command } => containers::run(&cli.global, command).await,
             Command::Content { command } => content::run(&cli.global, command).await,
@@ -150,12 +167,31 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Images { command } => images::run(&cli.global, command).await,
             Command::Leases { command } => leases::run(&cli.global, command).await,
             Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
+            Command::Oci { command } => oci::run(&cli.global, command).await,
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
             Command::Snapshots(args) => snapshots::run(&cli.global, args).await,
+            Command::Run(args) => run::run(&cli.global, *args).await,
+            Command::Tasks { command } => tasks::run(&cli.global, command).await,
             Command::Version => version::run(&cli.global).await,
         }
-    })
+    });
+    // A copy from ctr's stdin may still be blocked reading it: do not wait.
+    rt.shutdown_background();
+    res
 }
+
+/// A task's non-zero exit code, which ctr exits with and prints nothing
+/// for (urfave/cli's `NewExitError("", code)`).
+#[derive(Debug)]
+pub struct ExitStatus(pub i32);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}
 
 /// ctr's `commands.LabelArgs`: `key=value` pairs, a bare `key` meaning
 /// `key=true`; a later duplicate wins. Sorted by key (Go iterates its map in
