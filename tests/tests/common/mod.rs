@@ -482,6 +482,12 @@ impl StockContainerd {
 
     /// Starts one with `extra` appended to its config (e.g. `[proxy_plugins]`).
     pub fn start_with(extra: &str) -> StockContainerd {
+        Self::start_with_args(extra, &[])
+    }
+
+    /// Starts one with `extra` appended to its config and `args` after the
+    /// config flag (e.g. `--log-level debug`).
+    pub fn start_with_args(extra: &str, args: &[&str]) -> StockContainerd {
         let bin = PathBuf::from(crated_tests::stock::CONTAINERD);
         assert!(bin.exists(), "the stock containerd is missing: install Debian's containerd package (.ci/run does)");
         let dir = tempfile::Builder::new().prefix("stock-containerd").tempdir().unwrap();
@@ -491,6 +497,7 @@ impl StockContainerd {
         let child = Command::new(bin)
             .arg("-c")
             .arg(dir.path().join("config.toml"))
+            .args(args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
