@@ -97,9 +97,14 @@ impl ShimTask {
         &self.bundle.namespace
     }
 
-    fn stop_watching(&self) {
-        if let Some(w) = self.watcher.lock().expect("watcher").take() {
-            w.abort();
+    /// Stops following the log and, when `watcher`, watching the
+    /// connection (never from the watcher itself: aborting its own task
+    /// would cut its cleanup short at the next await).
+    fn stop_watching(&self, watcher: bool) {
+        if watcher {
+            if let Some(w) = self.watcher.lock().expect("watcher").take() {
+                w.abort();
+            }
         }
         if let Some(l) = &self.log {
             l.abort();
@@ -341,7 +346,7 @@ impl ShimManager {
             return None;
         }
         tracing::warn!(namespace = task.namespace(), id = task.id(), "shim disconnected; cleaning up");
-        task.stop_watching();
+        task.stop_watching(false);
         Some(self.cleanup_dead(&task.command, &task.bundle).await)
     }
 
@@ -408,7 +413,7 @@ impl ShimManager {
             // Someone else (a concurrent delete, the watcher) finished it.
             return Err(Error::not_found(format!("task {id}")).into());
         }
-        task.stop_watching();
+        task.stop_watching(true);
         shut_down(&task.client, &id, task.shim_pid).await;
         remove_bundle(&task.bundle).await;
         Ok(Exit { pid: response.pid, status: response.exit_status, exited_at: response.exited_at })
