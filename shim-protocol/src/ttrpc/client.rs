@@ -20,11 +20,18 @@ use super::{Code, KeyValue, Request, Response, SocketAddress, Status};
 
 type Pending = Arc<Mutex<PendingCalls>>;
 
-#[derive(Default)]
 struct PendingCalls {
     waiting: HashMap<u32, oneshot::Sender<Result<Response, Status>>>,
     /// Why the connection ended, once it has.
     closed: Option<String>,
+    /// Turns `true` when the connection ends, for [`Client::closed`].
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for PendingCalls {
+    fn default() -> Self {
+        PendingCalls { waiting: HashMap::new(), closed: None, ended: tokio::sync::watch::channel(false).0 }
+    }
 }
 
 /// A ttrpc client on one unix-socket connection. Clones share it.
@@ -120,6 +127,15 @@ impl Client {
         self.inner.pending.lock().expect("ttrpc pending").closed.is_some()
     }
 
+    /// Resolves when the connection ends (the peer hung up or died), at once
+    /// if it already has: how the owner of a shim's connection learns that
+    /// the shim is gone without making a call.
+    pub async fn closed(&self) {
+        let mut ended = self.inner.pending.lock().expect("ttrpc pending").ended.subscribe();
+        // The sender lives as long as `self`, so this only ends on `true`.
+        let _ = ended.wait_for(|e| *e).await;
+    }
+
     /// Calls `service/method` with `req`, waiting at most `timeout` (also
     /// sent to the server as the call's deadline).
     pub async fn call<Req: Message, Resp: Message + Default>(
@@ -187,6 +203,7 @@ fn fail_all(pending: &Pending, why: String) {
     let waiting = {
         let mut p = pending.lock().expect("ttrpc pending");
         p.closed.get_or_insert(why.clone());
+        p.ended.send_replace(true);
         std::mem::take(&mut p.waiting)
     };
     for (_, w) in waiting {

@@ -121,3 +121,28 @@ async fn a_call_without_an_answer_times_out() {
         .unwrap_err();
     assert_eq!(err.code, Code::DeadlineExceeded);
 }
+
+#[tokio::test]
+async fn closed_resolves_when_the_peer_hangs_up_without_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (hang_up, hung_up) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let _ = hung_up.await;
+        drop(s);
+    });
+    let client = Client::connect(path.to_str().unwrap()).await.unwrap();
+    assert!(!client.is_closed());
+    let watcher = tokio::spawn({
+        let client = client.clone();
+        async move { client.closed().await }
+    });
+    hang_up.send(()).unwrap();
+    watcher.await.unwrap();
+    peer.await.unwrap();
+    assert!(client.is_closed());
+    // Once ended, it resolves at once.
+    client.closed().await;
+}

@@ -1,0 +1,105 @@
+//! containerd's task runtime, as two plugins of one library that share one
+//! shim manager:
+//!
+//! - `io.containerd.runtime.v2.task` ([`manager`]): starts a shim v2 binary
+//!   per task ([`binary`]) in a bundle ([`bundle`]), talks ttrpc to it
+//!   (`crated-shim-protocol`), reconnects to the shims an earlier daemon
+//!   left, cleans up after shims that die, and serves the daemon's ttrpc
+//!   socket that shims publish events to ([`events`]).
+//! - `io.containerd.grpc.v1.tasks` ([`service`]): containerd's Tasks service
+//!   on the socket, over the manager.
+//!
+//! The request path: client -> socket -> Tasks (this library) -> shim over
+//! ttrpc -> runc; events come back from the shim through the ttrpc socket
+//! into the events plugin.
+
+pub mod binary;
+pub mod bundle;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod manager;
+pub mod service;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+
+use crate::manager::{ManagerSettings, ShimManager};
+
+/// The manager the runtime plugin made, for the tasks plugin of the same
+/// library (which requires it, so it is initialised after it).
+static MANAGER: Mutex<Option<Arc<ShimManager>>> = Mutex::new(None);
+
+/// The shim manager.
+pub struct RuntimeTask;
+
+/// An address made absolute: shims run in their bundle directory.
+fn absolute(address: &str) -> String {
+    let path = Path::new(address.strip_prefix("unix://").unwrap_or(address));
+    if path.is_absolute() || address.is_empty() {
+        return path.display().to_string();
+    }
+    std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| PathBuf::from(path)).display().to_string()
+}
+
+impl Plugin for RuntimeTask {
+    fn info() -> PluginInfo {
+        PluginInfo::new(types::RUNTIME, "task")
+            .requires(&[types::METADATA, types::EVENT])
+            .config_defaults("platforms = [\"linux/amd64\"]\nsched_core = false\n")
+    }
+
+    async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
+        let config: config::Config = ctx.config()?;
+        config.validate().map_err(|e| PluginError::failed(format!("invalid config: {e}")))?;
+        let grpc_address = absolute(&ctx.grpc_address);
+        let ttrpc_address =
+            if ctx.ttrpc_address.is_empty() { format!("{grpc_address}.ttrpc") } else { absolute(&ctx.ttrpc_address) };
+        let server = events::serve(Path::new(&ttrpc_address), ctx.host.clone())
+            .await
+            .map_err(|e| PluginError::failed(format!("ttrpc socket: {e}")))?
+            .abort_handle();
+        let manager = Arc::new(ShimManager::new(ManagerSettings {
+            root: ctx.root.clone(),
+            state: ctx.state.clone(),
+            grpc_address,
+            ttrpc_address: ttrpc_address.clone(),
+            debug: matches!(ctx.log_level.as_str(), "debug" | "trace"),
+            config,
+            host: ctx.host.clone(),
+        }));
+        manager.load().await;
+        *MANAGER.lock().expect("manager") = Some(manager);
+        Ok(ServiceRouter::new().on_shutdown(move || {
+            // Shims keep running, as containerd leaves them; the next daemon
+            // reconnects.
+            server.abort();
+            let _ = std::fs::remove_file(&ttrpc_address);
+            async {}
+        }))
+    }
+}
+
+/// The Tasks service.
+pub struct Tasks;
+
+impl Plugin for Tasks {
+    fn info() -> PluginInfo {
+        PluginInfo::new(types::GRPC, "tasks").requires(&[types::RUNTIME, types::METADATA, types::EVENT])
+    }
+
+    async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
+        let manager = MANAGER
+            .lock()
+            .expect("manager")
+            .clone()
+            .ok_or_else(|| PluginError::failed("the shim manager io.containerd.runtime.v2.task is not running"))?;
+        Ok(service::router(service::TasksService::new(ctx.host.clone(), manager)))
+    }
+}
+
+export_plugins!(RuntimeTask, Tasks);
