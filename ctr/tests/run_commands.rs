@@ -15,24 +15,33 @@ use common::{run, split_args, Daemon, Server, Step, OURS, STOCK_CTR};
 use crated_tests::images::{oci_archive, ImageOptions};
 
 /// A daemon with the test image imported as `bb`, and a FIFO directory of
-/// the test's own.
+/// the test's own. Every step runs in a namespace named after the daemon
+/// kind, so that the same container ids on both kinds, run concurrently,
+/// get distinct runc state (`/run/containerd/runc/<ns>`) and cgroups
+/// (`/<ns>/<id>`).
 struct Setup {
     daemon: Daemon,
     fifo: PathBuf,
+    ns: &'static str,
 }
 
 impl Setup {
     fn new(tag: &str, server: Server) -> Setup {
-        let daemon = Daemon::start(tag, server);
-        let archive = oci_archive(&ImageOptions::default()).unwrap();
-        let tar = daemon.dir().join("bb.tar");
-        std::fs::write(&tar, &archive.tar).unwrap();
-        let out = run(STOCK_CTR, &daemon.socket(), &step(&format!("images import --base-name bb {}", tar.display())));
-        assert!(out.ends_with("[rc=0]\n"), "{out}");
-        let out = run(STOCK_CTR, &daemon.socket(), &step("images tag bb:latest bb"));
-        assert!(out.ends_with("[rc=0]\n"), "{out}");
+        let (daemon, ns) = match server {
+            Server::Containerd => (Daemon::start(tag, server), "ctr-containerd"),
+            // Every plugin built: the runtime with its dependencies.
+            Server::Crated => (Daemon::start_with_plugins(tag, server, &common::built_crated_plugins()), "ctr-crated"),
+        };
         let fifo = daemon.dir().join("fifo");
-        Setup { daemon, fifo }
+        let s = Setup { daemon, fifo, ns };
+        let archive = oci_archive(&ImageOptions::default()).unwrap();
+        let tar = s.daemon.dir().join("bb.tar");
+        std::fs::write(&tar, &archive.tar).unwrap();
+        let out = run(STOCK_CTR, &s.sock(), &s.step(&format!("images import --base-name bb {}", tar.display())));
+        assert!(out.ends_with("[rc=0]\n"), "{out}");
+        let out = run(STOCK_CTR, &s.sock(), &s.step("images tag bb:latest bb"));
+        assert!(out.ends_with("[rc=0]\n"), "{out}");
+        s
     }
 
     fn sock(&self) -> PathBuf {
@@ -41,7 +50,8 @@ impl Setup {
 
     /// `{F}` in a step is the FIFO directory.
     fn step(&self, args: &str) -> Step {
-        Step(split_args(&args.replace("{F}", &self.fifo.display().to_string())), None)
+        let args = format!("-n {} {}", self.ns, args.replace("{F}", &self.fifo.display().to_string()));
+        Step(split_args(&args), None)
     }
 
     fn step_in(&self, input: &'static str, args: &str) -> Step {
@@ -52,7 +62,7 @@ impl Setup {
     fn await_status(&self, id: &str, want: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let out = run(STOCK_CTR, &self.sock(), &step("tasks ls"));
+            let out = run(STOCK_CTR, &self.sock(), &self.step("tasks ls"));
             if out.lines().any(|l| l.starts_with(id) && l.trim_end().ends_with(want)) {
                 return;
             }
@@ -67,21 +77,15 @@ impl Drop for Setup {
     /// (and their snapshots) deleted, with stock ctr.
     fn drop(&mut self) {
         let sock = self.sock();
-        let ids = run(STOCK_CTR, &sock, &step("containers ls -q"));
+        let ids = run(STOCK_CTR, &sock, &self.step("containers ls -q"));
         for id in ids.lines().take_while(|l| !l.starts_with("---")).filter(|l| !l.starts_with('$')) {
-            let _ = Command::new(STOCK_CTR)
-                .arg("-a")
-                .arg(&sock)
-                .args(["tasks", "kill", "-a", "-s", "SIGKILL", id])
-                .output();
-            let _ = Command::new(STOCK_CTR).arg("-a").arg(&sock).args(["tasks", "delete", "-f", id]).output();
-            let _ = Command::new(STOCK_CTR).arg("-a").arg(&sock).args(["containers", "delete", id]).output();
+            let stock =
+                |args: &[&str]| Command::new(STOCK_CTR).arg("-a").arg(&sock).args(["-n", self.ns]).args(args).output();
+            let _ = stock(&["tasks", "kill", "-a", "-s", "SIGKILL", id]);
+            let _ = stock(&["tasks", "delete", "-f", id]);
+            let _ = stock(&["containers", "delete", id]);
         }
     }
-}
-
-fn step(args: &str) -> Step {
-    common::step(args)
 }
 
 /// Digits -> `N` (pids, counters, sizes), and dates masked.
@@ -163,6 +167,11 @@ fn run_rm_exit_code_and_stdio_containerd() {
     run_rm_exit_code_and_stdio(Server::Containerd);
 }
 
+#[test]
+fn run_rm_exit_code_and_stdio_crated() {
+    run_rm_exit_code_and_stdio(Server::Crated);
+}
+
 fn container_specs(server: Server) {
     let s = Setup::new("specs", server);
     let host = s.daemon.dir().display().to_string();
@@ -197,6 +206,11 @@ fn container_specs(server: Server) {
 #[test]
 fn container_specs_containerd() {
     container_specs(Server::Containerd);
+}
+
+#[test]
+fn container_specs_crated() {
+    container_specs(Server::Crated);
 }
 
 fn detached_task_lifecycle(server: Server) {
@@ -234,6 +248,11 @@ fn detached_task_lifecycle_containerd() {
     detached_task_lifecycle(Server::Containerd);
 }
 
+#[test]
+fn detached_task_lifecycle_crated() {
+    detached_task_lifecycle(Server::Crated);
+}
+
 fn errors(server: Server) {
     let s = Setup::new("errors", server);
     let steps = vec![
@@ -258,13 +277,19 @@ fn errors_containerd() {
     errors(Server::Containerd);
 }
 
+#[test]
+fn errors_crated() {
+    errors(Server::Crated);
+}
+
 /// `-t`: the task gets a terminal (run under `script`, which gives ctr a pty).
 fn tty(server: Server) {
     let s = Setup::new("tty", server);
     let fifo = s.fifo.display().to_string();
     let sock = s.sock().display().to_string();
     let run_script = |ctr: &str| {
-        let cmd = format!("{ctr} -a {sock} run --rm -t --fifo-dir {fifo} bb c5 sh -c 'tty; stty size; exit 5'");
+        let ns = s.ns;
+        let cmd = format!("{ctr} -a {sock} -n {ns} run --rm -t --fifo-dir {fifo} bb c5 sh -c 'tty; stty size; exit 5'");
         let out = Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
             .env("COLUMNS", "77")
