@@ -603,3 +603,48 @@ async fn lease_resources(
     .await
     .unwrap()
 }
+
+/// Containers run and removed through the stock ctr and ours, then the
+/// image removed: content, snapshots and the disk are back to where they
+/// were before the import (the rw snapshots of `run --rm` and of a
+/// container removed by hand included).
+#[test]
+fn running_and_removing_containers_leaves_nothing() {
+    let d =
+        Setup::new(&[]).with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "runtime"]).start();
+    let ns = "gc-run";
+    let a = archived("latest");
+    let (before_blobs, before_dirs) = (blob_files(&d), snapshot_dirs(&d));
+    import(&d, ns, &a, "example.com/run");
+    let name = image_names(&d, ns).into_iter().find(|n| n.starts_with("example.com/run")).expect("imported image");
+    let unpacked = rows(&ctr(&d, ns, &["snapshots", "ls"])).len();
+
+    let out = ctr(&d, ns, &["run", "--rm", &name, "gc-stock", "echo", "stock"]);
+    assert_eq!(out.trim(), "stock");
+    let out = our_ctr(&d, ns, &["run", "--rm", &name, "gc-ours", "echo", "ours"]);
+    assert_eq!(out.trim(), "ours");
+    // A container removed by hand, with its snapshot left for the GC.
+    ctr(&d, ns, &["run", "-d", &name, "gc-detached", "busybox", "sleep", "60"]);
+    assert_eq!(rows(&ctr(&d, ns, &["snapshots", "ls"])).len(), unpacked + 1, "the running container's snapshot");
+    ctr(&d, ns, &["tasks", "kill", "-s", "SIGKILL", "gc-detached"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ctr(&d, ns, &["tasks", "ls"]).contains("STOPPED") {
+        assert!(std::time::Instant::now() < deadline, "the killed task never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ctr(&d, ns, &["tasks", "delete", "gc-detached"]);
+    // The container goes and its rw snapshot stays behind (stock ctr
+    // would remove it too without `--keep-snapshot`): nothing refers to
+    // the snapshot any more, so the collection takes it.
+    ctr(&d, ns, &["containers", "rm", "--keep-snapshot", "gc-detached"]);
+    assert_eq!(rows(&ctr(&d, ns, &["snapshots", "ls"])).len(), unpacked + 1, "--keep-snapshot kept nothing");
+    collect(&d, ns);
+    assert_eq!(rows(&ctr(&d, ns, &["snapshots", "ls"])).len(), unpacked, "a container's snapshot outlived it");
+    assert!(rows(&ctr(&d, ns, &["containers", "ls"])).is_empty());
+
+    ctr(&d, ns, &["images", "rm", "--sync", &name]);
+    assert!(rows(&ctr(&d, ns, &["content", "ls"])).is_empty(), "content left");
+    assert!(rows(&ctr(&d, ns, &["snapshots", "ls"])).is_empty(), "snapshots left");
+    assert_eq!(blob_files(&d), before_blobs, "blobs left on disk");
+    assert_eq!(snapshot_dirs(&d), before_dirs, "overlayfs snapshot directories left");
+}
