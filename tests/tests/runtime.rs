@@ -412,3 +412,52 @@ fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving() {
     assert_eq!(rt.ok(&["run", "--rm", IMAGE, "after", "echo", "still here"], "run after failures"), "still here\n");
     rt.assert_clean("the last run");
 }
+
+/// Twenty containers started at once, each by its own stock ctr: all run,
+/// all answer an exec, and all go, leaving nothing.
+fn twenty_containers_at_once(rt: Runtime) {
+    let ids: Vec<String> = (0..20).map(|i| format!("many{i}")).collect();
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            Command::new(common::stock_ctr_bin())
+                .arg("--address")
+                .arg(&rt.socket)
+                .args(["-n", NS, "run", "-d", "--env", &format!("ID={id}"), IMAGE, id, "busybox", "sleep", "600"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (id, run) in ids.iter().zip(runs) {
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "run -d {id}: {}\n{}", stderr(&out), rt.d().log());
+    }
+    let tasks = rt.tasks();
+    for id in &ids {
+        assert!(tasks.iter().any(|t| &t.0 == id && t.2 == "RUNNING"), "{id} is not running: {tasks:?}");
+    }
+    // Distinct processes, each answering in its own container.
+    let pids: std::collections::HashSet<&String> = tasks.iter().map(|t| &t.1).collect();
+    assert_eq!(pids.len(), 20, "{tasks:?}");
+    for id in ids.iter().step_by(5) {
+        let out = rt.ok(&["tasks", "exec", "--exec-id", "env", id, "sh", "-c", "echo $ID"], "exec echo");
+        assert_eq!(out.trim(), id.as_str());
+    }
+    for id in &ids {
+        rt.ok(&["tasks", "kill", "-s", "SIGKILL", id], "kill");
+    }
+    for id in &ids {
+        rt.wait_status(id, "STOPPED");
+        rt.ok(&["tasks", "delete", id], "tasks delete");
+        rt.ok(&["containers", "rm", id], "containers rm");
+    }
+    rt.assert_clean("twenty containers");
+}
+
+#[test]
+fn twenty_containers_at_once_go_shim() {
+    twenty_containers_at_once(Runtime::start());
+}
