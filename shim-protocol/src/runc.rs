@@ -31,6 +31,9 @@ pub struct Options {
     /// runc's state root (`--root`).
     #[prost(string, tag = "7")]
     pub root: String,
+    /// The criu binary runc should use (`runc --criu`); empty for criu on PATH.
+    #[prost(string, tag = "8")]
+    pub criu_path: String,
     #[prost(bool, tag = "9")]
     pub systemd_cgroup: bool,
     #[prost(string, tag = "10")]
