@@ -14,7 +14,6 @@ mod metrics;
 mod mount;
 mod platforms;
 mod progress;
-mod runc_types;
 mod spec;
 mod tabwriter;
 mod transfer;

@@ -18,8 +18,8 @@ use super::{ExitStatus, GlobalArgs};
 use crate::cio::{FifoConfig, TaskIo};
 use crate::client::Client;
 use crate::errdefs;
-use crate::runc_types;
 use crate::spec::GoSpec;
+use shim_protocol::runc;
 
 /// The type URL of a process spec in an exec request.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -448,11 +448,9 @@ async fn new_task(client: &Client, container: &Container, opts: &TaskOpts) -> an
             .map_err(|s| errdefs::from_grpc(&s))?
             .mounts;
     }
-    let options = opts.no_pivot.then(|| {
-        runc_types::any(
-            runc_types::OPTIONS_TYPE_URL,
-            &runc_types::Options { no_pivot_root: true, ..Default::default() },
-        )
+    let options = opts.no_pivot.then(|| prost_types::Any {
+        type_url: runc::OPTIONS_TYPE_URL.to_string(),
+        value: prost::Message::encode_to_vec(&runc::Options { no_pivot_root: true, ..Default::default() }),
     });
     let req = CreateTaskRequest {
         container_id: id.clone(),
@@ -707,8 +705,8 @@ async fn ps(global: &GlobalArgs, args: IdArg) -> anyhow::Result<()> {
     for p in &resp.processes {
         let info = match &p.info {
             None => "-".to_string(),
-            Some(a) if a.type_url == runc_types::PROCESS_DETAILS_TYPE_URL => {
-                let d = <runc_types::ProcessDetails as prost::Message>::decode(a.value.as_slice())?;
+            Some(a) if a.type_url == runc::PROCESS_DETAILS_TYPE_URL => {
+                let d = <runc::ProcessDetails as prost::Message>::decode(a.value.as_slice())?;
                 format!("&ProcessDetails{{ExecID:{},XXX_unrecognized:[],}}", d.exec_id)
             }
             Some(a) => anyhow::bail!("type with url {}: not found", a.type_url),
