@@ -310,7 +310,8 @@ async fn with_process_kill(client: &Client, id: &str, exec_id: &str) -> anyhow::
 }
 
 /// The terminal in raw mode for as long as this lives (`console.Current()`
-/// and `SetRaw`, `Reset` on drop).
+/// and `SetRaw`, `Reset` on drop), output processing left on as
+/// containerd/console leaves it.
 pub struct RawConsole {
     fd: std::os::fd::RawFd,
     saved: rustix::termios::Termios,
@@ -331,6 +332,11 @@ impl RawConsole {
         let saved = rustix::termios::tcgetattr(b)?;
         let mut raw = saved.clone();
         raw.make_raw();
+        // containerd/console's `SetRaw` turns output processing back on
+        // after cfmakeraw, so a `\n` the task writes still gets the local
+        // terminal's `ONLCR` (`\r\n` from the task's pty becomes `\r\r\n`
+        // on the way out): what stock ctr's output looks like byte for byte.
+        raw.output_modes.insert(rustix::termios::OutputModes::OPOST);
         rustix::termios::tcsetattr(b, rustix::termios::OptionalActions::Now, &raw)?;
         Ok(RawConsole { fd, saved })
     }
