@@ -286,3 +286,113 @@ fn tty_containerd() {
     }
     tty(Server::Containerd);
 }
+
+/// The pids of the shims serving the daemon at `sock` (their command line
+/// names it as `-address`), for a test to stop the shims its daemon
+/// started and the daemon no longer can.
+fn shims_of(sock: &std::path::Path) -> Vec<u32> {
+    let want = format!("\0-address\0{}\0", sock.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("containerd-shim") && format!("\0{cmdline}").contains(&want)
+        })
+        .collect()
+}
+
+/// Stops (by pid) whatever shim of the daemon is still running when the
+/// test ends: `ctr shim delete` takes a task from under the daemon, which
+/// then cannot stop its shim.
+struct ShimGuard(PathBuf);
+
+impl Drop for ShimGuard {
+    fn drop(&mut self) {
+        for pid in shims_of(&self.0) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// `ctr shim`: straight to the task's shim on its ttrpc socket (found from
+/// the daemon's address, the namespace and the id as containerd 1.6 does).
+fn shim_commands(server: Server) {
+    let s = Setup::new("shim", server);
+    let _guard = ShimGuard(s.sock());
+    let steps = vec![
+        (s.step("run -d --fifo-dir {F} bb s1 busybox sleep 60"), Mask::Exact),
+        (s.step("shim --id s1 state"), Mask::Numbers),
+        (s.step("shim --id s1 start s1"), Mask::Exact),
+        (s.step("shim --id s1 start"), Mask::Exact),
+        (s.step("shim --id s1 delete"), Mask::Exact),
+        (s.step("shim state"), Mask::Exact),
+        (s.step("shim --id nosuch state"), Mask::Exact),
+        (s.step("-n other shim --id s1 state"), Mask::Exact),
+        (s.step("shim --id s1 exec"), Mask::Exact),
+        (s.step("shim --id s1 exec e1"), Mask::Exact),
+        (s.step("shim --id s1 exec --stdin {F}/nodir/in e1"), Mask::Exact),
+        (s.step("tasks kill -s SIGKILL s1"), Mask::Exact),
+        (s.step("shim --id s1 state"), Mask::Numbers),
+        (s.step("shim --id s1 delete s1"), Mask::Exact),
+        (s.step("shim --id s1 state"), Mask::Exact),
+        (s.step("containers delete s1"), Mask::Exact),
+    ];
+    let s2 = &s;
+    let bundle = s.daemon.dir().join("state/io.containerd.runtime.v2.task/default/s1");
+    compare(&s, &steps, &|i| {
+        if i == 11 {
+            s2.await_status("s1", "STOPPED");
+        }
+        if i == 14 {
+            // The shim outlives the deleted task: stop it, and let the
+            // daemon clean up after it (unmount and remove the bundle).
+            for pid in shims_of(&s2.sock()) {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while bundle.exists() {
+                assert!(Instant::now() < deadline, "the daemon never removed {}", bundle.display());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+}
+
+#[test]
+fn shim_commands_containerd() {
+    shim_commands(Server::Containerd);
+}
+
+/// `ctr shim exec` (ours only: stock 1.6's panics before it sends
+/// anything): a process from a spec file, FIFOs given by path, attached.
+fn shim_exec(server: Server) {
+    let s = Setup::new("shimexec", server);
+    let _guard = ShimGuard(s.sock());
+    let out = run(OURS, &s.sock(), &s.step("run -d --fifo-dir {F} bb s2 busybox sleep 60"));
+    assert!(out.ends_with("[rc=0]\n"), "{out}");
+    let spec = s.daemon.dir().join("process.json");
+    std::fs::write(
+        &spec,
+        r#"{"args":["sh","-c","read x; echo got $x; echo to stderr >&2; exit 3"],"cwd":"/","env":["PATH=/bin"],"user":{"uid":0,"gid":0}}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(&s.fifo).unwrap();
+    let args = format!(
+        "shim --id s2 exec --spec {} --stdin {{F}}/in --stdout {{F}}/out --stderr {{F}}/err --attach e1",
+        spec.display()
+    );
+    let out = run(OURS, &s.sock(), &s.step_in("hello\n", &args));
+    let out = mask_numbers(&out);
+    assert!(out.contains("\nexec running with pid N\ngot hello\n--- stderr\n"), "{out}");
+    assert!(out.contains("level=info msg=attaching\nto stderr\n[rc=N]"), "{out}");
+    let out = run(STOCK_CTR, &s.sock(), &step("tasks kill -s SIGKILL s2"));
+    assert!(out.ends_with("[rc=0]\n"), "{out}");
+    s.await_status("s2", "STOPPED");
+}
+
+#[test]
+fn shim_exec_containerd() {
+    shim_exec(Server::Containerd);
+}

@@ -341,7 +341,7 @@ impl RawConsole {
         Ok(RawConsole { fd, saved })
     }
 
-    fn size(&self) -> Option<(u32, u32)> {
+    pub fn size(&self) -> Option<(u32, u32)> {
         // SAFETY: as in `new`.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         rustix::termios::tcgetwinsize(b).ok().map(|w| (u32::from(w.ws_col), u32::from(w.ws_row)))
