@@ -3,6 +3,7 @@
 //! `Subcommand` type and an `async fn run(&GlobalArgs, ...)`, a variant in
 //! [`Command`], and a line in [`run`].
 
+pub mod checkpoint;
 pub mod containers;
 pub mod content;
 pub mod events;

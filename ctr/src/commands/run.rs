@@ -535,6 +535,8 @@ async fn run_task(client: &Client, container: &Container, args: &RunArgs) -> any
         no_pivot: args.container.no_pivot,
         detach: args.detach,
         pid_file: args.container.pid_file.clone(),
+        checkpoint: None,
+        checkpoint_options: None,
     };
     tasks::run_new_task(client, container, &opts).await
 }

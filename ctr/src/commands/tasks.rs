@@ -30,6 +30,8 @@ const UNKNOWN_EXIT_STATUS: u32 = 255;
 pub enum TasksCommand {
     /// Attach to the IO of a running container
     Attach(IdArg),
+    /// Checkpoint a container
+    Checkpoint(super::checkpoint::TaskCheckpointArgs),
     /// Delete one or more tasks
     #[command(visible_aliases = ["del", "remove", "rm"])]
     Delete(DeleteArgs),
@@ -168,6 +170,7 @@ pub struct MetricsArgs {
 pub async fn run(global: &GlobalArgs, command: TasksCommand) -> anyhow::Result<()> {
     match command {
         TasksCommand::Attach(a) => attach(global, a).await,
+        TasksCommand::Checkpoint(a) => super::checkpoint::task_checkpoint(global, a).await,
         TasksCommand::Delete(a) => delete(global, a).await,
         TasksCommand::Exec(a) => exec(global, a).await,
         TasksCommand::List(a) => list(global, a).await,
@@ -419,6 +422,10 @@ pub struct TaskOpts {
     pub no_pivot: bool,
     pub detach: bool,
     pub pid_file: Option<String>,
+    /// `WithTaskCheckpoint`: the checkpoint to restore the task from, and
+    /// the checkpoint's task options (instead of `no_pivot`'s).
+    pub checkpoint: Option<containerd_client::types::Descriptor>,
+    pub checkpoint_options: Option<prost_types::Any>,
 }
 
 /// `tasks.NewTask` + `container.NewTask`: streams, rootfs mounts, Create.
@@ -454,9 +461,11 @@ async fn new_task(client: &Client, container: &Container, opts: &TaskOpts) -> an
             .map_err(|s| errdefs::from_grpc(&s))?
             .mounts;
     }
-    let options = opts.no_pivot.then(|| prost_types::Any {
-        type_url: runc::OPTIONS_TYPE_URL.to_string(),
-        value: prost::Message::encode_to_vec(&runc::Options { no_pivot_root: true, ..Default::default() }),
+    let options = opts.checkpoint_options.clone().or_else(|| {
+        opts.no_pivot.then(|| prost_types::Any {
+            type_url: runc::OPTIONS_TYPE_URL.to_string(),
+            value: prost::Message::encode_to_vec(&runc::Options { no_pivot_root: true, ..Default::default() }),
+        })
     });
     let req = CreateTaskRequest {
         container_id: id.clone(),
@@ -465,7 +474,7 @@ async fn new_task(client: &Client, container: &Container, opts: &TaskOpts) -> an
         stdout: tio.config.stdout.clone(),
         stderr: tio.config.stderr.clone(),
         terminal: tio.config.terminal,
-        checkpoint: None,
+        checkpoint: opts.checkpoint.clone(),
         options,
         ..Default::default()
     };
@@ -515,6 +524,16 @@ pub async fn run_new_task(client: &Client, container: &Container, opts: &TaskOpt
     res
 }
 
+/// `container.NewTask` then `task.Start`, nothing followed (`containers
+/// restore`): the streams are left to the runtime when ctr exits.
+pub async fn create_and_start(client: &Client, container: &Container, opts: &TaskOpts) -> anyhow::Result<()> {
+    let (tio, _pid) = new_task(client, container, opts).await?;
+    let req = StartRequest { container_id: container.id.clone(), exec_id: String::new() };
+    client.call(client.tasks().start(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
+    std::mem::forget(tio);
+    Ok(())
+}
+
 async fn follow(
     client: &Client,
     id: &str,
@@ -561,6 +580,8 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<()> {
         no_pivot: args.no_pivot,
         detach: args.detach,
         pid_file: args.pid_file,
+        checkpoint: None,
+        checkpoint_options: None,
     };
     run_new_task(&client, &c, &opts).await
 }
