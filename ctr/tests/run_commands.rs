@@ -476,3 +476,22 @@ fn checkpoint_restore(server: Server) {
 fn checkpoint_restore_containerd() {
     checkpoint_restore(Server::Containerd);
 }
+
+/// A missing required flag: urfave/cli's message and exit code 1 (stock
+/// also prints the command's help on stdout first; only stderr and the
+/// exit code are compared).
+fn missing_required_flag(server: Server) {
+    let s = Setup::new("reqflag", server);
+    let stderr_and_code = |ctr: &str| {
+        let out = run(ctr, &s.sock(), &s.step("tasks exec --fifo-dir {F} c6 sh"));
+        out[out.find("--- stderr\n").expect("stderr marker")..].to_string()
+    };
+    let stock = stderr_and_code(STOCK_CTR);
+    assert_eq!(stock, "--- stderr\nctr: Required flag \"exec-id\" not set\n[rc=1]\n");
+    assert_eq!(stderr_and_code(OURS), stock);
+}
+
+#[test]
+fn missing_required_flag_containerd() {
+    missing_required_flag(Server::Containerd);
+}
