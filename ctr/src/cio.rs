@@ -57,6 +57,16 @@ fn mkfifo(path: &Path) -> io::Result<()> {
     rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_raw_mode(0o700)).map_err(io::Error::from)
 }
 
+/// containerd/fifo's `O_CREAT`: a FIFO at `path` unless something is
+/// there already; a failure reads `error creating fifo <path>: <os error>`.
+fn ensure_fifo(path: &str) -> io::Result<()> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok(());
+    }
+    mkfifo(Path::new(path))
+        .map_err(|e| io::Error::new(e.kind(), format!("error creating fifo {path}: {}", crate::errdefs::os_text(&e))))
+}
+
 async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut r: R, mut w: W) {
     // A reader or writer that goes away ends the copy, as in Go.
     let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -129,6 +139,28 @@ impl TaskIo {
         }
         if !config.terminal && !config.stderr.is_empty() {
             tio.outputs.push(tokio::spawn(copy_fifo(config.stderr.clone(), tokio::io::stderr())));
+        }
+        Ok(tio)
+    }
+
+    /// `ctr shim exec`'s `prepareStdio`: FIFOs at the given paths (made
+    /// when missing), ctr's stdin copied into the first once
+    /// [`TaskIo::start_stdin`] is called (after the shim has opened it), the
+    /// second (and the third, without a terminal) copied out;
+    /// [`TaskIo::wait`] waits for the output copies. The directory holding
+    /// them is the caller's.
+    pub fn existing_fifos(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> io::Result<TaskIo> {
+        let config =
+            FifoConfig { stdin: stdin.to_string(), stdout: stdout.to_string(), stderr: stderr.to_string(), terminal };
+        let mut tio = TaskIo { config, dir: None, stdin: None, pending_stdin: None, outputs: Vec::new() };
+        for path in [stdin, stdout, stderr] {
+            ensure_fifo(path)?;
+        }
+        let stdin_fifo = pipe::OpenOptions::new().read_write(true).open_sender(stdin)?;
+        tio.pending_stdin = Some((stdin_fifo, Box::pin(async {})));
+        tio.outputs.push(tokio::spawn(copy_fifo(stdout.to_string(), tokio::io::stdout())));
+        if !terminal {
+            tio.outputs.push(tokio::spawn(copy_fifo(stderr.to_string(), tokio::io::stderr())));
         }
         Ok(tio)
     }

@@ -62,6 +62,19 @@ pub fn from_grpc(status: &Status) -> anyhow::Error {
     }
 }
 
+/// Go's text for an OS error (`no such file or directory`, `connection
+/// refused`): Rust's text without its ` (os error N)` suffix, and lower
+/// case at the start as Go's strerror texts are.
+pub fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    let s = s.rfind(" (os error ").map_or(s.as_str(), |i| &s[..i]);
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,18 +97,5 @@ mod tests {
         assert_eq!(e.to_string(), "rpc error: code = Unimplemented desc = unknown service x");
         assert_eq!(code_name(1), "Canceled");
         assert_eq!(code_name(42), "Code(42)");
-    }
-}
-
-/// Go's text for an OS error (`no such file or directory`, `connection
-/// refused`): Rust's text without its ` (os error N)` suffix, and lower
-/// case at the start as Go's strerror texts are.
-pub fn os_text(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    let s = s.rfind(" (os error ").map_or(s.as_str(), |i| &s[..i]);
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
     }
 }

@@ -71,6 +71,12 @@ pub fn warn_plain(msg: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// `logrus.Info(msg)`: an informational line without an error field.
+pub fn info_plain(msg: &str) {
+    let line = format!("time={} level=info msg={}\n", value(&rfc3339_local(Timestamp::now())), value(msg));
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// `log.G(ctx).WithError(err).Warn(msg)`.
 pub fn warn(msg: &str, err: &dyn std::fmt::Display) {
     emit("warning", msg, err)

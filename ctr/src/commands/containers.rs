@@ -24,6 +24,8 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 
 #[derive(Debug, Subcommand)]
 pub enum ContainersCommand {
+    /// Checkpoint a container
+    Checkpoint(super::checkpoint::ContainerCheckpointArgs),
     /// Create container
     Create(Box<super::run::CreateArgs>),
     /// Delete one or more existing containers
@@ -36,6 +38,8 @@ pub enum ContainersCommand {
     List(ListArgs),
     /// Set and clear labels for a container
     Label(LabelArgs),
+    /// Restore a container from checkpoint
+    Restore(super::checkpoint::RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +84,8 @@ pub struct LabelArgs {
 
 pub async fn run(global: &GlobalArgs, command: ContainersCommand) -> anyhow::Result<()> {
     match command {
+        ContainersCommand::Checkpoint(args) => super::checkpoint::container_checkpoint(global, args).await,
+        ContainersCommand::Restore(args) => super::checkpoint::restore(global, args).await,
         ContainersCommand::Create(args) => super::run::create(global, *args).await,
         ContainersCommand::Delete(args) => delete(global, args).await,
         ContainersCommand::Info(args) => info(global, args).await,

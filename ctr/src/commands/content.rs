@@ -576,6 +576,48 @@ async fn ingest(global: &GlobalArgs, args: IngestArgs) -> anyhow::Result<()> {
     }
 }
 
+/// containerd's client `writeContent`: `data` written under `reference`
+/// and committed with `labels` (a blob already there is fine); its digest.
+pub async fn write_content(
+    client: &Client,
+    reference: &str,
+    data: &[u8],
+    labels: std::collections::HashMap<String, String>,
+) -> anyhow::Result<String> {
+    let mut w = RemoteWriter::open(client, reference, 0, "")
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to open writer: {}", e.converted()))?;
+    let offset = w.status().await.map_err(|e| e.converted())?;
+    if offset != 0 {
+        // A leftover partial write of this reference: start over.
+        w.send(WriteContentRequest { action: WriteAction::Write as i32, offset: 0, ..Default::default() })
+            .await
+            .map_err(|e| e.converted())?;
+        w.offset = 0;
+    }
+    for chunk in data.chunks(CHUNK) {
+        w.write(chunk).await?;
+    }
+    let size = data.len() as i64;
+    let res = w
+        .send(WriteContentRequest {
+            action: WriteAction::Commit as i32,
+            total: size,
+            offset: w.offset,
+            labels,
+            ..Default::default()
+        })
+        .await;
+    w.close();
+    match res {
+        Ok(resp) => Ok(resp.digest),
+        Err(e) if e.code() == Some(Code::AlreadyExists) => {
+            Ok(format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(data)))
+        }
+        Err(e) => Err(anyhow::anyhow!("commit failed: {}", e.converted())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

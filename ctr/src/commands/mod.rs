@@ -3,6 +3,7 @@
 //! `Subcommand` type and an `async fn run(&GlobalArgs, ...)`, a variant in
 //! [`Command`], and a line in [`run`].
 
+pub mod checkpoint;
 pub mod containers;
 pub mod content;
 pub mod events;
@@ -14,6 +15,7 @@ pub mod namespaces;
 pub mod oci;
 pub mod plugins;
 pub mod run;
+pub mod shim;
 pub mod snapshots;
 pub mod tasks;
 pub mod version;
@@ -143,6 +145,9 @@ pub enum Command {
     },
     /// Run a container
     Run(Box<run::RunArgs>),
+    /// Interact with a shim directly
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Shim(shim::ShimArgs),
     /// Manage tasks
     #[command(visible_aliases = ["t", "task"], subcommand_required = true, arg_required_else_help = true)]
     Tasks {
@@ -171,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
             Command::Snapshots(args) => snapshots::run(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, *args).await,
+            Command::Shim(args) => shim::run(&cli.global, args).await,
             Command::Tasks { command } => tasks::run(&cli.global, command).await,
             Command::Version => version::run(&cli.global).await,
         }

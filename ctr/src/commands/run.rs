@@ -16,8 +16,8 @@ use super::tasks::{self, TaskOpts};
 use super::{label_args, GlobalArgs};
 use crate::client::Client;
 use crate::errdefs;
-use crate::runc_types;
 use crate::spec::{GoSpec, ImageConfig};
+use shim_protocol::runc;
 
 /// containerd's `defaults.DefaultRuntime`.
 pub const DEFAULT_RUNTIME: &str = "io.containerd.runc.v2";
@@ -255,7 +255,7 @@ fn runtime_options(
         );
     }
     if flags.runtime == DEFAULT_RUNTIME {
-        let mut o = runc_types::Options { binary_name: runc_binary.to_string(), ..Default::default() };
+        let mut o = runc::Options { binary_name: runc_binary.to_string(), ..Default::default() };
         if systemd {
             if cgroup.unwrap_or("").is_empty() {
                 anyhow::bail!(
@@ -267,7 +267,10 @@ fn runtime_options(
         if let Some(p) = pf {
             o.root = p.runc_root.clone();
         }
-        return Ok(Some(runc_types::any(runc_types::OPTIONS_TYPE_URL, &o)));
+        return Ok(Some(prost_types::Any {
+            type_url: runc::OPTIONS_TYPE_URL.to_string(),
+            value: prost::Message::encode_to_vec(&o),
+        }));
     }
     Ok(None)
 }
@@ -532,6 +535,8 @@ async fn run_task(client: &Client, container: &Container, args: &RunArgs) -> any
         no_pivot: args.container.no_pivot,
         detach: args.detach,
         pid_file: args.container.pid_file.clone(),
+        checkpoint: None,
+        checkpoint_options: None,
     };
     tasks::run_new_task(client, container, &opts).await
 }

@@ -18,8 +18,8 @@ use super::{ExitStatus, GlobalArgs};
 use crate::cio::{FifoConfig, TaskIo};
 use crate::client::Client;
 use crate::errdefs;
-use crate::runc_types;
 use crate::spec::GoSpec;
+use shim_protocol::runc;
 
 /// The type URL of a process spec in an exec request.
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -30,6 +30,8 @@ const UNKNOWN_EXIT_STATUS: u32 = 255;
 pub enum TasksCommand {
     /// Attach to the IO of a running container
     Attach(IdArg),
+    /// Checkpoint a container
+    Checkpoint(super::checkpoint::TaskCheckpointArgs),
     /// Delete one or more tasks
     #[command(visible_aliases = ["del", "remove", "rm"])]
     Delete(DeleteArgs),
@@ -168,6 +170,7 @@ pub struct MetricsArgs {
 pub async fn run(global: &GlobalArgs, command: TasksCommand) -> anyhow::Result<()> {
     match command {
         TasksCommand::Attach(a) => attach(global, a).await,
+        TasksCommand::Checkpoint(a) => super::checkpoint::task_checkpoint(global, a).await,
         TasksCommand::Delete(a) => delete(global, a).await,
         TasksCommand::Exec(a) => exec(global, a).await,
         TasksCommand::List(a) => list(global, a).await,
@@ -310,7 +313,8 @@ async fn with_process_kill(client: &Client, id: &str, exec_id: &str) -> anyhow::
 }
 
 /// The terminal in raw mode for as long as this lives (`console.Current()`
-/// and `SetRaw`, `Reset` on drop).
+/// and `SetRaw`, `Reset` on drop), output processing left on as
+/// containerd/console leaves it.
 pub struct RawConsole {
     fd: std::os::fd::RawFd,
     saved: rustix::termios::Termios,
@@ -331,11 +335,16 @@ impl RawConsole {
         let saved = rustix::termios::tcgetattr(b)?;
         let mut raw = saved.clone();
         raw.make_raw();
+        // containerd/console's `SetRaw` turns output processing back on
+        // after cfmakeraw, so a `\n` the task writes still gets the local
+        // terminal's `ONLCR` (`\r\n` from the task's pty becomes `\r\r\n`
+        // on the way out): what stock ctr's output looks like byte for byte.
+        raw.output_modes.insert(rustix::termios::OutputModes::OPOST);
         rustix::termios::tcsetattr(b, rustix::termios::OptionalActions::Now, &raw)?;
         Ok(RawConsole { fd, saved })
     }
 
-    fn size(&self) -> Option<(u32, u32)> {
+    pub fn size(&self) -> Option<(u32, u32)> {
         // SAFETY: as in `new`.
         let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
         rustix::termios::tcgetwinsize(b).ok().map(|w| (u32::from(w.ws_col), u32::from(w.ws_row)))
@@ -413,6 +422,10 @@ pub struct TaskOpts {
     pub no_pivot: bool,
     pub detach: bool,
     pub pid_file: Option<String>,
+    /// `WithTaskCheckpoint`: the checkpoint to restore the task from, and
+    /// the checkpoint's task options (instead of `no_pivot`'s).
+    pub checkpoint: Option<containerd_client::types::Descriptor>,
+    pub checkpoint_options: Option<prost_types::Any>,
 }
 
 /// `tasks.NewTask` + `container.NewTask`: streams, rootfs mounts, Create.
@@ -448,11 +461,11 @@ async fn new_task(client: &Client, container: &Container, opts: &TaskOpts) -> an
             .map_err(|s| errdefs::from_grpc(&s))?
             .mounts;
     }
-    let options = opts.no_pivot.then(|| {
-        runc_types::any(
-            runc_types::OPTIONS_TYPE_URL,
-            &runc_types::Options { no_pivot_root: true, ..Default::default() },
-        )
+    let options = opts.checkpoint_options.clone().or_else(|| {
+        opts.no_pivot.then(|| prost_types::Any {
+            type_url: runc::OPTIONS_TYPE_URL.to_string(),
+            value: prost::Message::encode_to_vec(&runc::Options { no_pivot_root: true, ..Default::default() }),
+        })
     });
     let req = CreateTaskRequest {
         container_id: id.clone(),
@@ -461,7 +474,7 @@ async fn new_task(client: &Client, container: &Container, opts: &TaskOpts) -> an
         stdout: tio.config.stdout.clone(),
         stderr: tio.config.stderr.clone(),
         terminal: tio.config.terminal,
-        checkpoint: None,
+        checkpoint: opts.checkpoint.clone(),
         options,
         ..Default::default()
     };
@@ -511,6 +524,16 @@ pub async fn run_new_task(client: &Client, container: &Container, opts: &TaskOpt
     res
 }
 
+/// `container.NewTask` then `task.Start`, nothing followed (`containers
+/// restore`): the streams are left to the runtime when ctr exits.
+pub async fn create_and_start(client: &Client, container: &Container, opts: &TaskOpts) -> anyhow::Result<()> {
+    let (tio, _pid) = new_task(client, container, opts).await?;
+    let req = StartRequest { container_id: container.id.clone(), exec_id: String::new() };
+    client.call(client.tasks().start(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
+    std::mem::forget(tio);
+    Ok(())
+}
+
 async fn follow(
     client: &Client,
     id: &str,
@@ -557,6 +580,8 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<()> {
         no_pivot: args.no_pivot,
         detach: args.detach,
         pid_file: args.pid_file,
+        checkpoint: None,
+        checkpoint_options: None,
     };
     run_new_task(&client, &c, &opts).await
 }
@@ -707,8 +732,8 @@ async fn ps(global: &GlobalArgs, args: IdArg) -> anyhow::Result<()> {
     for p in &resp.processes {
         let info = match &p.info {
             None => "-".to_string(),
-            Some(a) if a.type_url == runc_types::PROCESS_DETAILS_TYPE_URL => {
-                let d = <runc_types::ProcessDetails as prost::Message>::decode(a.value.as_slice())?;
+            Some(a) if a.type_url == runc::PROCESS_DETAILS_TYPE_URL => {
+                let d = <runc::ProcessDetails as prost::Message>::decode(a.value.as_slice())?;
                 format!("&ProcessDetails{{ExecID:{},XXX_unrecognized:[],}}", d.exec_id)
             }
             Some(a) => anyhow::bail!("type with url {}: not found", a.type_url),
