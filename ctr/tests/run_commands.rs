@@ -426,7 +426,7 @@ fn shim_exec(server: Server) {
     let out = mask_numbers(&out);
     assert!(out.contains("\nexec running with pid N\ngot hello\n--- stderr\n"), "{out}");
     assert!(out.contains("level=info msg=attaching\nto stderr\n[rc=N]"), "{out}");
-    let out = run(STOCK_CTR, &s.sock(), &step("tasks kill -s SIGKILL s2"));
+    let out = run(STOCK_CTR, &s.sock(), &s.step("tasks kill -s SIGKILL s2"));
     assert!(out.ends_with("[rc=0]\n"), "{out}");
     s.await_status("s2", "STOPPED");
 }
@@ -499,7 +499,7 @@ fn checkpoint_restore(server: Server) {
             // The failed restore prepared its snapshot under a lease now
             // gone: collect it, so the next run can prepare it again.
             for args in ["leases create --id gc-settle", "leases rm --sync gc-settle"] {
-                let out = run(STOCK_CTR, &s2.sock(), &step(args));
+                let out = run(STOCK_CTR, &s2.sock(), &s2.step(args));
                 assert!(out.ends_with("[rc=0]\n"), "{out}");
             }
         }
@@ -508,9 +508,9 @@ fn checkpoint_restore(server: Server) {
         }
         if i == steps.len() - 1 {
             // Whatever a working CRIU made: not carried into the next run.
-            let out = run(STOCK_CTR, &s2.sock(), &step("images ls -q"));
+            let out = run(STOCK_CTR, &s2.sock(), &s2.step("images ls -q"));
             for name in out.lines().filter(|l| l.starts_with("containerd.io/checkpoint/") || *l == "ck4") {
-                run(STOCK_CTR, &s2.sock(), &step(&format!("images rm {name}")));
+                run(STOCK_CTR, &s2.sock(), &s2.step(&format!("images rm {name}")));
             }
         }
     });

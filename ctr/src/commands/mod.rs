@@ -34,7 +34,9 @@ use crate::duration::GoDuration;
     version = concat!("crated ", env!("CARGO_PKG_VERSION")),
     disable_version_flag = true,
     subcommand_required = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    // urfave/cli lets a flag repeat, the last one winning (`ctr -n a -n b`).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(flatten)]
