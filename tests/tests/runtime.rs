@@ -26,29 +26,60 @@ use crated_tests::images::{oci_archive, ImageOptions};
 
 const STACK: &[&str] = &["content", "metadata", "events", "snapshots", "diff", "transfer", "runtime"];
 const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+
+/// Which `containerd-shim-runc-v2` runs the tasks: Debian's Go shim, or the
+/// project's own from the build output (which the daemon also finds by
+/// itself, next to `crated`).
+#[derive(Clone, Copy, Debug)]
+enum Shim {
+    Go,
+    Ours,
+}
+
+impl Shim {
+    /// The namespace a test runs its containers in: one per shim, because
+    /// cgroups (`/<namespace>/<id>`) are shared by the whole machine, and
+    /// the same test for both shims runs concurrently with the same ids.
+    fn namespace(self) -> &'static str {
+        match self {
+            Shim::Go => "rt-go",
+            Shim::Ours => "rt-ours",
+        }
+    }
+
+    fn path(self) -> PathBuf {
+        match self {
+            Shim::Go => PathBuf::from(GO_SHIM),
+            Shim::Ours => common::target_dir().join("containerd-shim-runc-v2"),
+        }
+    }
+}
 const IMAGE: &str = "docker.io/library/busybox:latest";
-const NS: &str = "rt";
 const TASK_STATE: &str = "io.containerd.runtime.v2.task";
 
-/// A daemon with the runtime plugins, pinned to the Go shim, with runc's
+/// A daemon with the runtime plugins, pinned to one shim, with runc's
 /// state under the test's directory, and the busybox image imported.
 struct Runtime {
     daemon: Option<Daemon>,
     dir: PathBuf,
     socket: PathBuf,
+    ns: &'static str,
 }
 
 impl Runtime {
-    fn start() -> Runtime {
+    fn start(shim: Shim) -> Runtime {
         let setup = Setup::new(&[]).with_real_plugins(STACK);
         let runc_root = setup.path().join("runc");
+        let shim_path = shim.path();
+        assert!(shim_path.exists(), "{} is missing: run `cargo build --workspace`", shim_path.display());
         let setup = setup.extra(&format!(
-            "[plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\"]\nruntime_path = {GO_SHIM:?}\n\
+            "[plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\"]\nruntime_path = {:?}\n\
              [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\".options]\nRoot = {:?}\n",
+            shim_path.display().to_string(),
             runc_root.display().to_string()
         ));
         let (dir, socket) = (setup.path().to_path_buf(), setup.socket());
-        let rt = Runtime { daemon: Some(setup.start()), dir, socket };
+        let rt = Runtime { daemon: Some(setup.start()), dir, socket, ns: shim.namespace() };
         let archive = oci_archive(&ImageOptions::default()).unwrap();
         let tar = rt.dir.join("image.tar");
         std::fs::write(&tar, &archive.tar).unwrap();
@@ -62,7 +93,7 @@ impl Runtime {
 
     /// The stock ctr in the test's namespace.
     fn ctr(&self, args: &[&str]) -> Output {
-        let mut full = vec!["-n", NS];
+        let mut full = vec!["-n", self.ns];
         full.extend_from_slice(args);
         self.d().stock_ctr(&full)
     }
@@ -74,7 +105,7 @@ impl Runtime {
         let mut child = Command::new(common::stock_ctr_bin())
             .arg("--address")
             .arg(&self.socket)
-            .args(["-n", NS])
+            .args(["-n", self.ns])
             .args(args)
             .env_remove("CONTAINERD_NAMESPACE")
             .stdin(Stdio::piped())
@@ -223,8 +254,17 @@ fn shims_of(socket: &Path) -> Vec<u32> {
 }
 
 #[test]
-fn run_rm_prints_output_returns_exit_codes_and_takes_stdin() {
-    let rt = Runtime::start();
+fn run_rm_prints_output_returns_exit_codes_and_takes_stdin_go_shim() {
+    run_rm_prints_output_returns_exit_codes_and_takes_stdin(Shim::Go);
+}
+
+#[test]
+fn run_rm_prints_output_returns_exit_codes_and_takes_stdin_our_shim() {
+    run_rm_prints_output_returns_exit_codes_and_takes_stdin(Shim::Ours);
+}
+
+fn run_rm_prints_output_returns_exit_codes_and_takes_stdin(shim: Shim) {
+    let rt = Runtime::start(shim);
     let listed = stdout(&rt.d().stock_ctr(&["plugins", "ls"]));
     for (kind, id) in [("io.containerd.runtime.v2", "task"), ("io.containerd.grpc.v1", "tasks")] {
         let row = listed.lines().find(|l| l.split_whitespace().take(2).eq([kind, id]));
@@ -232,7 +272,8 @@ fn run_rm_prints_output_returns_exit_codes_and_takes_stdin() {
     }
 
     assert_eq!(rt.ok(&["run", "--rm", IMAGE, "echo1", "echo", "hi"], "run echo"), "hi\n");
-    assert!(rt.d().log().contains(GO_SHIM), "the log names the shim that ran:\n{}", rt.d().log());
+    let path = shim.path().display().to_string();
+    assert!(rt.d().log().contains(&path), "the log names the shim that ran:\n{}", rt.d().log());
     rt.assert_clean("run --rm echo");
 
     let out = rt.ctr(&["run", "--rm", IMAGE, "exit3", "sh", "-c", "exit 3"]);
@@ -248,8 +289,17 @@ fn run_rm_prints_output_returns_exit_codes_and_takes_stdin() {
 }
 
 #[test]
-fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events() {
-    let rt = Runtime::start();
+fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events_go_shim() {
+    a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events(Shim::Go);
+}
+
+#[test]
+fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events_our_shim() {
+    a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events(Shim::Ours);
+}
+
+fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events(shim: Shim) {
+    let rt = Runtime::start(shim);
     let events_out = rt.dir.join("events.out");
     let mut events = Command::new(common::stock_ctr_bin())
         .arg("--address")
@@ -318,7 +368,7 @@ fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events
     ];
     loop {
         let text = std::fs::read_to_string(&events_out).unwrap();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&format!(" {NS} /tasks/"))).collect();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&format!(" {} /tasks/", rt.ns))).collect();
         let pos = |t: &str| lines.iter().position(|l| l.contains(t));
         if topics.iter().all(|t| pos(t).is_some()) {
             let order: Vec<usize> = topics.iter().map(|t| pos(t).unwrap()).collect();
@@ -334,8 +384,17 @@ fn a_detached_task_is_listed_exec_paused_measured_killed_and_deleted_with_events
 }
 
 #[test]
-fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again() {
-    let mut rt = Runtime::start();
+fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again_go_shim() {
+    a_daemon_killed_with_sigkill_finds_its_running_tasks_again(Shim::Go);
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again_our_shim() {
+    a_daemon_killed_with_sigkill_finds_its_running_tasks_again(Shim::Ours);
+}
+
+fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again(shim: Shim) {
+    let mut rt = Runtime::start(shim);
     rt.ok(&["run", "-d", IMAGE, "survivor", "busybox", "sleep", "1000"], "run -d survivor");
     rt.ok(&["run", "-d", IMAGE, "orphan", "busybox", "sleep", "1000"], "run -d orphan");
     let before = rt.tasks();
@@ -360,7 +419,7 @@ fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again() {
     assert_eq!(after[0].0, "survivor");
     assert_eq!(after[0].2, "RUNNING");
     assert_eq!(pid_of(&after, "survivor"), pid_of(&before, "survivor"), "the same process");
-    assert!(!rt.state_dir().join(NS).join("orphan").exists(), "the dead shim's bundle is gone");
+    assert!(!rt.state_dir().join(rt.ns).join("orphan").exists(), "the dead shim's bundle is gone");
 
     rt.ok(&["tasks", "kill", "-s", "SIGKILL", "survivor"], "kill after restart");
     rt.wait_status("survivor", "STOPPED");
@@ -370,8 +429,17 @@ fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again() {
 }
 
 #[test]
-fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving() {
-    let rt = Runtime::start();
+fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving_go_shim() {
+    failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving(Shim::Go);
+}
+
+#[test]
+fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving_our_shim() {
+    failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving(Shim::Ours);
+}
+
+fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving(shim: Shim) {
+    let rt = Runtime::start(shim);
 
     let e = rt.fails(&["run", "--rm", "--runtime", "io.containerd.nope.v1", IMAGE, "f1", "echo"], "unknown runtime");
     assert!(e.contains("binary not installed \"containerd-shim-nope-v1\""), "{e}");
@@ -423,7 +491,7 @@ fn twenty_containers_at_once(rt: Runtime) {
             Command::new(common::stock_ctr_bin())
                 .arg("--address")
                 .arg(&rt.socket)
-                .args(["-n", NS, "run", "-d", "--env", &format!("ID={id}"), IMAGE, id, "busybox", "sleep", "600"])
+                .args(["-n", rt.ns, "run", "-d", "--env", &format!("ID={id}"), IMAGE, id, "busybox", "sleep", "600"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -459,5 +527,10 @@ fn twenty_containers_at_once(rt: Runtime) {
 
 #[test]
 fn twenty_containers_at_once_go_shim() {
-    twenty_containers_at_once(Runtime::start());
+    twenty_containers_at_once(Runtime::start(Shim::Go));
+}
+
+#[test]
+fn twenty_containers_at_once_our_shim() {
+    twenty_containers_at_once(Runtime::start(Shim::Ours));
 }
