@@ -131,10 +131,23 @@ fn transcript(ctr: &str, s: &Setup, steps: &[(Step, Mask)], between: &dyn Fn(usi
         .collect()
 }
 
-fn compare(s: &Setup, steps: &[(Step, Mask)], between: &dyn Fn(usize)) {
+/// Runs `steps` with stock ctr, then with ours, and asserts the two
+/// transcripts are the same; returns stock's, with the daemon's directory
+/// and namespace masked, for [`same_on_both`] to compare across daemons.
+fn compare(s: &Setup, steps: &[(Step, Mask)], between: &dyn Fn(usize)) -> Vec<String> {
     let stock = transcript(STOCK_CTR, s, steps, between);
     let ours = transcript(OURS, s, steps, between);
     common::assert_same("stock ctr", &stock, "our ctr", &ours);
+    let dir = s.daemon.dir().display().to_string();
+    stock.iter().map(|t| t.replace(&dir, "{DIR}").replace(s.ns, "{NS}")).collect()
+}
+
+/// A scenario on stock containerd and on crated: on each, stock ctr and
+/// ours must agree; and stock ctr must get the same answers from both.
+fn same_on_both(scenario: fn(Server) -> Vec<String>) {
+    let containerd = scenario(Server::Containerd);
+    let crated = scenario(Server::Crated);
+    common::assert_same("stock ctr on containerd", &containerd, "stock ctr on crated", &crated);
 }
 
 #[test]
@@ -148,7 +161,7 @@ fn oci_spec_is_byte_identical() {
     }
 }
 
-fn run_rm_exit_code_and_stdio(server: Server) {
+fn run_rm_exit_code_and_stdio(server: Server) -> Vec<String> {
     let s = Setup::new("runrm", server);
     let steps = vec![
         (s.step("run --rm --fifo-dir {F} bb c1 sh -c 'echo out; echo err >&2; exit 3'"), Mask::Exact),
@@ -159,20 +172,15 @@ fn run_rm_exit_code_and_stdio(server: Server) {
         (s.step("containers ls"), Mask::Exact),
         (s.step("snapshots ls"), Mask::Numbers),
     ];
-    compare(&s, &steps, &|_| ());
+    compare(&s, &steps, &|_| ())
 }
 
 #[test]
-fn run_rm_exit_code_and_stdio_containerd() {
-    run_rm_exit_code_and_stdio(Server::Containerd);
+fn run_rm_exit_code_and_stdio_on_containerd_and_crated() {
+    same_on_both(run_rm_exit_code_and_stdio);
 }
 
-#[test]
-fn run_rm_exit_code_and_stdio_crated() {
-    run_rm_exit_code_and_stdio(Server::Crated);
-}
-
-fn container_specs(server: Server) {
+fn container_specs(server: Server) -> Vec<String> {
     let s = Setup::new("specs", server);
     let host = s.daemon.dir().display().to_string();
     let mut steps = Vec::new();
@@ -200,20 +208,15 @@ fn container_specs(server: Server) {
         if i == steps.len() - 4 {
             s2.await_status("c2", "STOPPED");
         }
-    });
+    })
 }
 
 #[test]
-fn container_specs_containerd() {
-    container_specs(Server::Containerd);
+fn container_specs_on_containerd_and_crated() {
+    same_on_both(container_specs);
 }
 
-#[test]
-fn container_specs_crated() {
-    container_specs(Server::Crated);
-}
-
-fn detached_task_lifecycle(server: Server) {
+fn detached_task_lifecycle(server: Server) -> Vec<String> {
     let s = Setup::new("tasks", server);
     let steps = vec![
         (s.step("run -d --fifo-dir {F} bb c3 busybox sleep 60"), Mask::Exact),
@@ -240,20 +243,15 @@ fn detached_task_lifecycle(server: Server) {
         if i == 13 {
             s2.await_status("c3", "STOPPED");
         }
-    });
+    })
 }
 
 #[test]
-fn detached_task_lifecycle_containerd() {
-    detached_task_lifecycle(Server::Containerd);
+fn detached_task_lifecycle_on_containerd_and_crated() {
+    same_on_both(detached_task_lifecycle);
 }
 
-#[test]
-fn detached_task_lifecycle_crated() {
-    detached_task_lifecycle(Server::Crated);
-}
-
-fn errors(server: Server) {
+fn errors(server: Server) -> Vec<String> {
     let s = Setup::new("errors", server);
     let steps = vec![
         (s.step("run --rm --fifo-dir {F} nosuchimage c4 true"), Mask::Exact),
@@ -269,17 +267,12 @@ fn errors(server: Server) {
         (s.step("run bb"), Mask::Exact),
         (s.step("containers delete c4"), Mask::Exact),
     ];
-    compare(&s, &steps, &|_| ());
+    compare(&s, &steps, &|_| ())
 }
 
 #[test]
-fn errors_containerd() {
-    errors(Server::Containerd);
-}
-
-#[test]
-fn errors_crated() {
-    errors(Server::Crated);
+fn errors_on_containerd_and_crated() {
+    same_on_both(errors);
 }
 
 /// `-t`: the task gets a terminal (run under `script`, which gives ctr a pty).
@@ -352,7 +345,7 @@ impl Drop for ShimGuard {
 
 /// `ctr shim`: straight to the task's shim on its ttrpc socket (found from
 /// the daemon's address, the namespace and the id as containerd 1.6 does).
-fn shim_commands(server: Server) {
+fn shim_commands(server: Server) -> Vec<String> {
     let s = Setup::new("shim", server);
     let _guard = ShimGuard(s.sock());
     let steps = vec![
@@ -391,17 +384,12 @@ fn shim_commands(server: Server) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-    });
+    })
 }
 
 #[test]
-fn shim_commands_containerd() {
-    shim_commands(Server::Containerd);
-}
-
-#[test]
-fn shim_commands_crated() {
-    shim_commands(Server::Crated);
+fn shim_commands_on_containerd_and_crated() {
+    same_on_both(shim_commands);
 }
 
 /// `ctr shim exec` (ours only: stock 1.6's panics before it sends
@@ -459,7 +447,7 @@ fn criu_works() -> Result<(), String> {
 /// and must give byte-identical indexes (same image digests); a task
 /// checkpoint needs a working CRIU, and where there is none both ctrs must
 /// fail alike (and the restore of a task checkpoint cannot be tried).
-fn checkpoint_restore(server: Server) {
+fn checkpoint_restore(server: Server) -> Vec<String> {
     let s = Setup::new("ckpt", server);
     if let Err(reason) = criu_works() {
         eprintln!("skipped: task checkpoint and live restore succeeding: {reason}");
@@ -513,7 +501,7 @@ fn checkpoint_restore(server: Server) {
                 run(STOCK_CTR, &s2.sock(), &s2.step(&format!("images rm {name}")));
             }
         }
-    });
+    })
 }
 
 #[test]
