@@ -15,7 +15,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// Whether the host mounts cgroup2 alone at `/sys/fs/cgroup`.
 pub fn is_unified() -> bool {
-    rustix::fs::statfs(ROOT).map(|s| s.f_type as i64 == 0x6367_7270).unwrap_or(false)
+    rustix::fs::statfs(ROOT).map(|s| s.f_type == 0x6367_7270).unwrap_or(false)
 }
 
 /// Where a container's cgroup is.
@@ -407,10 +407,7 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
 pub fn oom_eventfd(memory_dir: &Path) -> std::io::Result<OwnedFd> {
     let control = std::fs::File::open(memory_dir.join("memory.oom_control"))?;
     let efd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)?;
-    std::fs::write(
-        memory_dir.join("cgroup.event_control"),
-        format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()),
-    )?;
+    std::fs::write(memory_dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()))?;
     Ok(efd)
 }
 
@@ -440,7 +437,8 @@ mod tests {
         // field 1 varint 2.
         let m = v1::Metrics { pids: Some(v1::PidsStat { current: 2, limit: 0 }), ..Default::default() };
         assert_eq!(m.encode_to_vec(), vec![0x12, 0x02, 0x08, 0x02]);
-        let mem = v1::MemoryStat { usage: Some(v1::MemoryEntry { usage: 1, ..Default::default() }), ..Default::default() };
+        let mem =
+            v1::MemoryStat { usage: Some(v1::MemoryEntry { usage: 1, ..Default::default() }), ..Default::default() };
         // Field 33, wire type 2: key (33 << 3 | 2) = 266 = 0x8a 0x02.
         assert_eq!(&mem.encode_to_vec()[..2], &[0x8a, 0x02]);
     }

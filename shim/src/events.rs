@@ -59,7 +59,13 @@ impl Publisher {
                     }
                     if let Some(c) = &client {
                         let res: Result<shim_protocol::task::Empty, _> = c
-                            .call(EVENTS_SERVICE, EVENTS_FORWARD, &req, &[(NAMESPACE_KEY, namespace.as_str())], Some(CALL_TIMEOUT))
+                            .call(
+                                EVENTS_SERVICE,
+                                EVENTS_FORWARD,
+                                &req,
+                                &[(NAMESPACE_KEY, namespace.as_str())],
+                                Some(CALL_TIMEOUT),
+                            )
                             .await;
                         match res {
                             Ok(_) => break,

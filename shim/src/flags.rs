@@ -103,7 +103,19 @@ mod tests {
 
     #[test]
     fn the_daemons_start_line() {
-        let f = parse(&["-namespace", "default", "-address", "/run/c.sock", "-publish-binary", "/usr/bin/containerd", "-id", "c1", "-debug", "start"]).unwrap();
+        let f = parse(&[
+            "-namespace",
+            "default",
+            "-address",
+            "/run/c.sock",
+            "-publish-binary",
+            "/usr/bin/containerd",
+            "-id",
+            "c1",
+            "-debug",
+            "start",
+        ])
+        .unwrap();
         assert_eq!(f.namespace, "default");
         assert_eq!(f.address, "/run/c.sock");
         assert_eq!(f.publish_binary, "/usr/bin/containerd");

@@ -94,7 +94,7 @@ fn start(flags: &Flags) -> anyhow::Result<()> {
     let address = socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).expect("a unix:// address");
 
-    std::fs::create_dir_all(SOCKET_DIR).with_context(|| format!("{SOCKET_DIR}"))?;
+    std::fs::create_dir_all(SOCKET_DIR).context(SOCKET_DIR)?;
     let listener = match std::os::unix::net::UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -120,7 +120,8 @@ fn start(flags: &Flags) -> anyhow::Result<()> {
             if any.type_url.ends_with(shim_protocol::runc::OPTIONS_TYPE_URL) {
                 let o = shim_protocol::runc::Options::decode(any.value.as_slice()).context("runc options")?;
                 if !o.shim_cgroup.is_empty() {
-                    cgroup::add_pid(&o.shim_cgroup, pid).with_context(|| format!("failed to join cgroup {}", o.shim_cgroup))?;
+                    cgroup::add_pid(&o.shim_cgroup, pid)
+                        .with_context(|| format!("failed to join cgroup {}", o.shim_cgroup))?;
                 }
             }
         }
@@ -213,10 +214,7 @@ fn delete(flags: &Flags) -> anyhow::Result<()> {
 
 /// Points stderr at the bundle's `log` FIFO, which the daemon reads.
 fn open_log() {
-    let log = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags_nonblock()
-        .open("log");
+    let log = std::fs::OpenOptions::new().write(true).custom_flags_nonblock().open("log");
     if let Ok(f) = log {
         let _ = rustix::stdio::dup2_stderr(&f);
     }

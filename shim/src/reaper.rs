@@ -83,7 +83,11 @@ fn reap_all(waiters: &Mutex<Waiters>, exits: &mpsc::UnboundedSender<Exit>) {
     loop {
         match wait(WaitOptions::NOHANG) {
             Ok(Some((pid, status))) => {
-                let exit = Exit { pid: pid.as_raw_nonzero().get(), status: exit_status(status.as_raw()), at: SystemTime::now() };
+                let exit = Exit {
+                    pid: pid.as_raw_nonzero().get(),
+                    status: exit_status(status.as_raw()),
+                    at: SystemTime::now(),
+                };
                 let waiter = waiters.lock().expect("reaper waiters").by_pid.remove(&exit.pid);
                 match waiter {
                     Some(w) => {
@@ -116,6 +120,8 @@ mod tests {
     }
 
     #[test]
+    // The reaper waits for the children, not `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn real_children_through_waitpid() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {

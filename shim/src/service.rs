@@ -224,7 +224,9 @@ impl Shim {
             let Some((c, p)) = found else { continue };
             if p.exec.is_none() && should_kill_all_on_exit(&c.bundle) {
                 let sig = libc::SIGKILL.to_string();
-                if let Err(e) = c.runc.run(&self.reaper, &["kill", "--all", &c.id, &sig], RuncStdio::Capture(None)).await {
+                if let Err(e) =
+                    c.runc.run(&self.reaper, &["kill", "--all", &c.id, &sig], RuncStdio::Capture(None)).await
+                {
                     crate::log!("failed to kill init's children of {}: {e}", c.id);
                 }
             }
@@ -244,12 +246,20 @@ impl Shim {
 
     /// Runs runc to start a process (create or exec) with its stdio, then
     /// starts the copies. Returns the process's pid.
-    async fn launch(&self, c: &Container, p: &Process, mut args: Vec<String>, pid_file: &Path, what: &str) -> Result<i32, Status> {
+    async fn launch(
+        &self,
+        c: &Container,
+        p: &Process,
+        mut args: Vec<String>,
+        pid_file: &Path,
+        what: &str,
+    ) -> Result<i32, Status> {
         let paths = &p.stdio;
         let mut socket = None;
         let mut pipes = None;
         let stdio = if paths.terminal {
-            let s = ConsoleSocket::new().map_err(|e| unknown(format!("failed to create OCI runtime console socket: {e}")))?;
+            let s = ConsoleSocket::new()
+                .map_err(|e| unknown(format!("failed to create OCI runtime console socket: {e}")))?;
             args.insert(args.len() - 1, "--console-socket".into());
             args.insert(args.len() - 1, s.path().display().to_string());
             socket = Some(s);
@@ -287,9 +297,8 @@ impl Shim {
 
     async fn create_container(&self, req: CreateTaskRequest) -> Result<Arc<Container>, Status> {
         let opts = match &req.options {
-            Some(any) if any.type_url.ends_with(OPTIONS_TYPE_URL) => {
-                Options::decode(any.value.as_slice()).map_err(|e| Status::invalid_argument(format!("runc options: {e}")))?
-            }
+            Some(any) if any.type_url.ends_with(OPTIONS_TYPE_URL) => Options::decode(any.value.as_slice())
+                .map_err(|e| Status::invalid_argument(format!("runc options: {e}")))?,
             _ => Options::default(),
         };
         let bundle = PathBuf::from(&req.bundle);
@@ -308,7 +317,8 @@ impl Shim {
             Some(dir)
         };
         write_options(&bundle, &opts).map_err(|e| unknown(format!("writing options: {e}")))?;
-        std::fs::write(bundle.join("runtime"), &opts.binary_name).map_err(|e| unknown(format!("writing runtime: {e}")))?;
+        std::fs::write(bundle.join("runtime"), &opts.binary_name)
+            .map_err(|e| unknown(format!("writing runtime: {e}")))?;
         if let Some(dir) = &rootfs {
             let mounts: Vec<Mount> = req
                 .rootfs
@@ -317,7 +327,8 @@ impl Shim {
                 .collect();
             mount::mount_all(&mounts, dir).map_err(|e| unknown(e.to_string()))?;
         }
-        let runc = Runc::new(&opts.binary_name, &opts.root, &self.namespace, &bundle, opts.systemd_cgroup, &opts.criu_path);
+        let runc =
+            Runc::new(&opts.binary_name, &opts.root, &self.namespace, &bundle, opts.systemd_cgroup, &opts.criu_path);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -347,7 +358,13 @@ impl Shim {
             return Err(Status::unimplemented("restoring a checkpoint is not supported by this shim"));
         }
         let pid_file = bundle.join("init.pid");
-        let mut args: Vec<String> = vec!["create".into(), "--bundle".into(), req.bundle.clone(), "--pid-file".into(), pid_file.display().to_string()];
+        let mut args: Vec<String> = vec![
+            "create".into(),
+            "--bundle".into(),
+            req.bundle.clone(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
         if container.no_pivot_root {
             args.push("--no-pivot".into());
         }
@@ -371,7 +388,8 @@ impl Shim {
     }
 
     fn watch_oom(&self, c: &Container) {
-        let Some(dir) = c.cgroup.lock().expect("cgroup").as_ref().and_then(|cg| cg.memory_dir().map(Path::to_path_buf)) else {
+        let Some(dir) = c.cgroup.lock().expect("cgroup").as_ref().and_then(|cg| cg.memory_dir().map(Path::to_path_buf))
+        else {
             return;
         };
         let efd = match crate::cgroup::oom_eventfd(&dir) {
@@ -411,7 +429,8 @@ impl Shim {
             obj.insert("terminal".into(), serde_json::Value::Bool(p.stdio.terminal));
         }
         let process_file = c.bundle.join(format!(".{exec_id}.process.json"));
-        std::fs::write(&process_file, serde_json::to_vec(&value).unwrap_or_default()).map_err(|e| unknown(e.to_string()))?;
+        std::fs::write(&process_file, serde_json::to_vec(&value).unwrap_or_default())
+            .map_err(|e| unknown(e.to_string()))?;
         let pid_file = c.bundle.join(format!("{exec_id}.pid"));
         let args: Vec<String> = vec![
             "exec".into(),
@@ -489,7 +508,10 @@ pub fn read_options(bundle: &Path) -> (String, String) {
 /// Go's `checkKillError`, on runc's words.
 fn kill_error(err: &str) -> Status {
     let lower = err.to_lowercase();
-    if err.contains("os: process already finished") || err.contains("container not running") || lower.contains("no such process") {
+    if err.contains("os: process already finished")
+        || err.contains("container not running")
+        || lower.contains("no such process")
+    {
         Status::not_found("process already finished: not found")
     } else if err.contains("does not exist") {
         Status::not_found("no such container: not found")
@@ -653,7 +675,10 @@ impl TaskService for Shim {
             }
             execs.insert(req.exec_id.clone(), p);
         }
-        self.events.publish(topics::TASK_EXEC_ADDED, &types::TaskExecAdded { container_id: c.id.clone(), exec_id: req.exec_id });
+        self.events.publish(
+            topics::TASK_EXEC_ADDED,
+            &types::TaskExecAdded { container_id: c.id.clone(), exec_id: req.exec_id },
+        );
         Ok(Empty {})
     }
 
@@ -820,7 +845,9 @@ impl TaskService for Shim {
             State::Deleted => return Err(unknown("cannot checkpoint a deleted process")),
         }
         let opts = match &req.options {
-            Some(any) => CheckpointOptions::decode(any.value.as_slice()).map_err(|e| Status::invalid_argument(e.to_string()))?,
+            Some(any) => {
+                CheckpointOptions::decode(any.value.as_slice()).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
             None => CheckpointOptions::default(),
         };
         let (work, temporary) = if opts.work_path.is_empty() {
@@ -944,7 +971,8 @@ mod tests {
         let o = Options { binary_name: "/usr/sbin/runc".into(), root: "/r".into(), ..Default::default() };
         write_options(dir.path(), &o).unwrap();
         std::fs::write(dir.path().join("runtime"), &o.binary_name).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("options.json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("options.json")).unwrap()).unwrap();
         assert_eq!(json, serde_json::json!({"binary_name": "/usr/sbin/runc", "root": "/r"}));
         assert_eq!(read_options(dir.path()), ("/usr/sbin/runc".to_string(), "/r".to_string()));
     }

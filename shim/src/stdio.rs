@@ -79,7 +79,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), StdioError> {
 impl Pipes {
     /// A pipe per stream the client named (none for an empty name).
     pub fn new(paths: &StdioPaths) -> Result<Pipes, StdioError> {
-        let mut p = Pipes { runc_stdin: None, runc_stdout: None, runc_stderr: None, stdin: None, stdout: None, stderr: None };
+        let mut p =
+            Pipes { runc_stdin: None, runc_stdout: None, runc_stderr: None, stdin: None, stdout: None, stderr: None };
         if !paths.stdin.is_empty() {
             let (r, w) = pipe()?;
             p.runc_stdin = Some(r);
@@ -166,7 +167,8 @@ fn open_output(path: &str) -> Result<Output, StdioError> {
 /// reporting EOF until dropped.
 fn open_stdin(path: &str) -> Result<(pipe::Receiver, OwnedFd), StdioError> {
     let r = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err(path))?;
-    let w = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err(path))?;
+    let w =
+        std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err(path))?;
     Ok((pipe::Receiver::from_file(r).map_err(open_err(path))?, w.into()))
 }
 
@@ -281,11 +283,15 @@ impl Console {
     /// Starts copying `stdin` (FIFO) into the master and the master into
     /// `stdout`. Returns the console, the stdin write handle and the output
     /// copy.
-    pub fn start(master: OwnedFd, paths: &StdioPaths) -> Result<(Console, Option<OwnedFd>, JoinHandle<()>), StdioError> {
+    pub fn start(
+        master: OwnedFd,
+        paths: &StdioPaths,
+    ) -> Result<(Console, Option<OwnedFd>, JoinHandle<()>), StdioError> {
         rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).map_err(|e| StdioError::Console(e.into()))?;
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open
         // and the same for the AsyncFd's whole life.
-        let master = unsafe { AsyncFd::register(master) }.map_err(|e| StdioError::Console(io::Error::other(e.to_string())))?;
+        let master =
+            unsafe { AsyncFd::register(master) }.map_err(|e| StdioError::Console(io::Error::other(e.to_string())))?;
         let master = Arc::new(master);
         let (shutdown, mut stopped) = watch::channel(false);
         let mut holder = None;
@@ -302,7 +308,8 @@ impl Console {
                 }
             });
         }
-        let mut dst = if paths.stdout.is_empty() { None } else { Some(open_output(&StdioPaths::target(&paths.stdout)?)?) };
+        let mut dst =
+            if paths.stdout.is_empty() { None } else { Some(open_output(&StdioPaths::target(&paths.stdout)?)?) };
         let m = master.clone();
         let output = tokio::spawn(async move {
             let mut buf = vec![0u8; BUF];
