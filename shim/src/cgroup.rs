@@ -15,7 +15,7 @@ const ROOT: &str = "/sys/fs/cgroup";
 
 /// Whether the host mounts cgroup2 alone at `/sys/fs/cgroup`.
 pub fn is_unified() -> bool {
-    rustix::fs::statfs(ROOT).map(|s| s.f_type as i64 == 0x6367_7270).unwrap_or(false)
+    rustix::fs::statfs(ROOT).map(|s| s.f_type == 0x6367_7270).unwrap_or(false)
 }
 
 /// Where a container's cgroup is.

@@ -94,7 +94,7 @@ fn start(flags: &Flags) -> anyhow::Result<()> {
     let address = socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).expect("a unix:// address");
 
-    std::fs::create_dir_all(SOCKET_DIR).with_context(|| format!("{SOCKET_DIR}"))?;
+    std::fs::create_dir_all(SOCKET_DIR).context(SOCKET_DIR)?;
     let listener = match std::os::unix::net::UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {

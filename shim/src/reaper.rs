@@ -120,6 +120,8 @@ mod tests {
     }
 
     #[test]
+    // The reaper waits for the children, not `Child::wait`.
+    #[allow(clippy::zombie_processes)]
     fn real_children_through_waitpid() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
