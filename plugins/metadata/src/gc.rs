@@ -9,7 +9,10 @@
 //!    into a [`StoreView`], turned into a reference [`Graph`]
 //!    ([`build_graph`]), marked ([`mark`]), and every unreached content
 //!    record, snapshot record and lease (with its resource rows) is deleted;
-//!    the transaction commits and the locks go. This is the pause.
+//!    the transaction commits and the locks go. This is the pause. The
+//!    writes of the ingests whose records went are aborted in the raw
+//!    store before the commit, so a writer re-opening the same ref (which
+//!    waits for the transaction) starts afresh.
 //! 2. *Backend snapshots*: per snapshotter, the start-up repair
 //!    ([`SnapshotStore::recover`]) removes the backend snapshots no record
 //!    refers to any more, children first, then the snapshotter's Cleanup
@@ -384,6 +387,17 @@ pub fn sweep_in(txn: &WriteTransaction, now: i64) -> Result<Swept, DbError> {
     Ok(swept)
 }
 
+/// Aborts the raw store's ingest of `r` in `ns` (the metadata plugin names
+/// raw refs `<namespace>/<ref>`); one already gone is fine.
+async fn abort_raw_ingest(host: &Host, ns: &str, r: &str) {
+    let req = AbortRequest { r#ref: format!("{ns}/{r}") };
+    match host.unary::<_, ()>(&Host::call(&format!("{RAW_CONTENT}/Abort"), None), &req).await {
+        Ok(()) => {}
+        Err(e) if e.code == Code::NotFound => {}
+        Err(e) => crated_plugin_api::tracing::warn!("gc: aborting ingest {r} in {ns}: {}", e.message),
+    }
+}
+
 /// What one collection did.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -454,9 +468,23 @@ impl Collector {
         let paused = Instant::now();
         let db = inner.db.clone();
         let now = now_secs();
-        let swept = tokio::task::spawn_blocking(move || db.write_quiet(|txn| sweep_in(txn, now)))
-            .await
-            .map_err(|e| GcError::Backend(format!("sweep task: {e}")))??;
+        let (host, runtime) = (inner.host.clone(), tokio::runtime::Handle::current());
+        let swept = tokio::task::spawn_blocking(move || {
+            db.write_quiet(|txn| {
+                let swept = sweep_in(txn, now)?;
+                // The writes of swept ingests are aborted before the
+                // transaction commits: a writer re-opening the same ref
+                // records it in a transaction of its own, which waits for
+                // this one, so it always gets a fresh ingest and never one
+                // this collection is about to abort.
+                for (ns, r) in &swept.ingests {
+                    runtime.block_on(abort_raw_ingest(&host, ns, r));
+                }
+                Ok::<_, DbError>(swept)
+            })
+        })
+        .await
+        .map_err(|e| GcError::Backend(format!("sweep task: {e}")))??;
         let pause = paused.elapsed();
         drop(guards);
 
@@ -474,17 +502,8 @@ impl Collector {
             }
         }
 
-        // 3. Raw blobs no namespace records, and the writes of ingests
-        //    nothing keeps (expired, or their lease gone).
+        // 3. Raw blobs no namespace records.
         let blobs = self.remove_unreferenced_blobs().await?;
-        for (ns, r) in &swept.ingests {
-            let req = AbortRequest { r#ref: format!("{ns}/{r}") };
-            match inner.host.unary::<_, ()>(&Host::call(&format!("{RAW_CONTENT}/Abort"), None), &req).await {
-                Ok(()) => {}
-                Err(e) if e.code == Code::NotFound => {}
-                Err(e) => crated_plugin_api::tracing::warn!("gc: aborting ingest {r} in {ns}: {}", e.message),
-            }
-        }
 
         let mut removed = BTreeMap::new();
         removed.insert("content".to_string(), swept.content as u64);
