@@ -476,6 +476,33 @@ fn failures_are_clear_leave_nothing_behind_and_the_daemon_keeps_serving(shim: Sh
     }
     rt.assert_clean("a shim killed under its task");
 
+    // A shim that dies in the middle of a call: `run --rm` is waiting on
+    // the task (its Wait is in flight in the daemon) when the shim goes.
+    let mut attached = Command::new(common::stock_ctr_bin())
+        .arg("--address")
+        .arg(&rt.socket)
+        .args(["-n", rt.ns, "run", "--rm", IMAGE, "midcall", "busybox", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.wait_status("midcall", "RUNNING");
+    for pid in shims_of(&rt.socket) {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = attached.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ctr run never returned after its shim died");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "ctr run succeeded although its shim died");
+    let _ = rt.ctr(&["containers", "rm", "midcall"]);
+    rt.assert_clean("a shim killed during a call");
+
     // Still serving, and still running containers.
     assert_eq!(rt.ok(&["run", "--rm", IMAGE, "after", "echo", "still here"], "run after failures"), "still here\n");
     rt.assert_clean("the last run");
