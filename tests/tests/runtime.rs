@@ -200,6 +200,11 @@ impl Runtime {
         self.daemon.as_mut().unwrap().signal_and_wait("KILL");
     }
 
+    fn stop_daemon(&mut self) {
+        let status = self.daemon.as_mut().unwrap().signal_and_wait("TERM");
+        assert!(status.success(), "the daemon did not stop cleanly on SIGTERM: {status}\n{}", self.d().log());
+    }
+
     fn restart(&mut self) {
         self.daemon.as_mut().unwrap().restart();
     }
@@ -426,6 +431,35 @@ fn a_daemon_killed_with_sigkill_finds_its_running_tasks_again(shim: Shim) {
     rt.ok(&["tasks", "delete", "survivor"], "delete after restart");
     rt.ok(&["containers", "rm", "survivor", "orphan"], "rm");
     rt.assert_clean("restart");
+}
+
+#[test]
+fn a_daemon_stopped_with_sigterm_leaves_its_tasks_running_go_shim() {
+    a_daemon_stopped_with_sigterm_leaves_its_tasks_running(Shim::Go);
+}
+
+#[test]
+fn a_daemon_stopped_with_sigterm_leaves_its_tasks_running_our_shim() {
+    a_daemon_stopped_with_sigterm_leaves_its_tasks_running(Shim::Ours);
+}
+
+/// A clean stop is no reason to stop containers: they run on under their
+/// shims, and the next daemon takes them back.
+fn a_daemon_stopped_with_sigterm_leaves_its_tasks_running(shim: Shim) {
+    let mut rt = Runtime::start(shim);
+    rt.ok(&["run", "-d", IMAGE, "calm", "busybox", "sleep", "1000"], "run -d calm");
+    let (_, pid, _) = rt.tasks().into_iter().find(|t| t.0 == "calm").expect("calm listed");
+    rt.stop_daemon();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the task died with the daemon");
+    rt.restart();
+    let after = rt.tasks();
+    assert_eq!(after, vec![("calm".to_string(), pid.clone(), "RUNNING".to_string())]);
+    assert_eq!(rt.ok(&["tasks", "exec", "--exec-id", "e1", "calm", "echo", "back"], "exec after restart"), "back\n");
+    rt.ok(&["tasks", "kill", "-s", "SIGKILL", "calm"], "kill after restart");
+    rt.wait_status("calm", "STOPPED");
+    rt.ok(&["tasks", "delete", "calm"], "delete after restart");
+    rt.ok(&["containers", "rm", "calm"], "rm");
+    rt.assert_clean("a restart after SIGTERM");
 }
 
 #[test]
