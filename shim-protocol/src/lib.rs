@@ -17,7 +17,9 @@
 //! - [`types`]: the shared types (mounts, process status, event envelopes)
 //!   and the `/tasks/*` events a shim publishes.
 //! - [`runc`]: the runc shim's option messages (`containerd.runc.v1`).
+//! - [`address`]: where a shim listens (containerd 1.6's socket address).
 
+pub mod address;
 pub mod runc;
 pub mod task;
 pub mod ttrpc;

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use sha2::{Digest, Sha256};
+use shim_protocol::address::go_path_join;
 use shim_protocol::task::{
     DeleteRequest, ExecProcessRequest, ResizePtyRequest, StartRequest, StateRequest, StateResponse, TaskClient,
 };
@@ -26,7 +26,6 @@ use crate::cio::TaskIo;
 use crate::gojson::J;
 
 /// containerd 1.6's `socketRoot` for shim sockets (`defaults.DefaultStateDir`).
-const SOCKET_ROOT: &str = "/run/containerd";
 
 /// The type URL of an OCI process spec as containerd's typeurl registers it.
 const PROCESS_SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -161,7 +160,7 @@ async fn task_service(global: &GlobalArgs, id: &str) -> anyhow::Result<TaskClien
         anyhow::bail!("container id must be specified");
     }
     let ns = &global.namespace;
-    let legacy = format!("@{}", go_join(&["/containerd-shim", ns, id, "shim.sock"]));
+    let legacy = format!("@{}", go_path_join(&["/containerd-shim", ns, id, "shim.sock"]));
     for address in [socket_address(&global.address, ns, id), legacy] {
         if let Ok(stream) = SocketAddress::parse(&address).connect().await {
             // No deadline: stock's calls have none.
@@ -172,50 +171,14 @@ async fn task_service(global: &GlobalArgs, id: &str) -> anyhow::Result<TaskClien
     anyhow::bail!("fail to connect to container {id}'s shim")
 }
 
-/// containerd 1.6's `shim.SocketAddress`: the shim socket of container `id`
-/// in namespace `ns` under the daemon at `address`. An empty namespace has
-/// no address (1.6 requires one), so the connect fails.
+/// containerd 1.6's `shim.SocketAddress` for container `id` in namespace
+/// `ns` under the daemon at `address`. An empty namespace has no address
+/// (1.6 requires one), so the connect fails.
 pub fn socket_address(address: &str, ns: &str, id: &str) -> String {
     if ns.is_empty() {
         return String::new();
     }
-    let digest = Sha256::digest(go_join(&[address, ns, id]).as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{SOCKET_ROOT}/s/{hex}")
-}
-
-/// Go's `filepath.Join`: the non-empty elements joined by `/`, cleaned.
-fn go_join(elems: &[&str]) -> String {
-    let joined = elems.iter().filter(|e| !e.is_empty()).copied().collect::<Vec<_>>().join("/");
-    if joined.is_empty() {
-        return String::new();
-    }
-    go_clean(&joined)
-}
-
-/// Go's `path.Clean`: no empty or `.` elements, `..` resolved lexically.
-fn go_clean(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut out: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if out.last().is_some_and(|l| *l != "..") {
-                    out.pop();
-                } else if !rooted {
-                    out.push("..");
-                }
-            }
-            _ => out.push(part),
-        }
-    }
-    let body = out.join("/");
-    match (rooted, body.is_empty()) {
-        (true, _) => format!("/{body}"),
-        (false, true) => ".".to_string(),
-        (false, false) => body,
-    }
+    shim_protocol::address::socket_address(address, ns, id)
 }
 
 /// A ttrpc status as stock ctr prints it: unconverted, grpc-go's text.
@@ -266,23 +229,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn socket_address_like_containerd_1_6() {
-        // sha256("/run/containerd/containerd.sock/default/x1")
-        let want = Sha256::digest(b"/run/containerd/containerd.sock/default/x1");
-        let hex: String = want.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            socket_address("/run/containerd//containerd.sock", "default", "x1"),
-            format!("/run/containerd/s/{hex}")
-        );
+    fn no_socket_without_a_namespace() {
         assert_eq!(socket_address("/a/b.sock", "", "x1"), "");
-    }
-
-    #[test]
-    fn go_clean_cases() {
-        assert_eq!(go_clean("/a//b/./c/../d"), "/a/b/d");
-        assert_eq!(go_clean("/../x"), "/x");
-        assert_eq!(go_clean("a/../../b"), "../b");
-        assert_eq!(go_join(&["/containerd-shim", "ns", "id", "shim.sock"]), "/containerd-shim/ns/id/shim.sock");
+        assert!(socket_address("/a/b.sock", "default", "x1").starts_with("unix:///run/containerd/s/"));
     }
 
     #[test]
