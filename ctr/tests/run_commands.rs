@@ -559,15 +559,19 @@ enum CratedShim {
 /// Where CRIU fails, that includes the shim's error for the failed dump,
 /// passed through crated's Tasks service unchanged.
 fn checkpoint_restore_on_containerd_and_crated(shim: CratedShim) {
-    let containerd = Setup::with("ckpt-x-containerd", Server::Containerd, "ckpt-containerd", "");
-    let (ns, extra) = match shim {
+    // Namespaces of their own for each daemon and variant: runc's state
+    // (`/run/containerd/runc/<ns>`) and cgroups are machine-wide, and both
+    // variants run at once with the same ids.
+    let (containerd_ns, ns, extra) = match shim {
         CratedShim::Go => (
+            "ckpt-containerd-go",
             "ckpt-crated-go",
             "[plugins.\"io.containerd.runtime.v2.task\".runtimes.\"io.containerd.runc.v2\"]\n\
              runtime_path = \"/usr/bin/containerd-shim-runc-v2\"\n",
         ),
-        CratedShim::Ours => ("ckpt-crated-ours", ""),
+        CratedShim::Ours => ("ckpt-containerd-ours", "ckpt-crated-ours", ""),
     };
+    let containerd = Setup::with("ckpt-x-containerd", Server::Containerd, containerd_ns, "");
     let crated = Setup::with("ckpt-x-crated", Server::Crated, ns, extra);
     let transcript = |s: &Setup| -> Vec<String> {
         let steps = checkpoint_steps(s);
