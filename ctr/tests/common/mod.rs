@@ -66,6 +66,12 @@ impl Daemon {
     /// A fresh daemon; crated loads the named plugins (ignored for
     /// containerd, which has all of its plugins built in).
     pub fn start_with_plugins<S: AsRef<str>>(tag: &str, server: Server, crated_plugins: &[S]) -> Daemon {
+        Daemon::start_with_config(tag, server, crated_plugins, "")
+    }
+
+    /// [`Daemon::start_with_plugins`] with `extra` appended to crated's
+    /// config (plugin tables; ignored for containerd).
+    pub fn start_with_config<S: AsRef<str>>(tag: &str, server: Server, crated_plugins: &[S], extra: &str) -> Daemon {
         assert!(
             Path::new(CONTAINERD).exists() && Path::new(STOCK_CTR).exists(),
             "stock_parity needs containerd 1.6 installed as {CONTAINERD} and {STOCK_CTR} \
@@ -92,7 +98,7 @@ impl Daemon {
                 }
                 let config = format!(
                     "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\nplugin_dir = \"{d}/plugins\"\n\
-                     [grpc]\n  address = \"{d}/c.sock\"\n"
+                     [grpc]\n  address = \"{d}/c.sock\"\n{extra}"
                 );
                 (build_dir().join("crated"), config)
             }

@@ -7,7 +7,8 @@
 //!   left, cleans up after shims that die, and serves the daemon's ttrpc
 //!   socket that shims publish events to ([`events`]).
 //! - `io.containerd.grpc.v1.tasks` ([`service`]): containerd's Tasks service
-//!   on the socket, over the manager.
+//!   on the socket, over the manager; task checkpoints go to and come from
+//!   the content store as tars ([`checkpoint`]).
 //!
 //! The request path: client -> socket -> Tasks (this library) -> shim over
 //! ttrpc -> runc; events come back from the shim through the ttrpc socket
@@ -15,6 +16,7 @@
 
 pub mod binary;
 pub mod bundle;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod events;

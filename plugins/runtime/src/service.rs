@@ -6,7 +6,12 @@
 //! task is `AlreadyExists`, and what a shim answers reaches the client with
 //! the shim's code and words.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use containerd_client::{
     services::v1::snapshots::{MountsRequest, MountsResponse},
@@ -19,17 +24,22 @@ use containerd_client::{
     },
     types::{
         v1::{Process, ProcessInfo, Status as ProcessStatus},
-        Metric,
+        Descriptor, Metric,
     },
 };
 use crated_plugin_api::{
+    content::{ChunkReader, Committed, ContentClient, LEASE_HEADER},
     filters::{AnyFilter, Fields},
     validate, Call, Error, Host, ServiceRouter, Status,
 };
+use futures::StreamExt;
 use prost::Message;
-use shim_protocol::{runc::CheckpointOptions, task as shim, types::Mount};
+use shim_protocol::{task as shim, types::Mount};
+use tokio::sync::mpsc;
 
 use crate::{
+    bundle::blocking,
+    checkpoint::{self, ArchiveError, TempImage},
     error::from_shim,
     manager::{now, task_not_found, CreateOpts, ShimManager, ShimTask},
 };
@@ -38,10 +48,15 @@ pub const SERVICE: &str = "containerd.services.tasks.v1.Tasks";
 const CONTAINERS_GET: &str = "/containerd.services.containers.v1.Containers/Get";
 const SNAPSHOTS_MOUNTS: &str = "/containerd.services.snapshots.v1.Snapshots/Mounts";
 
+/// The checkpoint images tasks were created from, by (namespace, id),
+/// until their task starts or is deleted.
+type RestoreImages = Arc<Mutex<HashMap<(String, String), TempImage>>>;
+
 #[derive(Clone)]
 pub struct TasksService {
     host: Host,
     manager: Arc<ShimManager>,
+    restores: RestoreImages,
 }
 
 pub fn router(svc: TasksService) -> ServiceRouter {
@@ -73,7 +88,7 @@ fn shim_status(s: shim_protocol::Status) -> Status {
 
 impl TasksService {
     pub fn new(host: Host, manager: Arc<ShimManager>) -> TasksService {
-        TasksService { host, manager }
+        TasksService { host, manager, restores: RestoreImages::default() }
     }
 
     async fn container(&self, ns: &str, id: &str) -> Result<Container, Status> {
@@ -92,8 +107,14 @@ impl TasksService {
     async fn create(self, call: Call, r: CreateTaskRequest) -> Result<CreateTaskResponse, Status> {
         let ns = call.require_namespace()?.to_string();
         let container = self.container(&ns, &r.container_id).await?;
-        if r.checkpoint.is_some() {
-            return Err(Error::not_implemented("restoring a task from a checkpoint image").into());
+        let runtime = container.runtime.unwrap_or_default();
+        // A CRIU image named in the options, else one from content.
+        let mut checkpoint = checkpoint::restore_path(&runtime.name, r.options.as_ref())?;
+        let mut restore_image = None;
+        if let (true, Some(desc)) = (checkpoint.is_empty(), &r.checkpoint) {
+            let image = unpack_from_content(&ContentClient::new(self.host.clone(), &ns), desc).await?;
+            checkpoint = image.path().display().to_string();
+            restore_image = Some(image);
         }
         let rootfs = if !r.rootfs.is_empty() {
             r.rootfs
@@ -108,7 +129,6 @@ impl TasksService {
         } else {
             Vec::new()
         };
-        let runtime = container.runtime.unwrap_or_default();
         let opts = CreateOpts {
             spec: container.spec.map(|s| s.value).unwrap_or_default(),
             // containerd passes type, source and options; the target is the
@@ -121,11 +141,27 @@ impl TasksService {
             stdout: r.stdout,
             stderr: r.stderr,
             terminal: r.terminal,
-            checkpoint: String::new(),
+            checkpoint,
             runtime: if r.runtime_path.is_empty() { runtime.name } else { r.runtime_path },
             options: r.options.or(runtime.options),
         };
-        let task = self.manager.create(&ns, &r.container_id, opts).await?;
+        let task = match self.manager.create(&ns, &r.container_id, opts).await {
+            Ok(task) => task,
+            Err(e) => {
+                if let Some(image) = restore_image {
+                    image.remove().await;
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(image) = restore_image {
+            // The shim restores when the task starts (`runc restore`); the
+            // image stays until then.
+            let old = self.restores.lock().expect("restores").insert((ns.clone(), r.container_id.clone()), image);
+            if let Some(old) = old {
+                old.remove().await;
+            }
+        }
         let pid = task
             .client
             .connect(&shim::ConnectRequest { id: r.container_id.clone() })
@@ -137,12 +173,21 @@ impl TasksService {
 
     async fn start(self, call: Call, r: StartRequest) -> Result<StartResponse, Status> {
         let t = self.task(&call, &r.container_id).await?;
-        let resp = t
-            .client
-            .start(&shim::StartRequest { id: r.container_id, exec_id: r.exec_id })
-            .await
-            .map_err(shim_status)?;
-        Ok(StartResponse { pid: resp.pid })
+        let init = r.exec_id.is_empty();
+        let resp = t.client.start(&shim::StartRequest { id: r.container_id.clone(), exec_id: r.exec_id }).await;
+        if init {
+            // Restored or not, the checkpoint image is done with.
+            self.drop_restore_image(t.namespace(), &r.container_id).await;
+        }
+        Ok(StartResponse { pid: resp.map_err(shim_status)?.pid })
+    }
+
+    /// Removes the checkpoint image task `id` was created from, if any.
+    async fn drop_restore_image(&self, ns: &str, id: &str) {
+        let image = self.restores.lock().expect("restores").remove(&(ns.to_string(), id.to_string()));
+        if let Some(image) = image {
+            image.remove().await;
+        }
     }
 
     async fn delete(self, call: Call, r: DeleteTaskRequest) -> Result<DeleteResponse, Status> {
@@ -160,6 +205,7 @@ impl TasksService {
                 .into());
             }
         }
+        self.drop_restore_image(t.namespace(), &r.container_id).await;
         let exit = self.manager.delete(t).await?;
         Ok(DeleteResponse { id: String::new(), pid: exit.pid, exit_status: exit.status, exited_at: exit.exited_at })
     }
@@ -262,26 +308,31 @@ impl TasksService {
         Ok(ListPidsResponse { processes })
     }
 
-    /// Checkpoints into the image path the runc options name; writing the
-    /// checkpoint into the content store (containerd's default) is not done.
+    /// Checkpoints the task as containerd 1.6 does: into the image path the
+    /// runc options name, else into a temporary directory that is then
+    /// written to content as a tar, next to the container's spec; the
+    /// directory is removed either way. What the shim answers reaches the
+    /// client unchanged.
     async fn checkpoint(self, call: Call, r: CheckpointTaskRequest) -> Result<CheckpointTaskResponse, Status> {
-        let t = self.task(&call, &r.container_id).await?;
-        let image_path = r
-            .options
-            .as_ref()
-            .filter(|a| a.type_url.rsplit('/').next() == Some(shim_protocol::runc::CHECKPOINT_OPTIONS_TYPE_URL))
-            .and_then(|a| CheckpointOptions::decode(a.value.as_slice()).ok())
-            .map(|o| o.image_path)
-            .unwrap_or_default();
-        if image_path.is_empty() {
-            return Err(Error::not_implemented(
-                "checkpoint into the content store (give an image path in the runc checkpoint options)",
-            )
-            .into());
+        let ns = call.require_namespace()?.to_string();
+        let container = self.container(&ns, &r.container_id).await?;
+        let t = self.manager.get(&ns, &r.container_id).ok_or_else(|| task_not_found(&r.container_id))?;
+        let runtime = container.runtime.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
+        let image_path = checkpoint::checkpoint_path(runtime, r.options.as_ref())?;
+        if !image_path.is_empty() {
+            let req = shim::CheckpointTaskRequest { id: r.container_id, path: image_path, options: r.options };
+            t.client.checkpoint(&req).await.map_err(shim_status)?;
+            return Ok(CheckpointTaskResponse { descriptors: Vec::new() });
         }
-        let req = shim::CheckpointTaskRequest { id: r.container_id, path: image_path, options: r.options };
-        t.client.checkpoint(&req).await.map_err(shim_status)?;
-        Ok(CheckpointTaskResponse { descriptors: Vec::new() })
+        // Under the client's lease, so that what is written outlives the
+        // call until the client's image holds it.
+        let content = ContentClient::new(self.host.clone(), &ns).with_lease(call.header(LEASE_HEADER));
+        let spec = container.spec.map(|s| s.encode_to_vec()).unwrap_or_default();
+        // On a task of its own: a client hanging up must not leave the
+        // directory behind half-written or the shim half-way.
+        tokio::spawn(checkpoint_into_content(t, content, spec, r.container_id, r.options))
+            .await
+            .map_err(|e| Status::internal(format!("checkpoint task: {e}")))?
     }
 
     async fn update(self, call: Call, r: UpdateTaskRequest) -> Result<(), Status> {
@@ -314,6 +365,159 @@ impl TasksService {
         let resp =
             t.client.wait(&shim::WaitRequest { id: r.container_id, exec_id: r.exec_id }).await.map_err(shim_status)?;
         Ok(WaitResponse { exit_status: resp.exit_status, exited_at: resp.exited_at })
+    }
+}
+
+/// How many chunks of a tar may wait between the blocking side that reads
+/// or writes files and the async side that talks to content.
+const CHANNEL_DEPTH: usize = 4;
+/// The size of the chunks a checkpoint tar is written to content in.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// A status for a failure of this plugin's own file work (Go's plain
+/// errors: `Unknown`).
+fn unknown(e: impl std::fmt::Display) -> Status {
+    Error::unknown(e.to_string()).into()
+}
+
+/// The shim dumps into a fresh temporary directory, which goes to content
+/// as a tar, then the spec; the directory is removed whatever happened.
+async fn checkpoint_into_content(
+    t: Arc<ShimTask>,
+    content: ContentClient,
+    spec: Vec<u8>,
+    id: String,
+    options: Option<prost_types::Any>,
+) -> Result<CheckpointTaskResponse, Status> {
+    let image = blocking(TempImage::new).await.map_err(unknown)?;
+    let result = async {
+        let path = image.path().display().to_string();
+        let req = shim::CheckpointTaskRequest { id, path: path.clone(), options };
+        t.client.checkpoint(&req).await.map_err(shim_status)?;
+        // containerd's ingest references: the directory, and its `spec`.
+        let tar = write_tar_to_content(&content, &path, image.path().to_path_buf()).await?;
+        let spec_ref = image.path().join("spec").display().to_string();
+        let spec = content.write_all(&spec_ref, &spec, None, HashMap::new()).await?;
+        let descriptor = |media_type: &str, c: Committed| Descriptor {
+            media_type: media_type.to_string(),
+            digest: c.digest,
+            size: c.size as i64,
+            annotations: HashMap::new(),
+        };
+        Ok(CheckpointTaskResponse {
+            descriptors: vec![
+                descriptor(checkpoint::MEDIA_TYPE_CHECKPOINT, tar),
+                descriptor(checkpoint::MEDIA_TYPE_CHECKPOINT_CONFIG, spec),
+            ],
+        })
+    }
+    .await;
+    image.remove().await;
+    result
+}
+
+/// Streams the tar of `dir` (written on a blocking thread) into content.
+async fn write_tar_to_content(content: &ContentClient, reference: &str, dir: PathBuf) -> Result<Committed, Status> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_DEPTH);
+    let worker = tokio::task::spawn_blocking(move || {
+        let sink = ChunkSender { tx, buf: Vec::with_capacity(WRITE_CHUNK) };
+        let mut sink = checkpoint::write_tar(&dir, sink)?;
+        sink.send().map_err(|e| ArchiveError::Io { op: "send tar of", path: dir.display().to_string(), source: e })
+    });
+    let mut writer = content.writer(reference);
+    let mut write_err = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.write(chunk).await {
+            write_err = Some(e);
+            break;
+        }
+    }
+    // Unblocks the worker if the write failed.
+    drop(rx);
+    let worker = worker.await.map_err(|e| Status::internal(format!("checkpoint tar task: {e}")));
+    match (write_err, worker) {
+        (None, Ok(Ok(()))) => writer.commit(None, HashMap::new()).await,
+        (Some(e), _) | (None, Err(e)) => {
+            writer.abort().await;
+            Err(e)
+        }
+        (None, Ok(Err(e))) => {
+            writer.abort().await;
+            Err(unknown(e))
+        }
+    }
+}
+
+/// A blocking writer that hands full chunks to the async side.
+struct ChunkSender {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK));
+        self.tx.blocking_send(chunk).map_err(|_| std::io::Error::other("content write stopped"))
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The checkpoint tar `desc` from content, unpacked into a fresh temporary
+/// directory (containerd's `archive.Apply` in Create), for the shim to
+/// restore from.
+async fn unpack_from_content(content: &ContentClient, desc: &Descriptor) -> Result<TempImage, Status> {
+    let image = blocking(TempImage::new).await.map_err(unknown)?;
+    if desc.media_type != checkpoint::MEDIA_TYPE_CHECKPOINT {
+        image.remove().await;
+        return Err(unknown(format!("unsupported checkpoint type {:?}", desc.media_type)));
+    }
+    let mut stream = match content.read(&desc.digest).await {
+        Ok(s) => s,
+        Err(e) => {
+            image.remove().await;
+            return Err(e);
+        }
+    };
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let pump = tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let dir = image.path().to_path_buf();
+    let reader = ChunkReader::new(rx);
+    let result = tokio::task::spawn_blocking(move || checkpoint::unpack(reader, &dir))
+        .await
+        .map_err(|e| Status::internal(format!("checkpoint unpack task: {e}")));
+    pump.abort();
+    match result {
+        Ok(Ok(())) => Ok(image),
+        Ok(Err(e)) => {
+            image.remove().await;
+            Err(unknown(e))
+        }
+        Err(e) => {
+            image.remove().await;
+            Err(e)
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Setup {
     pub extra: String,
     /// Lines added to the `[grpc]` table.
     pub grpc_extra: String,
+    /// Environment variables the daemon runs with.
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -63,7 +65,7 @@ impl Setup {
     pub fn new(plugins: &[&str]) -> Setup {
         let tmp = tempfile::Builder::new().prefix("crated-test").tempdir().expect("tempdir");
         std::fs::create_dir_all(tmp.path().join("plugins")).unwrap();
-        let s = Setup { tmp, extra: String::new(), grpc_extra: String::new() };
+        let s = Setup { tmp, extra: String::new(), grpc_extra: String::new(), env: Vec::new() };
         for p in plugins {
             s.add_plugin(p);
         }
@@ -174,6 +176,7 @@ impl Daemon {
         let child = Command::new(crated_bin())
             .args(args)
             .env("RUST_BACKTRACE", "0")
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -423,6 +426,7 @@ impl Daemon {
             .arg("-c")
             .arg(self.setup.config_path())
             .env("RUST_BACKTRACE", "0")
+            .envs(self.setup.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
