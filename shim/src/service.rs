@@ -150,6 +150,10 @@ pub struct Container {
     no_pivot_root: bool,
     no_new_keyring: bool,
     criu_work_path: String,
+    /// The checkpoint image (and its parent) a task created from a
+    /// checkpoint is restored from at its first Start, as the Go shim's
+    /// "created checkpoint" state does; taken by that Start.
+    restore_from: Mutex<Option<(String, String)>>,
 }
 
 impl Container {
@@ -350,12 +354,13 @@ impl Shim {
             } else {
                 opts.criu_work_path.clone()
             },
+            restore_from: Mutex::new(None),
         };
         if !req.checkpoint.is_empty() {
-            if let Some(dir) = &rootfs {
-                let _ = mount::unmount_all(dir);
-            }
-            return Err(Status::unimplemented("restoring a checkpoint is not supported by this shim"));
+            // Nothing runs yet: runc restores the image at Start.
+            *container.restore_from.lock().expect("restore_from") =
+                Some((req.checkpoint.clone(), req.parent_checkpoint.clone()));
+            return Ok(Arc::new(container));
         }
         let pid_file = bundle.join("init.pid");
         let mut args: Vec<String> = vec![
@@ -420,6 +425,30 @@ impl Shim {
                 events.publish(topics::TASK_OOM, &types::TaskOom { container_id: id.clone() });
             }
         });
+    }
+
+    /// `runc restore` of a task created from a checkpoint: the container
+    /// comes back running from `image` (its stdio wired as at create).
+    async fn restore(&self, c: &Container, image: &str, parent: &str) -> Result<i32, Status> {
+        let pid_file = c.bundle.join("init.pid");
+        let mut args: Vec<String> = vec![
+            "restore".into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            "--image-path".into(),
+            image.to_string(),
+            "--work-path".into(),
+            c.criu_work_path.clone(),
+        ];
+        if !parent.is_empty() {
+            args.extend(["--parent-path".into(), parent.to_string()]);
+        }
+        if c.no_pivot_root {
+            args.push("--no-pivot".into());
+        }
+        args.extend(["--bundle".into(), c.bundle.display().to_string(), c.id.clone()]);
+        self.launch(c, &c.init, args, &pid_file, "OCI runtime restore failed").await
     }
 
     async fn start_exec(&self, c: &Container, p: &Process, exec_id: &str) -> Result<i32, Status> {
@@ -572,7 +601,11 @@ impl TaskService for Shim {
             State::Deleted => return Err(unknown("cannot start a deleted process")),
         }
         if req.exec_id.is_empty() {
-            if let Err(e) = c.runc.run(&self.reaper, &["start", &c.id], RuncStdio::Capture(None)).await {
+            let restore_from = c.restore_from.lock().expect("restore_from").take();
+            if let Some((image, parent)) = restore_from {
+                let pid = self.restore(&c, &image, &parent).await?;
+                p.lock().pid = pid;
+            } else if let Err(e) = c.runc.run(&self.reaper, &["start", &c.id], RuncStdio::Capture(None)).await {
                 return Err(unknown(c.runc.runtime_error(&e, "OCI runtime start failed")));
             }
             {
