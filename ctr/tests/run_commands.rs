@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{run, split_args, Daemon, Server, Step, OURS, STOCK_CTR};
@@ -641,4 +641,52 @@ fn missing_required_flag(server: Server) {
 #[test]
 fn missing_required_flag_containerd() {
     missing_required_flag(Server::Containerd);
+}
+
+/// `run --user` and `run --sig-proxy` (ours only: stock ctr 1.6's `run`
+/// has neither; it always forwards signals).
+#[test]
+fn run_user_and_sig_proxy_crated() {
+    use std::io::{BufRead, BufReader};
+    let s = Setup::new("runext", Server::Crated);
+    let out = run(OURS, &s.sock(), &s.step("run --rm --fifo-dir {F} --user 1000:1001 bb u1 sh -c 'id -u; id -g'"));
+    assert_eq!(out.lines().nth(1), Some("1000"), "{out}");
+    assert_eq!(out.lines().nth(2), Some("1001"), "{out}");
+
+    // A task that exits 7 on SIGTERM; ctr gets the SIGTERM.
+    let script = "trap 'exit 7' TERM; echo ready; while true; do busybox sleep 0.1; done";
+    let start = |id: &str, proxy: &str| {
+        let mut child = Command::new(OURS)
+            .arg("-a")
+            .arg(s.sock())
+            .args(["-n", s.ns, "run", "--rm", &format!("--sig-proxy={proxy}"), "--fifo-dir"])
+            .arg(&s.fifo)
+            .args(["bb", id, "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        child
+    };
+    let status = start("sp1", "true").wait().unwrap();
+    assert_eq!(status.code(), Some(7), "the task's exit code, after it got the forwarded SIGTERM");
+
+    let mut child = start("sp2", "false");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "ctr itself died of the signal it did not forward");
+    s.await_status("sp2", "RUNNING");
+    for args in ["tasks kill -s SIGKILL sp2"] {
+        let out = run(STOCK_CTR, &s.sock(), &s.step(args));
+        assert!(out.ends_with("[rc=0]\n"), "{out}");
+    }
+    s.await_status("sp2", "STOPPED");
+    for args in ["tasks delete sp2", "containers delete sp2"] {
+        let out = run(STOCK_CTR, &s.sock(), &s.step(args));
+        assert!(out.ends_with("[rc=0]\n"), "{out}");
+    }
 }

@@ -565,6 +565,7 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<(
         pid_file: None,
         checkpoint: None,
         checkpoint_options: None,
+        sig_proxy: true,
     };
     if args.live {
         // WithTaskCheckpoint: the CRIU image and the options it was taken with.

@@ -160,6 +160,12 @@ pub struct RunArgs {
     pub platform_flags: PlatformFlags,
     #[command(flatten)]
     pub container: ContainerFlags,
+    /// Username or user id, group optional (format: <name|uid>[:<group|gid>]); not in stock ctr 1.6
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Forward the signals ctr receives to the task (stock ctr 1.6 always does); --sig-proxy=false keeps them
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
     /// Image|RootFS ID [COMMAND] [ARG...]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
@@ -183,6 +189,8 @@ pub struct NewContainer<'a> {
     pub cgroup: Option<&'a str>,
     pub platform: &'a str,
     pub args: &'a [String],
+    /// `run --user` (an extension: stock ctr 1.6's `run` has no such flag).
+    pub user: Option<&'a str>,
 }
 
 /// The snapshotter to use: the flag, the namespace's default label, or
@@ -403,6 +411,10 @@ async fn build_container(
             let abs = std::path::absolute(reference)?;
             spec.with_rootfs_path(&abs.display().to_string());
             c.labels = cmd_labels.clone().into_iter().collect();
+            if let Some(user) = nc.user {
+                spec.with_user(user, &abs)?;
+                spec.with_additional_gids(user, &abs)?;
+            }
         } else {
             let image = client
                 .call(client.images().get(client.request(GetImageRequest { name: reference.to_string() })))
@@ -461,6 +473,10 @@ async fn build_container(
                 .mounts;
             let tmp = TempMount::new(mounts)?;
             spec.with_image_config(&ImageConfig::from_blob(&config_json), &tmp.dir)?;
+            if let Some(user) = nc.user {
+                spec.with_user(user, &tmp.dir)?;
+                spec.with_additional_gids(user, &tmp.dir)?;
+            }
         }
         apply_flags(&mut spec, nc)?;
     }
@@ -497,8 +513,14 @@ fn check_args(args: &[String], config: bool, invalid_suffix: bool) -> anyhow::Re
 pub async fn create(global: &GlobalArgs, args: CreateArgs) -> anyhow::Result<()> {
     check_args(&args.args, args.container.config.is_some(), true)?;
     let client = global.client().await?;
-    let nc =
-        NewContainer { flags: &args.container, platform_flags: None, cgroup: None, platform: "", args: &args.args };
+    let nc = NewContainer {
+        flags: &args.container,
+        platform_flags: None,
+        cgroup: None,
+        platform: "",
+        args: &args.args,
+        user: None,
+    };
     new_container(&client, &global.namespace, &nc).await?;
     Ok(())
 }
@@ -516,6 +538,7 @@ pub async fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<()> {
         cgroup: args.cgroup.as_deref(),
         platform: &args.platform,
         args: &args.args,
+        user: args.user.as_deref(),
     };
     let container = new_container(&client, &global.namespace, &nc).await?;
     let res = run_task(&client, &container, &args).await;
@@ -537,6 +560,7 @@ async fn run_task(client: &Client, container: &Container, args: &RunArgs) -> any
         pid_file: args.container.pid_file.clone(),
         checkpoint: None,
         checkpoint_options: None,
+        sig_proxy: args.sig_proxy,
     };
     tasks::run_new_task(client, container, &opts).await
 }

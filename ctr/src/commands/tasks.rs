@@ -426,6 +426,8 @@ pub struct TaskOpts {
     /// the checkpoint's task options (instead of `no_pivot`'s).
     pub checkpoint: Option<containerd_client::types::Descriptor>,
     pub checkpoint_options: Option<prost_types::Any>,
+    /// Forward the signals ctr gets to the task (`run --sig-proxy`).
+    pub sig_proxy: bool,
 }
 
 /// `tasks.NewTask` + `container.NewTask`: streams, rootfs mounts, Create.
@@ -551,7 +553,8 @@ async fn follow(
     let Some(waiter) = waiter else { return Ok(()) };
     let _helpers: Vec<JoinHandle<()>> = match console {
         Some(con) => vec![handle_console_resize(client, con, id, "")],
-        None => forward_signals(client, id, ""),
+        None if opts.sig_proxy => forward_signals(client, id, ""),
+        None => Vec::new(),
     };
     let code = waiter.await.map_err(|e| anyhow::anyhow!("{e}"))?.inspect_err(|_| ()).unwrap_or(UNKNOWN_EXIT_STATUS);
     // `task.Delete`: output copied out first.
@@ -582,6 +585,7 @@ async fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<()> {
         pid_file: args.pid_file,
         checkpoint: None,
         checkpoint_options: None,
+        sig_proxy: true,
     };
     run_new_task(&client, &c, &opts).await
 }
