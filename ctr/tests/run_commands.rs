@@ -327,10 +327,8 @@ fn tty(server: Server) {
     assert_eq!(ours, stock, "tasks exec -t: ours (left) and stock (right) differ");
     assert_eq!(stock.0, "/dev/pts/", "{stock:?}");
     assert_eq!(stock.1, Some(6));
-    for args in ["tasks kill -s SIGKILL c6"] {
-        let out = run(STOCK_CTR, &s.sock(), &s.step(args));
-        assert!(out.ends_with("[rc=0]\n"), "{out}");
-    }
+    let out = run(STOCK_CTR, &s.sock(), &s.step("tasks kill -s SIGKILL c6"));
+    assert!(out.ends_with("[rc=0]\n"), "{out}");
     s.await_status("c6", "STOPPED");
     for args in ["tasks delete c6", "containers delete c6"] {
         let out = run(STOCK_CTR, &s.sock(), &s.step(args));
@@ -745,10 +743,8 @@ fn run_user_and_sig_proxy_crated() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), None, "ctr itself died of the signal it did not forward");
     s.await_status("sp2", "RUNNING");
-    for args in ["tasks kill -s SIGKILL sp2"] {
-        let out = run(STOCK_CTR, &s.sock(), &s.step(args));
-        assert!(out.ends_with("[rc=0]\n"), "{out}");
-    }
+    let out = run(STOCK_CTR, &s.sock(), &s.step("tasks kill -s SIGKILL sp2"));
+    assert!(out.ends_with("[rc=0]\n"), "{out}");
     s.await_status("sp2", "STOPPED");
     for args in ["tasks delete sp2", "containers delete sp2"] {
         let out = run(STOCK_CTR, &s.sock(), &s.step(args));

@@ -487,7 +487,7 @@ fn collections_racing_imports_and_pulls_take_nothing_leased() {
         let collector = s.spawn(|| {
             let mut n = 0usize;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let tag = format!("example.com/unrelated:t{n}");
                     ctr(&d, "other", &["images", "tag", "example.com/unrelated:latest", &tag]);
                     ctr(&d, "other", &["images", "rm", "--sync", &tag]);

@@ -25,8 +25,6 @@ use super::GlobalArgs;
 use crate::cio::TaskIo;
 use crate::gojson::J;
 
-/// containerd 1.6's `socketRoot` for shim sockets (`defaults.DefaultStateDir`).
-
 /// The type URL of an OCI process spec as containerd's typeurl registers it.
 const PROCESS_SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
