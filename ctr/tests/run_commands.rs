@@ -285,6 +285,18 @@ fn errors_on_containerd_and_crated() {
     same_on_both(errors);
 }
 
+/// What a ctr printed on its terminal, less two races both ctrs have:
+/// `script` may echo a NUL (`^@`) for the end of ctr's input, and ctr
+/// resizes the pty once more as the process exits and may log the shim's
+/// refusal.
+fn tty_transcript(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .replace("^@", "")
+        .split_inclusive('\n')
+        .filter(|l| !l.contains("resize pty"))
+        .collect()
+}
+
 /// `-t`: the task gets a terminal (run under `script`, which gives ctr a pty).
 fn tty(server: Server) {
     let s = Setup::new("tty", server);
@@ -294,7 +306,7 @@ fn tty(server: Server) {
         let ns = s.ns;
         let cmd = format!("{ctr} -a {sock} -n {ns} run --rm -t --fifo-dir {fifo} bb c5 sh -c 'tty; exit 5'");
         let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
-        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.code())
+        (tty_transcript(&out.stdout), out.status.code())
     };
     let stock = run_script(STOCK_CTR);
     let ours = run_script(OURS);
@@ -314,9 +326,7 @@ fn tty(server: Server) {
             "{ctr} -a {sock} -n {ns} tasks exec -t --fifo-dir {fifo} --exec-id {exec_id} c6 sh -c 'tty; exit 6'"
         );
         let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
-        // Both ctrs resize the pty once more as the process exits, racing
-        // its exit, and may log the shim's refusal: not compared.
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = tty_transcript(&out.stdout);
         let first = text.split_inclusive('\n').next().unwrap_or_default();
         // Each exec gets a pty of its own: its number is not compared.
         let first = first.trim_end_matches(|c: char| c.is_ascii_digit() || c == '\r' || c == '\n');

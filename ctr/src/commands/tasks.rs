@@ -548,14 +548,16 @@ async fn follow(
     if let Some(path) = &opts.pid_file {
         write_pid_file(path, pid)?;
     }
+    // The handlers are in place before the task starts (stock ctr sets
+    // them up after Start, so a signal in between kills ctr itself).
+    let _forwarders: Vec<JoinHandle<()>> = match (&waiter, console) {
+        (Some(_), None) if opts.sig_proxy => forward_signals(client, id, ""),
+        _ => Vec::new(),
+    };
     let req = StartRequest { container_id: id.to_string(), exec_id: String::new() };
     client.call(client.tasks().start(client.request(req))).await.map_err(|s| errdefs::from_grpc(&s))?;
     let Some(waiter) = waiter else { return Ok(()) };
-    let _helpers: Vec<JoinHandle<()>> = match console {
-        Some(con) => vec![handle_console_resize(client, con, id, "")],
-        None if opts.sig_proxy => forward_signals(client, id, ""),
-        None => Vec::new(),
-    };
+    let _resizer: Option<JoinHandle<()>> = console.map(|con| handle_console_resize(client, con, id, ""));
     let code = waiter.await.map_err(|e| anyhow::anyhow!("{e}"))?.inspect_err(|_| ()).unwrap_or(UNKNOWN_EXIT_STATUS);
     // `task.Delete`: output copied out first.
     tio.wait().await;
