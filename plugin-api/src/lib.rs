@@ -44,6 +44,8 @@
 //!   [`InitCtx::host`].
 
 pub mod abi;
+#[cfg(feature = "archive")]
+pub mod archive;
 #[cfg(feature = "content")]
 pub mod content;
 pub mod errdefs;

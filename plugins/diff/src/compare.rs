@@ -11,12 +11,14 @@
 //! the contents are compared, as containerd's double walk does.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fs::{self, Metadata},
     io::{self, Read, Write},
-    os::unix::fs::{FileTypeExt, MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
+
+use crated_plugin_api::archive::EntryWriter;
 
 /// Why two trees could not be compared.
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +36,18 @@ fn ctx<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Compar
 struct Walk<'a, W: Write> {
     lower: &'a Path,
     upper: &'a Path,
-    tar: tar::Builder<W>,
+    /// The tar, and the upper files already written (for hard links).
+    entries: EntryWriter<W>,
     /// Directories (relative paths) entered but not yet written.
     pending: Vec<(String, bool)>,
-    /// (dev, ino) of upper files already written, for hard links.
-    links: HashMap<(u64, u64), String>,
 }
 
 /// Writes the difference from `lower` to `upper` as an uncompressed tar
 /// into `out`.
 pub fn write_diff<W: Write>(lower: &Path, upper: &Path, out: W) -> Result<W, CompareError> {
-    let mut w = Walk { lower, upper, tar: tar::Builder::new(out), pending: Vec::new(), links: HashMap::new() };
+    let mut w = Walk { lower, upper, entries: EntryWriter::new(out), pending: Vec::new() };
     w.dir("", true)?;
-    w.tar.into_inner().map_err(ctx("finish tar", upper))
+    w.entries.tar.into_inner().map_err(ctx("finish tar", upper))
 }
 
 fn names(dir: &Path) -> Result<BTreeMap<String, ()>, CompareError> {
@@ -203,62 +204,15 @@ impl<W: Write> Walk<'_, W> {
         h.set_gid(0);
         h.set_mtime(0);
         let name = format!("{dir}.wh.{base}");
-        self.tar.append_data(&mut h, &name, io::empty()).map_err(ctx("write whiteout", Path::new(&name)))
+        self.entries.tar.append_data(&mut h, &name, io::empty()).map_err(ctx("write whiteout", Path::new(&name)))
     }
 
     fn entry(&mut self, rel: &str, path: &Path, meta: &Metadata) -> Result<(), CompareError> {
-        let err = |op| ctx(op, path);
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(meta.uid().into());
-        h.set_gid(meta.gid().into());
-        h.set_mtime(meta.mtime().max(0) as u64);
-        h.set_size(0);
         let x = xattrs(path);
         if !x.is_empty() {
-            self.pax(rel, &x).map_err(err("write xattrs of"))?;
+            self.pax(rel, &x).map_err(ctx("write xattrs of", path))?;
         }
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            return self.tar.append_data(&mut h, format!("{rel}/"), io::empty()).map_err(err("write"));
-        }
-        if ft.is_symlink() {
-            h.set_entry_type(tar::EntryType::Symlink);
-            let target = fs::read_link(path).map_err(err("readlink"))?;
-            return self.tar.append_link(&mut h, rel, target).map_err(err("write"));
-        }
-        if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key).cloned() {
-                    h.set_entry_type(tar::EntryType::Link);
-                    return self.tar.append_link(&mut h, rel, first).map_err(err("write"));
-                }
-                self.links.insert(key, rel.to_string());
-            }
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(meta.size());
-            let file = fs::File::open(path).map_err(err("open"))?;
-            // A file that changes size while it is read is an error, not a
-            // short or padded entry.
-            let mut limited = file.take(meta.size());
-            return self.tar.append_data(&mut h, rel, &mut limited).map_err(err("write"));
-        }
-        let (kind, dev) = if ft.is_char_device() {
-            (tar::EntryType::Char, meta.rdev())
-        } else if ft.is_block_device() {
-            (tar::EntryType::Block, meta.rdev())
-        } else if ft.is_fifo() {
-            (tar::EntryType::Fifo, 0)
-        } else {
-            // Sockets are not part of a layer.
-            return Ok(());
-        };
-        h.set_entry_type(kind);
-        h.set_device_major(rustix::fs::major(dev)).map_err(err("write"))?;
-        h.set_device_minor(rustix::fs::minor(dev)).map_err(err("write"))?;
-        self.tar.append_data(&mut h, rel, io::empty()).map_err(err("write"))
+        self.entries.append(tar::Header::new_gnu(), rel, path, meta).map_err(|(op, e)| ctx(op, path)(e))
     }
 
     /// A PAX extended header with the xattrs of the next entry.
@@ -281,6 +235,6 @@ impl<W: Write> Walk<'_, W> {
         h.set_size(data.len() as u64);
         let short: String = rel.chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
         let name = PathBuf::from("PaxHeaders.0").join(short.trim_start_matches('/'));
-        self.tar.append_data(&mut h, name, data.as_slice())
+        self.entries.tar.append_data(&mut h, name, data.as_slice())
     }
 }

@@ -21,13 +21,12 @@
 //! is already inside it, and devices, FIFOs and other types are refused.
 
 use std::{
-    collections::HashMap,
     fs::{self, File, Metadata},
     io::{self, Read, Write},
-    os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
+use crated_plugin_api::archive::EntryWriter;
 use crated_plugin_api::Error;
 use rustix::{
     fd::{AsFd, OwnedFd},
@@ -148,17 +147,14 @@ impl TempImage {
 
 /// Writes everything below `dir` as an uncompressed tar into `out`.
 pub fn write_tar<W: Write>(dir: &Path, out: W) -> Result<W, ArchiveError> {
-    let mut w = TarWriter { root: dir, tar: tar::Builder::new(out), links: HashMap::new() };
+    let mut w = TarWriter { root: dir, entries: EntryWriter::new(out) };
     w.dir("")?;
-    w.tar.into_inner().map_err(io_err("finish tar of", dir.display()))
+    w.entries.tar.into_inner().map_err(io_err("finish tar of", dir.display()))
 }
 
 struct TarWriter<'a, W: Write> {
     root: &'a Path,
-    tar: tar::Builder<W>,
-    /// (dev, ino) of files with more than one link, by the first name
-    /// written.
-    links: HashMap<(u64, u64), String>,
+    entries: EntryWriter<W>,
 }
 
 impl<W: Write> TarWriter<'_, W> {
@@ -184,53 +180,7 @@ impl<W: Write> TarWriter<'_, W> {
     }
 
     fn entry(&mut self, rel: &str, path: &Path, meta: &Metadata) -> Result<(), ArchiveError> {
-        let err = |op| io_err(op, path.display());
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(meta.mode() & 0o7777);
-        h.set_uid(meta.uid().into());
-        h.set_gid(meta.gid().into());
-        h.set_mtime(meta.mtime().max(0) as u64);
-        h.set_size(0);
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            h.set_entry_type(tar::EntryType::Directory);
-            return self.tar.append_data(&mut h, format!("{rel}/"), io::empty()).map_err(err("write"));
-        }
-        if ft.is_symlink() {
-            h.set_entry_type(tar::EntryType::Symlink);
-            let target = fs::read_link(path).map_err(err("readlink"))?;
-            return self.tar.append_link(&mut h, rel, target).map_err(err("write"));
-        }
-        if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.links.get(&key).cloned() {
-                    h.set_entry_type(tar::EntryType::Link);
-                    return self.tar.append_link(&mut h, rel, first).map_err(err("write"));
-                }
-                self.links.insert(key, rel.to_string());
-            }
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_size(meta.size());
-            let file = File::open(path).map_err(err("open"))?;
-            // A file that changes size while it is read fails the write
-            // instead of giving a short or padded entry.
-            return self.tar.append_data(&mut h, rel, &mut file.take(meta.size())).map_err(err("write"));
-        }
-        let (kind, dev) = if ft.is_char_device() {
-            (tar::EntryType::Char, meta.rdev())
-        } else if ft.is_block_device() {
-            (tar::EntryType::Block, meta.rdev())
-        } else if ft.is_fifo() {
-            (tar::EntryType::Fifo, 0)
-        } else {
-            // Sockets are left out, as containerd leaves them out.
-            return Ok(());
-        };
-        h.set_entry_type(kind);
-        h.set_device_major(rustix::fs::major(dev)).map_err(err("write"))?;
-        h.set_device_minor(rustix::fs::minor(dev)).map_err(err("write"))?;
-        self.tar.append_data(&mut h, rel, io::empty()).map_err(err("write"))
+        self.entries.append(tar::Header::new_ustar(), rel, path, meta).map_err(|(op, e)| io_err(op, path.display())(e))
     }
 }
 
@@ -368,7 +318,7 @@ fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     /// A tar of raw entries: names and link targets written as given (the
     /// tar crate's own setters refuse `..` and absolute names).
