@@ -18,8 +18,10 @@
 //!   and the `/tasks/*` events a shim publishes.
 //! - [`runc`]: the runc shim's option messages (`containerd.runc.v1`).
 //! - [`address`]: where a shim listens (containerd 1.6's socket address).
+//! - [`mount`]: applying containerd's mounts (a task's rootfs).
 
 pub mod address;
+pub mod mount;
 pub mod runc;
 pub mod task;
 pub mod ttrpc;
