@@ -112,6 +112,129 @@ pub struct Config {
     pub timeouts: BTreeMap<String, String>,
     /// Stream processors for content (e.g. decryption), keyed by id.
     pub stream_processors: BTreeMap<String, StreamProcessor>,
+    /// crated's own: plugins (`<type>.<id>`) whose library is run in a
+    /// plugin host process of their own instead of in the daemon. Written
+    /// as a list, or as a table whose entries set resource limits.
+    #[serde(skip_serializing_if = "IsolatedPlugins::is_empty")]
+    pub isolated_plugins: IsolatedPlugins,
+}
+
+/// `[timeouts]` key: how long a plugin's init may take (crated's own key;
+/// containerd has no such bound).
+pub const TIMEOUT_PLUGIN_INIT: &str = "io.crated.timeout.plugin.init";
+/// `[timeouts]` key: how long a plugin's shutdown may take.
+pub const TIMEOUT_PLUGIN_SHUTDOWN: &str = "io.crated.timeout.plugin.shutdown";
+/// Default of [`TIMEOUT_PLUGIN_INIT`]: generous, since a metadata store or
+/// a snapshotter may open a large database at init, yet finite.
+pub const DEFAULT_PLUGIN_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Default of [`TIMEOUT_PLUGIN_SHUTDOWN`].
+pub const DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The bounds the core puts on a plugin's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginTimeouts {
+    pub init: std::time::Duration,
+    pub shutdown: std::time::Duration,
+}
+
+/// `isolated_plugins`: either `["<type>.<id>", ...]` or
+/// `[isolated_plugins."<type>.<id>"]` tables with [`IsolationLimits`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "IsolatedPluginsRepr", into = "BTreeMap<String, IsolationLimits>")]
+pub struct IsolatedPlugins(pub BTreeMap<String, IsolationLimits>);
+
+impl IsolatedPlugins {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The limits of `key` if it is isolated.
+    pub fn get(&self, key: &str) -> Option<&IsolationLimits> {
+        self.0.get(key)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IsolatedPluginsRepr {
+    List(Vec<String>),
+    Table(BTreeMap<String, IsolationLimits>),
+}
+
+impl From<IsolatedPluginsRepr> for IsolatedPlugins {
+    fn from(r: IsolatedPluginsRepr) -> Self {
+        IsolatedPlugins(match r {
+            IsolatedPluginsRepr::List(keys) => keys.into_iter().map(|k| (k, IsolationLimits::default())).collect(),
+            IsolatedPluginsRepr::Table(t) => t,
+        })
+    }
+}
+
+impl From<IsolatedPlugins> for BTreeMap<String, IsolationLimits> {
+    fn from(i: IsolatedPlugins) -> Self {
+        i.0
+    }
+}
+
+/// Resource limits of one plugin host, applied through a cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsolationLimits {
+    /// Memory limit: bytes, or a number with `K`, `M` or `G` (powers of
+    /// 1024), e.g. `"256M"`. Empty: none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub memory_limit: String,
+    /// CPU limit in CPUs, e.g. `0.5`. Zero: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cpus: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+/// Why a value of the config is unusable (checked before anything starts).
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("[timeouts] {key:?}: {source}")]
+    Timeout { key: &'static str, source: crated_plugin_api::duration::DurationError },
+    #[error("[timeouts] {key:?}: a plugin timeout must be positive, not {value:?}")]
+    NonPositiveTimeout { key: &'static str, value: String },
+    #[error("isolated_plugins {key:?}: {message}")]
+    Isolation { key: String, message: String },
+}
+
+impl IsolationLimits {
+    /// The memory limit in bytes, if any.
+    pub fn memory_bytes(&self) -> Result<Option<u64>, String> {
+        let text = self.memory_limit.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let (number, scale) = match text.as_bytes()[text.len() - 1].to_ascii_uppercase() {
+            b'K' => (&text[..text.len() - 1], 1u64 << 10),
+            b'M' => (&text[..text.len() - 1], 1 << 20),
+            b'G' => (&text[..text.len() - 1], 1 << 30),
+            _ => (text, 1),
+        };
+        number
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(scale))
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| format!("memory_limit {text:?} is not a size such as \"256M\" or 268435456"))
+    }
+
+    /// Checks the limits' values.
+    pub fn validate(&self) -> Result<(), String> {
+        self.memory_bytes()?;
+        if !(self.cpus >= 0.0 && self.cpus.is_finite()) {
+            return Err(format!("cpus must be a positive number of CPUs, not {}", self.cpus));
+        }
+        Ok(())
+    }
 }
 
 /// `[grpc]`.
@@ -323,7 +446,38 @@ impl Config {
             proxy_plugins: BTreeMap::new(),
             timeouts: BTreeMap::new(),
             stream_processors: BTreeMap::new(),
+            isolated_plugins: IsolatedPlugins::default(),
         }
+    }
+
+    /// The plugin life-cycle bounds from `[timeouts]`, or why they are
+    /// unusable.
+    pub fn plugin_timeouts(&self) -> Result<PluginTimeouts, ValueError> {
+        let read = |key: &'static str, default: std::time::Duration| -> Result<std::time::Duration, ValueError> {
+            let Some(text) = self.timeouts.get(key) else { return Ok(default) };
+            let nanos = crated_plugin_api::duration::parse_go_duration(text)
+                .map_err(|source| ValueError::Timeout { key, source })?;
+            if nanos <= 0 {
+                return Err(ValueError::NonPositiveTimeout { key, value: text.clone() });
+            }
+            Ok(std::time::Duration::from_nanos(nanos as u64))
+        };
+        Ok(PluginTimeouts {
+            init: read(TIMEOUT_PLUGIN_INIT, DEFAULT_PLUGIN_INIT_TIMEOUT)?,
+            shutdown: read(TIMEOUT_PLUGIN_SHUTDOWN, DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT)?,
+        })
+    }
+
+    /// Checks `isolated_plugins`: plugin URIs with usable limits.
+    pub fn check_isolation(&self) -> Result<(), ValueError> {
+        for (key, limits) in &self.isolated_plugins.0 {
+            let bad = |message: String| ValueError::Isolation { key: key.clone(), message };
+            if key.rsplit_once('.').is_none_or(|(t, id)| t.is_empty() || id.is_empty()) {
+                return Err(bad("expected a plugin URI like io.example.hello.v1.hello".into()));
+            }
+            limits.validate().map_err(bad)?;
+        }
+        Ok(())
     }
 
     /// Renders the config as TOML, or fails if a value has no TOML form

@@ -20,6 +20,8 @@ pub enum DaemonError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ValueError),
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
@@ -54,6 +56,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // cleanly instead of killing it with the default action.
     let shutdown = shutdown_signal();
     validate_proxy_plugins(&config)?;
+    config.plugin_timeouts()?;
+    config.check_isolation()?;
     let address = Path::new(&config.grpc.address).to_path_buf();
     // Refuse a live socket before doing any work.
     server::clear_stale(&address)?;

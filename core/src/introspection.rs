@@ -79,7 +79,8 @@ impl crated_plugin_api::filters::Fields for RecordFields<'_> {
 }
 
 fn to_proto(r: &PluginRecord) -> Plugin {
-    let init_err = match &r.state {
+    let (state, exports) = r.current();
+    let init_err = match &state {
         PluginState::Running => None,
         PluginState::Skipped(m) | PluginState::Failed(m) => {
             Some(RpcStatus { code: tonic::Code::Unknown as i32, message: m.clone(), details: vec![] })
@@ -90,7 +91,7 @@ fn to_proto(r: &PluginRecord) -> Plugin {
         id: r.id.clone(),
         requires: r.requires.clone(),
         platforms: r.platforms.iter().map(|p| platform(p)).collect(),
-        exports: r.exports.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        exports: exports.into_iter().collect(),
         capabilities: r.capabilities.clone(),
         init_err,
     }

@@ -37,6 +37,9 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Serve one isolated plugin (started by the daemon, not by hand)
+    #[command(hide = true)]
+    PluginHost,
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,9 @@ fn level_filter(level: &str) -> &str {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::PluginHost)) {
+        return plugin_host();
+    }
     let default_only =
         matches!(cli.command, Some(Command::Config { action: ConfigAction::Default })) && cli.config.is_none();
     let mut cfg = if default_only { config::Config::default_v2() } else { load_config(&cli)? };
@@ -120,7 +126,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", cfg.with_plugin_defaults(defaults).to_toml());
             return Ok(());
         }
-        None => {}
+        Some(Command::PluginHost) | None => {}
     }
 
     tracing_subscriber::fmt()
@@ -134,5 +140,19 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(cfg))?;
+    Ok(())
+}
+
+/// `crated plugin-host`: logs to stderr (the daemon's) at the level the
+/// spec gives, which is only known once it is read: `RUST_LOG`-style
+/// filtering is set from `CRATED_PLUGIN_HOST_LOG` if present, else info.
+fn plugin_host() -> anyhow::Result<()> {
+    let level = std::env::var("CRATED_PLUGIN_HOST_LOG").unwrap_or_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level_filter(&level)).unwrap_or_default())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    crated_core::plugin_host::run()?;
     Ok(())
 }

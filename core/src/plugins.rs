@@ -16,20 +16,27 @@ use std::{
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RErr, ROk, RString},
+    std_types::{RErr, ROk, RResult, RString},
 };
 use crated_plugin_api::{
-    abi::{InitContext, InitErrorKind, PluginRef, Registration, ServiceHost_TO, ABI_VERSION},
+    abi::{
+        InitContext, InitError, InitErrorKind, InitFn, PluginInstance, PluginRef, Registration, ServiceHost_TO,
+        ABI_VERSION,
+    },
+    duration::format_go_duration,
     types,
 };
-use futures::FutureExt;
 
 use crate::{
-    config::{Config, ProxyPlugin},
+    config::{Config, PluginTimeouts, ProxyPlugin, DEFAULT_PLUGIN_INIT_TIMEOUT, DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT},
     graph::{self, Node},
+    isolation::{
+        DependencySpec, HostSpec, HostStatusCell, IsolatedPlugin, IsolationError, EXPORT_HOST_PID, EXPORT_HOST_RESTARTS,
+    },
+    lane::Lane,
     loader::Scan,
     proxy::Proxy,
-    router::{DependencyHost, Route, RouteTable, Target},
+    router::{DependencyHost, PluginTarget, Route, RouteTable, Target},
 };
 
 /// The type under which a library that failed to load is listed.
@@ -58,11 +65,25 @@ pub struct PluginRecord {
     pub exports: BTreeMap<String, String>,
     pub capabilities: Vec<String>,
     pub state: PluginState,
+    /// For an isolated plugin, its host's live status, which overrides
+    /// `state` and adds the host's exports.
+    pub host: Option<HostStatusCell>,
 }
 
 impl PluginRecord {
     pub fn key(&self) -> String {
         format!("{}.{}", self.plugin_type, self.id)
+    }
+
+    /// Its state and exports now: an isolated plugin's change as its host
+    /// comes and goes.
+    pub fn current(&self) -> (PluginState, BTreeMap<String, String>) {
+        let Some(host) = &self.host else { return (self.state.clone(), self.exports.clone()) };
+        let status = host.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut exports = self.exports.clone();
+        exports.insert(EXPORT_HOST_PID.into(), status.pid.to_string());
+        exports.insert(EXPORT_HOST_RESTARTS.into(), status.restarts.to_string());
+        (status.state, exports)
     }
 }
 
@@ -72,6 +93,8 @@ pub struct PluginSet {
     /// Initialised plugins, in init order, for shutdown in reverse.
     pub running: Vec<(String, Arc<Route>)>,
     pub routes: RouteTable,
+    /// How long each plugin's shutdown may take.
+    pub shutdown_timeout: Duration,
 }
 
 /// A failure that must stop the daemon.
@@ -88,6 +111,8 @@ struct Candidate {
     library: PathBuf,
     sdk: String,
     abi: u32,
+    /// The lane of its library (shared by the library's plugins).
+    lane: Arc<Lane>,
 }
 
 /// A `[proxy_plugins]` entry, started as a plugin of its type.
@@ -116,6 +141,7 @@ impl ProxyCandidate {
             exports,
             capabilities: self.config.capabilities.clone(),
             state: PluginState::Failed("not initialised".into()),
+            host: None,
         }
     }
 
@@ -132,6 +158,7 @@ impl ProxyCandidate {
             streaming: HashMap::new(),
             exports: vec![],
             direct: vec![],
+            host: None,
         })
     }
 }
@@ -174,22 +201,27 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     let mut running = Vec::new();
 
     for e in &scan.errors {
-        let name =
-            e.path.file_name().map_or_else(|| e.path.display().to_string(), |n| n.to_string_lossy().into_owned());
         tracing::error!(library = %e.path.display(), "{}", e.message);
-        records.push(PluginRecord {
-            plugin_type: LIBRARY_PLUGIN_TYPE.into(),
-            id: name,
-            requires: vec![],
-            platforms: vec![],
-            exports: BTreeMap::from([(EXPORT_LIBRARY.to_string(), e.path.display().to_string())]),
-            capabilities: vec![],
-            state: PluginState::Failed(e.message.clone()),
-        });
+        records.push(library_failure(&e.path, e.message.clone()));
     }
 
+    let timeouts = config.plugin_timeouts().unwrap_or_else(|e| {
+        // daemon::run refuses such a config before it gets here.
+        tracing::error!("{e}; using the default plugin timeouts");
+        PluginTimeouts { init: DEFAULT_PLUGIN_INIT_TIMEOUT, shutdown: DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT }
+    });
     let mut candidates = Vec::new();
     for lib in scan.libraries {
+        let name = lib.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let lane = match Lane::start(&name) {
+            Ok(lane) => Arc::new(lane),
+            Err(e) => {
+                let message = format!("cannot start a thread for the library: {e}");
+                tracing::error!(library = %lib.path.display(), "{message}");
+                records.push(library_failure(&lib.path, message));
+                continue;
+            }
+        };
         for reg in lib.registrations {
             let key = format!("{}.{}", reg.plugin_type, reg.id);
             if config.disabled_plugins.contains(&key) {
@@ -201,6 +233,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                 library: lib.path.clone(),
                 sdk: lib.sdk_version.clone(),
                 abi: lib.abi_version,
+                lane: lane.clone(),
             });
         }
     }
@@ -223,6 +256,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             exports: BTreeMap::new(),
             capabilities: vec![],
             state: PluginState::Running,
+            host: None,
         });
     }
 
@@ -255,21 +289,18 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
         }
     }
 
-    // Type -> keys of running plugins of that type, filled as init goes.
-    let mut running_by_type: HashMap<String, Vec<(String, PluginRef)>> = HashMap::new();
-    // Key -> route of every running plugin, for calls that name their callee.
-    let mut running_routes: HashMap<String, Arc<Route>> = HashMap::new();
+    let mut progress = Progress::default();
     // Plugin key -> every plugin it depends on, directly or not.
     let mut closure: HashMap<String, HashSet<String>> = HashMap::new();
     for i in plan.order {
         let Some(mut record) = slot[i].take() else { continue };
         let key = record.key();
         let started = match candidates.get(i) {
-            Some(c) => init_one(config, c, &record, &running_by_type, &running_routes, &routes).await,
+            Some(c) => init_one(config, c, &record, &mut progress, &routes, timeouts).await,
             None => proxies[i - candidates.len()].start(),
         };
         match started {
-            Ok(Started { services, internal, target, streaming, exports, direct }) => {
+            Ok(Started { services, internal, target, streaming, exports, direct, host }) => {
                 let route = Arc::new(Route {
                     owner: key.clone(),
                     target,
@@ -287,8 +318,9 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                     Ok(()) => {
                         record.exports.extend(exports);
                         record.state = PluginState::Running;
+                        record.host = host;
                         tracing::info!(plugin = %key, services = ?services, "plugin started");
-                        running_by_type.entry(record.plugin_type.clone()).or_default().push((
+                        progress.running_by_type.entry(record.plugin_type.clone()).or_default().push((
                             key.clone(),
                             PluginRef {
                                 plugin_type: record.plugin_type.as_str().into(),
@@ -301,12 +333,12 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                                     .collect(),
                             },
                         ));
-                        running_routes.insert(key.clone(), route.clone());
+                        progress.running_routes.insert(key.clone(), route.clone());
                         running.push((key.clone(), route));
                     }
                     Err(e) => {
                         tracing::error!(plugin = %key, "{e}");
-                        shutdown_route(&key, &route).await;
+                        shutdown_route(&key, &route, timeouts.shutdown).await;
                         record.state = PluginState::Failed(e);
                     }
                 }
@@ -324,7 +356,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     }
     records.extend(slot.into_iter().flatten());
 
-    let set = PluginSet { records, running, routes };
+    let set = PluginSet { records, running, routes, shutdown_timeout: timeouts.shutdown };
     for key in &config.required_plugins {
         match set.records.iter().find(|r| r.key() == *key) {
             None => {
@@ -344,6 +376,21 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     Ok(set)
 }
 
+/// The `ctr plugins ls` line of a library that yielded no plugin.
+fn library_failure(path: &Path, message: String) -> PluginRecord {
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    PluginRecord {
+        plugin_type: LIBRARY_PLUGIN_TYPE.into(),
+        id: name,
+        requires: vec![],
+        platforms: vec![],
+        exports: BTreeMap::from([(EXPORT_LIBRARY.to_string(), path.display().to_string())]),
+        capabilities: vec![],
+        state: PluginState::Failed(message),
+        host: None,
+    }
+}
+
 fn record_of(c: &Candidate) -> PluginRecord {
     let mut exports: BTreeMap<String, String> =
         c.reg.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect();
@@ -359,6 +406,7 @@ fn record_of(c: &Candidate) -> PluginRecord {
         exports,
         capabilities: c.reg.capabilities.iter().map(|r| r.to_string()).collect(),
         state: PluginState::Failed("not initialised".into()),
+        host: None,
     }
 }
 
@@ -373,6 +421,20 @@ struct Started {
     exports: Vec<(String, String)>,
     /// Keys of its direct dependencies.
     direct: Vec<String>,
+    /// The live status of its host, for an isolated plugin.
+    host: Option<HostStatusCell>,
+}
+
+/// What init has brought up so far: where the next plugins' dependencies
+/// come from.
+#[derive(Default)]
+struct Progress {
+    /// Type -> keys of running plugins of that type.
+    running_by_type: HashMap<String, Vec<(String, PluginRef)>>,
+    /// Key -> route of every running plugin, for calls that name their callee.
+    running_routes: HashMap<String, Arc<Route>>,
+    /// How many isolated plugins were started (numbers their sockets).
+    isolated: usize,
 }
 
 /// Initialises one plugin whose dependencies have all been through init.
@@ -380,10 +442,11 @@ async fn init_one(
     config: &Config,
     c: &Candidate,
     record: &PluginRecord,
-    running_by_type: &HashMap<String, Vec<(String, PluginRef)>>,
-    running_routes: &HashMap<String, Arc<Route>>,
+    progress: &mut Progress,
     routes: &RouteTable,
+    timeouts: PluginTimeouts,
 ) -> Result<Started, PluginState> {
+    let Progress { running_by_type, running_routes, isolated } = progress;
     let key = record.key();
     let mut deps: Vec<(String, PluginRef)> = Vec::new();
     for req in &record.requires {
@@ -420,6 +483,39 @@ async fn init_one(
         named: owners.iter().filter_map(|k| Some((k.clone(), running_routes.get(k)?.clone()))).collect(),
         dependencies: deps.into_iter().map(|(_, p)| p).collect(),
     };
+    if let Some(limits) = config.isolated_plugins.get(&key) {
+        let spec = HostSpec {
+            library: c.library.clone(),
+            plugin_type: record.plugin_type.clone(),
+            id: record.id.clone(),
+            config_toml: toml::to_string(&plugin_config).unwrap_or_default(),
+            root: root.display().to_string(),
+            state: state.display().to_string(),
+            grpc_address: config.grpc.address.clone(),
+            ttrpc_address: config.ttrpc.address.clone(),
+            log_level: config.debug.level.clone(),
+            dependencies: host.dependencies.iter().map(DependencySpec::from).collect(),
+            dependency_socket: PathBuf::new(),
+            listen: PathBuf::new(),
+            init_timeout: timeouts.init,
+            shutdown_timeout: timeouts.shutdown,
+            max_recv_message_size: config.grpc.max_recv_message_size,
+            max_send_message_size: config.grpc.max_send_message_size,
+        };
+        *isolated += 1;
+        let (plugin, ready) = IsolatedPlugin::start(*isolated, &config.state, spec, host, limits)
+            .await
+            .map_err(IsolationError::into_state)?;
+        return Ok(Started {
+            services: ready.services,
+            internal: ready.internal,
+            streaming: ready.streaming.into_iter().map(|(p, k)| (p, k.into())).collect(),
+            exports: ready.exports,
+            direct: owners,
+            host: Some(plugin.status()),
+            target: Target::Isolated(plugin),
+        });
+    }
     let ctx = InitContext {
         plugin_type: record.plugin_type.as_str().into(),
         id: record.id.as_str().into(),
@@ -432,46 +528,84 @@ async fn init_one(
         host: ServiceHost_TO::from_ptr(abi_stable::std_types::RArc::new(host), TD_Opaque),
         log: plugin_log,
     };
-    match AssertUnwindSafe((c.reg.init)(ctx)).catch_unwind().await {
-        Ok(ROk(inst)) => Ok(Started {
+    match run_init(c.reg.init, ctx, timeouts.init).await? {
+        ROk(inst) => Ok(Started {
             services: inst.services.iter().map(|s| s.to_string()).collect(),
             internal: inst.internal.iter().map(|s| s.to_string()).collect(),
-            target: Target::Plugin(inst.handler),
+            target: Target::Plugin(PluginTarget { handler: Arc::new(inst.handler), lane: c.lane.clone() }),
             streaming: inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
             exports: inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
             direct: owners,
+            host: None,
         }),
-        Ok(RErr(e)) => Err(match e.kind {
+        RErr(e) => Err(match e.kind {
             InitErrorKind::Skip => PluginState::Skipped(format!("{}: skip plugin", e.message)),
             InitErrorKind::Failed => PluginState::Failed(e.message.into_string()),
         }),
-        Err(_) => Err(PluginState::Failed("plugin panicked during init".into())),
     }
 }
 
-async fn shutdown_route(key: &str, route: &Route) {
-    if let Target::Plugin(h) = &route.target {
-        let fut = AssertUnwindSafe(h.shutdown()).catch_unwind();
-        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+/// Runs a plugin's init on a thread of its own, for at most `timeout`.
+///
+/// Why a thread, and not the library's lane: an init that never returns
+/// (a blocking call, a deadlock) would take the lane with it, and with the
+/// lane every other plugin of the library. On a thread of its own it costs
+/// one leaked thread; the plugin is marked failed and its dependents are
+/// not started, while the daemon starts.
+pub(crate) async fn run_init(
+    init: InitFn,
+    ctx: InitContext,
+    timeout: Duration,
+) -> Result<RResult<PluginInstance, InitError>, PluginState> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("plugin-init".into())
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| futures::executor::block_on(init(ctx))));
+            let _ = tx.send(outcome);
+        })
+        .map_err(|e| PluginState::Failed(format!("cannot start a thread for init: {e}")))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Ok(result))) => Ok(result),
+        Ok(Ok(Err(_))) => Err(PluginState::Failed("plugin panicked during init".into())),
+        Ok(Err(_)) => Err(PluginState::Failed("plugin init ended without a result".into())),
+        Err(_) => Err(PluginState::Failed(format!("init did not finish within {}", format_go_duration(timeout)))),
+    }
+}
+
+pub(crate) async fn shutdown_route(key: &str, route: &Route, timeout: Duration) {
+    if let Target::Isolated(p) = &route.target {
+        p.stop().await;
+        tracing::debug!(plugin = %key, "stopped its host");
+    }
+    if let Target::Plugin(p) = &route.target {
+        let handler = p.handler.clone();
+        let fut = p.lane.run(async move { handler.shutdown().await });
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(())) => tracing::debug!(plugin = %key, "stopped"),
             Ok(Err(_)) => tracing::warn!(plugin = %key, "panicked while stopping"),
-            Err(_) => tracing::warn!(plugin = %key, "did not stop within 10s"),
+            Err(_) => tracing::warn!(plugin = %key, "did not stop within {}", format_go_duration(timeout)),
         }
     }
 }
 
 impl PluginSet {
-    /// Stops the running plugins in reverse init order.
+    /// Stops the running plugins in reverse init order, each within the
+    /// shutdown timeout.
     pub async fn shutdown(&self) {
         for (key, route) in self.running.iter().rev() {
-            shutdown_route(key, route).await;
+            shutdown_route(key, route, self.shutdown_timeout).await;
         }
     }
 }
 
 /// The daemon's side of plugin logging: a plugin's `tracing` event, with
 /// its level and target, re-emitted into the daemon's log.
-extern "C" fn plugin_log(level: u8, target: abi_stable::std_types::RStr<'_>, message: abi_stable::std_types::RStr<'_>) {
+pub(crate) extern "C" fn plugin_log(
+    level: u8,
+    target: abi_stable::std_types::RStr<'_>,
+    message: abi_stable::std_types::RStr<'_>,
+) {
     let (target, message) = (target.as_str(), message.as_str());
     // Never let a logging failure unwind into the plugin.
     let _ = std::panic::catch_unwind(|| match level {

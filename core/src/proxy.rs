@@ -47,6 +47,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where a proxy is, for error messages.
 #[derive(Clone)]
 struct Origin {
+    /// What serves it, for messages: "proxy plugin", "isolated plugin".
+    label: &'static str,
     /// `type.id`
     key: Arc<str>,
     address: Arc<str>,
@@ -71,7 +73,7 @@ impl Origin {
                 None => break,
             }
         }
-        Status::unavailable(format!("proxy plugin {} at {} is unavailable: {why}", self.key, self.address))
+        Status::unavailable(format!("{} {} at {} is unavailable: {why}", self.label, self.key, self.address))
     }
 }
 
@@ -95,6 +97,11 @@ impl Proxy {
     /// `unix://` and a path). Nothing is connected yet. Must be called
     /// within the daemon's runtime.
     pub fn new(key: &str, address: &str) -> Proxy {
+        Proxy::labelled("proxy plugin", key, address)
+    }
+
+    /// The same, naming the server `label` in errors (e.g. "isolated plugin").
+    pub fn labelled(label: &'static str, key: &str, address: &str) -> Proxy {
         let path = PathBuf::from(address.strip_prefix("unix://").unwrap_or(address));
         // The authority is unused on a unix socket but required by the URI.
         let channel = Endpoint::from_static("http://proxy-plugin")
@@ -103,8 +110,11 @@ impl Proxy {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
-        let client =
-            Client { origin: Origin { key: key.into(), address: address.into() }, channel, limits: Limits::default() };
+        let client = Client {
+            origin: Origin { label, key: key.into(), address: address.into() },
+            channel,
+            limits: Limits::default(),
+        };
         Proxy { client: Arc::new(client), runtime: tokio::runtime::Handle::current() }
     }
 

@@ -12,21 +12,30 @@
 //! ([`DependencyHost`]), so a plugin calls a dependency exactly as a socket
 //! client would, minus the socket.
 //!
+//! A plugin library's code is only ever run on its lane ([`crate::lane`]):
+//! the call itself, and every frame of a stream it returns. The core's
+//! workers await the result, so a plugin that blocks stalls only its lane.
+//!
 //! Panics: a panic inside a plugin's future surfaces here as a panic of the
-//! `FfiFuture` ("FFI future panicked"); it is caught where the core polls it
-//! and becomes `Internal` for that call alone.
+//! `FfiFuture` ("FFI future panicked"); it is caught on the lane and
+//! becomes `Internal` for that call alone.
 
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
-    panic::AssertUnwindSafe,
     sync::Arc,
 };
 
-use abi_stable::std_types::{RErr, ROk, RResult, RVec};
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, ROk, ROption, RResult, RSome, RVec},
+};
 use async_ffi::{FfiFuture, FutureExt as _};
 use crated_plugin_api::{
-    abi::{ByteStream, CallHead, CallKind, HandlerBox, PluginRef, RpcStatus, ServiceHost},
+    abi::{
+        ByteStream, CallHead, CallKind, Frame, FrameSource, FrameSource_TO, HandlerBox, PluginRef, RpcStatus,
+        ServiceHost,
+    },
     grpc::{self, Backend, Limits},
     Call, ServiceRouter, Status,
 };
@@ -34,16 +43,28 @@ use futures::{future::BoxFuture, FutureExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::proxy::Proxy;
+use crate::{
+    isolation::IsolatedPlugin,
+    lane::{Lane, LaneError},
+    proxy::Proxy,
+};
+
+/// A plugin from a `.so`: its handler, and the lane its code runs on.
+pub struct PluginTarget {
+    pub handler: Arc<HandlerBox>,
+    pub lane: Arc<Lane>,
+}
 
 /// Who answers a service.
 pub enum Target {
     /// A plugin from a `.so`, through the ABI.
-    Plugin(HandlerBox),
+    Plugin(PluginTarget),
     /// A service of the core itself (introspection, version, health).
     Core(ServiceRouter),
     /// A `[proxy_plugins]` entry: frames forwarded to its socket.
     Proxy(Arc<Proxy>),
+    /// A plugin of `isolated_plugins`, served by its own host process.
+    Isolated(Arc<IsolatedPlugin>),
 }
 
 /// The owner of one or more services.
@@ -110,30 +131,69 @@ fn panicked() -> Status {
     Status::internal("plugin panicked while handling the call")
 }
 
+fn lane_failed(owner: &str, e: LaneError) -> Status {
+    match e {
+        LaneError::Panicked => panicked(),
+        LaneError::Gone => Status::unavailable(format!("the lane of plugin {owner} is gone")),
+    }
+}
+
 /// Calls a unary method on a route.
 pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
     match &route.target {
-        Target::Plugin(h) => match AssertUnwindSafe(h.unary(head, body)).catch_unwind().await {
-            Ok(ROk(v)) => Ok(v),
-            Ok(RErr(s)) => Err(s.into()),
-            Err(_) => Err(panicked()),
-        },
+        Target::Plugin(p) => {
+            let handler = p.handler.clone();
+            match p.lane.run(async move { handler.unary(head, body).await }).await {
+                Ok(ROk(v)) => Ok(v),
+                Ok(RErr(s)) => Err(s.into()),
+                Err(e) => Err(lane_failed(&route.owner, e)),
+            }
+        }
         Target::Core(r) => r.call_unary(Call::from_head(head), body.into_vec()).await.map(RVec::from),
         Target::Proxy(p) => p.unary(head, body).await,
+        Target::Isolated(p) => p.unary(head, body).await,
     }
 }
 
 /// Calls a streaming method on a route.
 pub async fn call_streaming(route: &Route, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
     match &route.target {
-        Target::Plugin(h) => match AssertUnwindSafe(h.streaming(head, input)).catch_unwind().await {
-            Ok(ROk(v)) => Ok(v),
-            Ok(RErr(s)) => Err(s.into()),
-            Err(_) => Err(panicked()),
-        },
+        Target::Plugin(p) => {
+            let handler = p.handler.clone();
+            match p.lane.run(async move { handler.streaming(head, input).await }).await {
+                Ok(ROk(out)) => Ok(frames_on_lane(out, p.lane.clone())),
+                Ok(RErr(s)) => Err(s.into()),
+                Err(e) => Err(lane_failed(&route.owner, e)),
+            }
+        }
         Target::Core(_) => Err(Status::unimplemented(format!("{} does not stream", head.method))),
         Target::Proxy(p) => p.streaming(head, input).await,
+        Target::Isolated(p) => p.streaming(head, input).await,
     }
+}
+
+/// A plugin's output stream whose frames are pulled on the plugin's lane.
+struct LaneFrames {
+    inner: Arc<ByteStream>,
+    lane: Arc<Lane>,
+}
+
+impl FrameSource for LaneFrames {
+    fn next_frame(&self) -> FfiFuture<ROption<Frame>> {
+        let inner = self.inner.clone();
+        self.lane
+            .run(async move { inner.next_frame().await })
+            .map(|r| match r {
+                Ok(frame) => frame,
+                Err(LaneError::Panicked) => RSome(RErr(panicked().into())),
+                Err(LaneError::Gone) => RSome(RErr(Status::unavailable("the plugin's lane is gone").into())),
+            })
+            .into_ffi()
+    }
+}
+
+fn frames_on_lane(out: ByteStream, lane: Arc<Lane>) -> ByteStream {
+    FrameSource_TO::from_value(LaneFrames { inner: Arc::new(out), lane }, TD_Opaque)
 }
 
 impl Backend for Route {
@@ -201,7 +261,7 @@ fn rpc(code: crated_plugin_api::Code, message: String) -> RpcStatus {
 
 impl DependencyHost {
     /// The route that answers `call`, or why there is none.
-    fn resolve(&self, call: &CallHead) -> Result<Arc<Route>, RpcStatus> {
+    pub(crate) fn resolve(&self, call: &CallHead) -> Result<Arc<Route>, RpcStatus> {
         use crated_plugin_api::Code;
         let service = service_of(&call.method);
         if !call.target.is_empty() {
@@ -245,7 +305,7 @@ impl DependencyHost {
     }
 }
 
-fn to_rresult<T>(r: Result<T, Status>) -> RResult<T, RpcStatus> {
+pub(crate) fn to_rresult<T>(r: Result<T, Status>) -> RResult<T, RpcStatus> {
     match r {
         Ok(v) => ROk(v),
         Err(s) => RErr(s.into()),

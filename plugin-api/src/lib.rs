@@ -48,6 +48,7 @@ pub mod abi;
 pub mod archive;
 #[cfg(feature = "content")]
 pub mod content;
+pub mod duration;
 pub mod errdefs;
 pub mod filters;
 pub mod gc;

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crated_plugin_api::duration::{parse_go_duration, DurationError};
 use serde::Deserialize;
 
 /// The defaults containerd registers, as the TOML the daemon merges the
@@ -130,74 +131,6 @@ fn nonnegative(nanos: i64) -> Duration {
     Duration::from_nanos(nanos.max(0) as u64)
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("time: invalid duration \"{0}\"")]
-pub struct DurationError(pub String);
-
-/// Go's `time.ParseDuration`: an optional sign, then one or more decimal
-/// numbers each with a unit (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), e.g.
-/// `"1m30s"`, `"1.5s"`, `"-2ms"`; a bare `"0"` is zero. In nanoseconds.
-pub fn parse_go_duration(text: &str) -> Result<i64, DurationError> {
-    let invalid = || DurationError(text.to_string());
-    let (negative, mut rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    // Whole nanoseconds accumulate in u128 so that only the final value
-    // can overflow (Go's limit is i64 nanoseconds, about 290 years).
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let (int_part, after) = rest.split_at(int_len);
-        let (frac_part, after) = match after.strip_prefix('.') {
-            Some(f) => {
-                let n = f.bytes().take_while(u8::is_ascii_digit).count();
-                f.split_at(n)
-            }
-            None => ("", after),
-        };
-        if int_part.is_empty() && frac_part.is_empty() {
-            return Err(invalid());
-        }
-        let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_len);
-        let scale: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(invalid()),
-        };
-        let whole: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| invalid())? };
-        let mut value = whole.checked_mul(scale).ok_or_else(invalid)?;
-        // The fraction, truncated to whole nanoseconds as Go does.
-        let mut place = scale;
-        for digit in frac_part.bytes() {
-            place /= 10;
-            if place == 0 {
-                break;
-            }
-            value += u128::from(digit - b'0') * place;
-        }
-        total = total.checked_add(value).ok_or_else(invalid)?;
-        if total > i64::MAX as u128 + u128::from(negative) {
-            return Err(invalid());
-        }
-        rest = after;
-    }
-    let total = total as i128;
-    Ok((if negative { -total } else { total }) as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,32 +173,5 @@ mod tests {
         assert_eq!(e.to_string(), "schedule_delay: time: invalid duration \"10\"");
         assert!(Config::from_table(&table("startup_delay = 100")).is_err());
         assert!(Config::from_table(&table("mutation_threshold = \"a lot\"")).is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        let ok = [
-            ("0", 0),
-            ("0ms", 0),
-            ("100ms", 100_000_000),
-            ("1.5s", 1_500_000_000),
-            ("1m30s", 90_000_000_000),
-            ("2h", 7_200_000_000_000),
-            ("-2ms", -2_000_000),
-            ("+3us", 3_000),
-            ("4µs", 4_000),
-            (".5s", 500_000_000),
-            ("1.000000001s", 1_000_000_001),
-            ("1.0000000019s", 1_000_000_001),
-            ("10ns", 10),
-            ("2562047h47m16.854775807s", i64::MAX),
-            ("-2562047h47m16.854775808s", i64::MIN),
-        ];
-        for (text, nanos) in ok {
-            assert_eq!(parse_go_duration(text), Ok(nanos), "{text}");
-        }
-        for bad in ["", "-", "10", "1x", "s", ".s", "1.2.3s", "ms1", "2562047h47m16.854775808s", "1 s"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} parsed");
-        }
     }
 }
