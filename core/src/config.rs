@@ -43,6 +43,8 @@
 //!   one, zero values and arrays included (see [`deep_merge`]).
 //! * `proxy_plugins`, `timeouts` and `stream_processors`: merged per key, and
 //!   the later file's entry replaces the earlier one as a whole.
+//! * `isolated_plugins` (crated's own): a list appends like the other lists;
+//!   tables merge field by field.
 //!
 //! # Unknown keys
 //!
@@ -949,6 +951,43 @@ mod tests {
         let p = write(dir.path(), "config.toml", text);
         let r = load(&p);
         (dir, r)
+    }
+
+    #[test]
+    fn isolated_plugins_as_a_list_or_with_limits_and_plugin_timeouts() {
+        let (_d, r) = load_str("version = 2\nisolated_plugins = [\"io.example.a.v1.a\"]\n");
+        let c = r.unwrap().config;
+        assert_eq!(c.isolated_plugins.get("io.example.a.v1.a"), Some(&IsolationLimits::default()));
+        c.check_isolation().unwrap();
+
+        let text = "version = 2\n[isolated_plugins.\"io.example.b.v1.b\"]\nmemory_limit = \"64M\"\ncpus = 0.5\n\
+                    [timeouts]\n\"io.crated.timeout.plugin.init\" = \"2s\"\n";
+        let (_d, r) = load_str(text);
+        let l = r.unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let limits = l.config.isolated_plugins.get("io.example.b.v1.b").unwrap();
+        assert_eq!(limits.memory_bytes(), Ok(Some(64 << 20)));
+        assert_eq!(limits.cpus, 0.5);
+        let t = l.config.plugin_timeouts().unwrap();
+        assert_eq!((t.init, t.shutdown), (std::time::Duration::from_secs(2), DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT));
+        // What is written comes back.
+        let again: Config = toml::from_str(&l.config.to_toml()).unwrap();
+        assert_eq!(again.isolated_plugins, l.config.isolated_plugins);
+        // Nothing is written when nothing is isolated (containerd's own output).
+        assert!(!Config::default_v2().to_toml().contains("isolated_plugins"));
+
+        // Bad values are refused with the key named.
+        let (_d, r) = load_str("version = 2\n[isolated_plugins.\"io.example.b.v1.b\"]\nmemory_limit = \"lots\"\n");
+        let e = r.unwrap().config.check_isolation().unwrap_err().to_string();
+        assert!(e.contains("io.example.b.v1.b") && e.contains("memory_limit"), "{e}");
+        let (_d, r) = load_str("version = 2\nisolated_plugins = [\"nodots\"]\n");
+        assert!(r.unwrap().config.check_isolation().is_err());
+        for bad in ["soon", "0s", "-1s"] {
+            let mut c = Config::default_v2();
+            c.timeouts.insert(TIMEOUT_PLUGIN_SHUTDOWN.into(), bad.into());
+            let e = c.plugin_timeouts().unwrap_err().to_string();
+            assert!(e.contains(TIMEOUT_PLUGIN_SHUTDOWN), "{e}");
+        }
     }
 
     #[test]
