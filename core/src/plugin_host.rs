@@ -140,11 +140,7 @@ async fn serve(spec: HostSpec) {
         Err(PluginState::Running) => return,
     };
 
-    let name = spec.library.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let lane = match Lane::start(&name) {
-        Ok(l) => Arc::new(l),
-        Err(e) => return reply(&HostReply::Failed(format!("cannot start a thread for the library: {e}"))),
-    };
+    let lane = Arc::new(Lane::new(&spec.id));
     let ready = Ready {
         services: instance.services.iter().map(|s| s.to_string()).collect(),
         internal: instance.internal.iter().map(|s| s.to_string()).collect(),

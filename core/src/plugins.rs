@@ -111,8 +111,6 @@ struct Candidate {
     library: PathBuf,
     sdk: String,
     abi: u32,
-    /// The lane of its library (shared by the library's plugins).
-    lane: Arc<Lane>,
 }
 
 /// A `[proxy_plugins]` entry, started as a plugin of its type.
@@ -212,16 +210,6 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     });
     let mut candidates = Vec::new();
     for lib in scan.libraries {
-        let name = lib.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let lane = match Lane::start(&name) {
-            Ok(lane) => Arc::new(lane),
-            Err(e) => {
-                let message = format!("cannot start a thread for the library: {e}");
-                tracing::error!(library = %lib.path.display(), "{message}");
-                records.push(library_failure(&lib.path, message));
-                continue;
-            }
-        };
         for reg in lib.registrations {
             let key = format!("{}.{}", reg.plugin_type, reg.id);
             if config.disabled_plugins.contains(&key) {
@@ -233,7 +221,6 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                 library: lib.path.clone(),
                 sdk: lib.sdk_version.clone(),
                 abi: lib.abi_version,
-                lane: lane.clone(),
             });
         }
     }
@@ -532,7 +519,10 @@ async fn init_one(
         ROk(inst) => Ok(Started {
             services: inst.services.iter().map(|s| s.to_string()).collect(),
             internal: inst.internal.iter().map(|s| s.to_string()).collect(),
-            target: Target::Plugin(PluginTarget { handler: Arc::new(inst.handler), lane: c.lane.clone() }),
+            target: Target::Plugin(PluginTarget {
+                handler: Arc::new(inst.handler),
+                lane: Arc::new(Lane::new(&record.id)),
+            }),
             streaming: inst.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect(),
             exports: inst.exports.iter().map(|t| (t.0.to_string(), t.1.to_string())).collect(),
             direct: owners,

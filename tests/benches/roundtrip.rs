@@ -4,7 +4,9 @@
 //! `cargo build --release --workspace --bins --examples && cargo bench -p crated-tests
 //! --bench roundtrip` (needs root and Debian's containerd package). Measures `Version.Version` (served by each daemon's
 //! core) and, for crated, `crated.test.Echo/Echo` (a plugin call through the
-//! ABI and the plugin's own runtime). Prints mean µs per call and the ratio.
+//! ABI, the library's lane and the plugin's own runtime), in process and
+//! with the plugin isolated in a plugin host (`isolated_plugins`). Prints
+//! mean µs per call and the ratios.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -35,6 +37,7 @@ where
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let crated = common::Setup::new(&["echo"]).start();
+    let isolated = common::Setup::new(&["echo"]).extra("isolated_plugins = [\"io.crated.test.v1.echo\"]").start();
 
     let containerd = common::StockContainerd::start();
     let sock = containerd.socket();
@@ -55,10 +58,17 @@ fn main() {
             let _: EchoResponse = common::unary(&ours, &echo_method("Echo"), Some("default"), req).await.unwrap();
         })
         .await;
+        let apart = isolated.channel().await;
+        let isolated_plugin = mean_call(|| async {
+            let req = EchoRequest { text: "x".into(), count: 0 };
+            let _: EchoResponse = common::unary(&apart, &echo_method("Echo"), Some("default"), req).await.unwrap();
+        })
+        .await;
         println!("unary round trip, mean of {CALLS} sequential calls on one connection:");
         println!("  containerd Version.Version      {:>8.1} µs", containerd_version.as_secs_f64() * 1e6);
         println!("  crated     Version.Version      {:>8.1} µs", crated_version.as_secs_f64() * 1e6);
         println!("  crated     plugin Echo.Echo         {:>8.1} µs", crated_plugin.as_secs_f64() * 1e6);
+        println!("  crated     isolated Echo.Echo       {:>8.1} µs", isolated_plugin.as_secs_f64() * 1e6);
         println!(
             "  ratio crated/containerd (Version): {:.2}",
             crated_version.as_secs_f64() / containerd_version.as_secs_f64()
@@ -66,6 +76,10 @@ fn main() {
         println!(
             "  ratio crated plugin call / containerd Version: {:.2}",
             crated_plugin.as_secs_f64() / containerd_version.as_secs_f64()
+        );
+        println!(
+            "  cost of isolation per call: {:+.1} µs",
+            (isolated_plugin.as_secs_f64() - crated_plugin.as_secs_f64()) * 1e6
         );
     });
 
