@@ -53,6 +53,9 @@ const HANG: &str = "io.crated.test.hanginit.v1.hang";
 /// Every plugin of `libmisbehave.so`.
 const ALL_MISBEHAVING: &[&str] = &[SLEEPER, SPINNER, CRASHER, STUCK, AFTER_HANG, HANG];
 
+/// The default of `io.crated.timeout.plugin.shutdown`.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
 const HOST_PID: &str = "io.crated.plugin.host.pid";
 const HOST_RESTARTS: &str = "io.crated.plugin.host.restarts";
 
@@ -341,8 +344,13 @@ async fn a_hung_shutdown_hook_does_not_keep_the_daemon_up() {
     let tables = "[timeouts]\n\"io.crated.timeout.plugin.shutdown\" = \"1s\"\n";
     let mut d = setup(&[STUCK], "", tables).start();
     assert_eq!(served_pid(&d, STUCK_SERVICE).await, d.pid());
+    let asked = Instant::now();
     let status = d.stop();
+    let took = asked.elapsed();
     assert!(status.success(), "crated exited with {status}:\n{}", d.log());
+    // The one bound on time here, and a coarse one: it is what tells the
+    // configured 1s from the 10s default, which would also end the wait.
+    assert!(took < DEFAULT_SHUTDOWN_TIMEOUT, "the stop took {took:?}: the configured 1s was not used:\n{}", d.log());
     assert!(
         d.setup.state().join(STUCK_SHUTDOWN_ENTERED).exists(),
         "the stuck plugin's shutdown hook never ran:\n{}",
