@@ -21,8 +21,8 @@ use crated_plugin_api::{
 use crated_tests::{
     echo_method,
     misbehave::{
-        AFTER_HANG_SERVICE, CRASHER_SERVICE, ENTERED_FILE, HANG_INIT_ENTERED, MISBEHAVE_TYPE, HANG_INIT_TYPE,
-        RELEASE_FILE, RELEASE_CAP, SLEEPER_SERVICE, SPINNER_SERVICE, STUCK_SERVICE, STUCK_SHUTDOWN_ENTERED,
+        AFTER_HANG_SERVICE, CRASHER_SERVICE, ENTERED_FILE, HANG_INIT_ENTERED, HANG_INIT_TYPE, MISBEHAVE_TYPE,
+        RELEASE_CAP, RELEASE_FILE, SLEEPER_SERVICE, SPINNER_SERVICE, STUCK_SERVICE, STUCK_SHUTDOWN_ENTERED,
     },
     EchoRequest, EchoResponse,
 };
@@ -79,8 +79,9 @@ impl Plugin for Sleeper {
     }
 
     async fn init(_ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
-        let router = ServiceRouter::new().unary(&format!("/{SLEEPER_SERVICE}/Block"), |_call: Call, req: EchoRequest| {
-            async move {
+        let router = ServiceRouter::new().unary(
+            &format!("/{SLEEPER_SERVICE}/Block"),
+            |_call: Call, req: EchoRequest| async move {
                 let dir = request_dir(&req)?;
                 record(&dir.join(ENTERED_FILE), &format!("sleeper {}", std::process::id()));
                 let started = Instant::now();
@@ -90,8 +91,8 @@ impl Plugin for Sleeper {
                         Some(done) => return done,
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(with_pid(router, SLEEPER_SERVICE))
     }
 }
@@ -107,8 +108,9 @@ impl Plugin for Spinner {
     }
 
     async fn init(_ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
-        let router = ServiceRouter::new().unary(&format!("/{SPINNER_SERVICE}/Spin"), |_call: Call, req: EchoRequest| {
-            async move {
+        let router = ServiceRouter::new().unary(
+            &format!("/{SPINNER_SERVICE}/Spin"),
+            |_call: Call, req: EchoRequest| async move {
                 let dir = request_dir(&req)?;
                 record(&dir.join(ENTERED_FILE), &format!("spinner {}", std::process::id()));
                 let started = Instant::now();
@@ -117,7 +119,7 @@ impl Plugin for Spinner {
                 loop {
                     turns = turns.wrapping_add(1);
                     std::hint::spin_loop();
-                    if turns % 1_000_000 != 0 || looked.elapsed() < Duration::from_millis(10) {
+                    if !turns.is_multiple_of(1_000_000) || looked.elapsed() < Duration::from_millis(10) {
                         continue;
                     }
                     looked = Instant::now();
@@ -125,8 +127,8 @@ impl Plugin for Spinner {
                         return done;
                     }
                 }
-            }
-        });
+            },
+        );
         Ok(with_pid(router, SPINNER_SERVICE))
     }
 }
