@@ -62,6 +62,18 @@ fn released(dir: &Path, started: Instant) -> Option<Result<EchoResponse, Status>
     }
 }
 
+/// Records entering, then sleeps on this thread until released.
+fn sleep_until_released(dir: &Path) -> Result<EchoResponse, Status> {
+    record(&dir.join(ENTERED_FILE), &format!("sleeper {}", std::process::id()));
+    let started = Instant::now();
+    loop {
+        match released(dir, started) {
+            None => std::thread::sleep(Duration::from_millis(20)),
+            Some(done) => return done,
+        }
+    }
+}
+
 fn request_dir(req: &EchoRequest) -> Result<PathBuf, Status> {
     if req.text.is_empty() {
         return Err(Status::invalid_argument("the request names the directory of the entered/release files"));
@@ -70,7 +82,8 @@ fn request_dir(req: &EchoRequest) -> Result<PathBuf, Status> {
 }
 
 /// `io.crated.test.misbehave.v1.sleeper`: `Block` sleeps on its thread
-/// (`std::thread::sleep`, never yielding) until released.
+/// (`std::thread::sleep`, never yielding) until released; `BlockStream`
+/// does so while producing its stream's frame.
 struct Sleeper;
 
 impl Plugin for Sleeper {
@@ -79,20 +92,16 @@ impl Plugin for Sleeper {
     }
 
     async fn init(_ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
-        let router = ServiceRouter::new().unary(
-            &format!("/{SLEEPER_SERVICE}/Block"),
-            |_call: Call, req: EchoRequest| async move {
+        let router = ServiceRouter::new()
+            .unary(&format!("/{SLEEPER_SERVICE}/Block"), |_call: Call, req: EchoRequest| async move {
+                sleep_until_released(&request_dir(&req)?)
+            })
+            // The same, in the one frame of a server stream: the handler
+            // returns at once, producing the frame blocks.
+            .server_streaming(&format!("/{SLEEPER_SERVICE}/BlockStream"), |_call: Call, req: EchoRequest| async move {
                 let dir = request_dir(&req)?;
-                record(&dir.join(ENTERED_FILE), &format!("sleeper {}", std::process::id()));
-                let started = Instant::now();
-                loop {
-                    match released(&dir, started) {
-                        None => std::thread::sleep(Duration::from_millis(20)),
-                        Some(done) => return done,
-                    }
-                }
-            },
-        );
+                Ok(futures::stream::once(async move { sleep_until_released(&dir) }))
+            });
         Ok(with_pid(router, SLEEPER_SERVICE))
     }
 }

@@ -9,7 +9,8 @@ pub const MISBEHAVE_TYPE: &str = "io.crated.test.misbehave.v1";
 /// dependent's requirement names it alone).
 pub const HANG_INIT_TYPE: &str = "io.crated.test.hanginit.v1";
 
-/// `Block` (and `Pid`): the plugin whose handler sleeps on its thread.
+/// `Block`, `BlockStream` (and `Pid`): the plugin whose handler sleeps on
+/// its thread.
 pub const SLEEPER_SERVICE: &str = "crated.test.misbehave.Sleeper";
 /// `Spin` (and `Pid`): the plugin whose handler busy-loops.
 pub const SPINNER_SERVICE: &str = "crated.test.misbehave.Spinner";

@@ -234,13 +234,14 @@ async fn assert_others_answer(d: &Daemon) {
 /// Starts several calls of `path` (a handler that blocks its thread until
 /// released), waits until one has entered, checks that the core and the
 /// echo plugin answer while they are all still in flight, then releases
-/// them and checks that they all complete.
+/// them and checks that they all complete. `streaming`: `path` is a server
+/// streaming method whose one frame blocks.
 ///
 /// More calls than the core has worker threads: were they polled on the
 /// core's workers, nothing else could answer.
-async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str) {
-    let gate = d.setup.path().join("gate");
-    std::fs::create_dir_all(&gate).unwrap();
+async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str, streaming: bool) {
+    let gate_dir = tempfile::Builder::new().prefix("gate").tempdir_in(d.setup.path()).unwrap();
+    let gate = gate_dir.path();
     let calls = std::thread::available_parallelism().map_or(4, usize::from).max(2) + 2;
     let ch = d.channel().await;
     let in_flight: Vec<_> = (0..calls)
@@ -248,7 +249,16 @@ async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str) {
             let ch = ch.clone();
             let req = text(gate.to_str().unwrap());
             let path = path.to_string();
-            tokio::spawn(async move { unary::<_, EchoResponse>(&ch, &path, None, req).await })
+            tokio::spawn(async move {
+                if !streaming {
+                    return unary::<_, EchoResponse>(&ch, &path, None, req).await;
+                }
+                let mut frames = common::server_streaming::<_, EchoResponse>(&ch, &path, None, req).await?;
+                match (frames.pop(), frames.is_empty()) {
+                    (Some(last), true) => last,
+                    (last, _) => Err(tonic::Status::internal(format!("one frame expected, got {frames:?} {last:?}"))),
+                }
+            })
         })
         .collect();
 
@@ -284,14 +294,20 @@ async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str) {
 async fn a_sleeping_handler_delays_only_its_own_library() {
     let d = setup(&[SLEEPER], "", "").start();
     assert_eq!(served_pid(&d, SLEEPER_SERVICE).await, d.pid(), "the sleeper runs in the daemon");
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block")).await;
+    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_blocking_in_its_frames_delays_only_its_own_library() {
+    let d = setup(&[SLEEPER], "", "").start();
+    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_handler_delays_only_its_own_library() {
     let d = setup(&[SPINNER], "", "").start();
     assert_eq!(served_pid(&d, SPINNER_SERVICE).await, d.pid(), "the spinner runs in the daemon");
-    blocked_calls_cost_only_their_library(&d, &method(SPINNER_SERVICE, "Spin")).await;
+    blocked_calls_cost_only_their_library(&d, &method(SPINNER_SERVICE, "Spin"), false).await;
 }
 
 // ---- init and shutdown that never return ------------------------------------
@@ -471,7 +487,8 @@ async fn an_isolated_sleeping_handler_blocks_only_its_host() {
     let mut d = setup(&[SLEEPER], &isolated(&[SLEEPER]), "").start();
     let host = assert_isolated_ok(&d, SLEEPER, SLEEPER_SERVICE, "0").await;
     reaper.saw(host);
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block")).await;
+    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
+    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
     let status = d.stop();
     assert!(status.success(), "crated exited with {status}:\n{}", d.log());
     assert!(common::wait_process_gone(host, Duration::from_secs(10)), "host {host} outlived the daemon");
