@@ -3,9 +3,11 @@
 //! is needed. The integration tests use the same types as clients. [`images`]
 //! builds the OCI and docker image archives the image tests import;
 //! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
-//! and push tests; [`transfer_client`] drives the Transfer service.
+//! and push tests; [`transfer_client`] drives the Transfer service;
+//! [`misbehave`] names what the misbehaving test plugins and their tests share.
 
 pub mod images;
+pub mod misbehave;
 pub mod registry;
 pub mod stock;
 pub mod transfer_client;

@@ -9,6 +9,7 @@ mod common;
 use std::{
     path::{Path, PathBuf},
     sync::OnceLock,
+    time::Duration,
 };
 
 use common::{stderr, stdout, unary, Setup};
@@ -71,9 +72,21 @@ fn say_hello(name: &str) -> HelloRequest {
 
 #[tokio::test]
 async fn out_of_tree_plugin_loads_lists_and_serves() {
-    let setup = setup_with_hello();
+    loads_lists_and_serves(setup_with_hello(), false).await;
+}
+
+/// The same plugin isolated in a plugin host (`isolated_plugins`): the same
+/// listing and calls, plus the host's pid among its exports; the host is a
+/// process of its own and goes away with the daemon.
+#[tokio::test]
+async fn out_of_tree_plugin_isolated_loads_lists_and_serves() {
+    loads_lists_and_serves(setup_with_hello().extra("isolated_plugins = [\"io.example.hello.v1.hello\"]"), true).await;
+}
+
+async fn loads_lists_and_serves(setup: Setup, isolated: bool) {
     let copied = setup.plugin_dir().join(LIBRARY);
-    let d = setup.start();
+    let mut d = setup.start();
+    let mut hosts = Vec::new();
 
     // (a) Both clients list it, and it is ok.
     for (who, out) in [("our ctr", d.ctr(&["plugins", "ls"])), ("stock ctr", d.stock_ctr(&["plugins", "ls"]))] {
@@ -101,6 +114,17 @@ async fn out_of_tree_plugin_loads_lists_and_serves() {
         let abi = crated_plugin_api::abi::ABI_VERSION.to_string();
         assert_eq!(export(&text, "io.crated.plugin.abi"), Some(abi.as_str()), "{who}:\n{text}");
         assert_eq!(export(&text, "greeting_source"), Some("config"), "{who}: the plugin's own export:\n{text}");
+        let host = export(&text, "io.crated.plugin.host.pid");
+        if isolated {
+            let pid: u32 = host
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{who}: no io.crated.plugin.host.pid export:\n{text}\n{}", d.log()));
+            assert_ne!(pid, d.pid(), "{who}: the plugin host is not the daemon:\n{text}");
+            assert!(Path::new(&format!("/proc/{pid}")).exists(), "{who}: host {pid} is not running:\n{text}");
+            hosts.push(pid);
+        } else {
+            assert_eq!(host, None, "{who}: a plugin in the daemon has no host:\n{text}");
+        }
     }
 
     // (c) Its own gRPC service answers through the daemon's socket, with
@@ -114,6 +138,14 @@ async fn out_of_tree_plugin_loads_lists_and_serves() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     let e = unary::<_, HelloReply>(&ch, SAY_HELLO, Some("third-party"), say_hello("")).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    if isolated {
+        let status = d.stop();
+        assert!(status.success(), "crated exited with {status}:\n{}", d.log());
+        for pid in hosts {
+            assert!(common::wait_process_gone(pid, Duration::from_secs(10)), "plugin host {pid} outlived the daemon");
+        }
+    }
 }
 
 #[tokio::test]

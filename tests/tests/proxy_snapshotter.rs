@@ -33,6 +33,8 @@ use crated_plugin_api::mount::MountedDir;
 use tonic::Code;
 
 const LIBRARY: &str = "libsnapshotter_example.so";
+/// The key of the example's plugin, for `isolated_plugins`.
+const ISOLATED_KEY: &str = "io.containerd.snapshotter.v1.example";
 /// The plugins behind the socket's namespaced Snapshots service.
 const STACK: &[&str] = &["content", "metadata", "events"];
 const STAT: &str = "/containerd.services.snapshots.v1.Snapshots/Stat";
@@ -285,6 +287,30 @@ async fn example_snapshotter_library_conforms() {
     std::fs::copy(built().join(LIBRARY), setup.plugin_dir().join(LIBRARY)).unwrap();
     let d = setup.start();
     crated_snapshot_conformance::assert_conforms(&conformance_target(&d, "example"), &[]).await;
+}
+
+/// The same suite against the same `.so` with the snapshotter isolated in a
+/// plugin host (`isolated_plugins`): the metadata plugin, in the daemon,
+/// reaches it through the host, and the host goes away with the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_snapshotter_isolated_library_conforms() {
+    let setup = Setup::new(&[]).with_real_plugins(STACK).extra(&format!("isolated_plugins = [{ISOLATED_KEY:?}]"));
+    std::fs::copy(built().join(LIBRARY), setup.plugin_dir().join(LIBRARY)).unwrap();
+    let mut d = setup.start();
+    assert_listed_ok(&d, "example");
+    let detail = stdout(&d.ctr(&["plugins", "ls", "-d", "id==example"]));
+    let host: u32 = detail
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split_whitespace();
+            (cols.next() == Some("io.crated.plugin.host.pid")).then(|| cols.next()?.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no io.crated.plugin.host.pid export:\n{detail}\n{}", d.log()));
+    assert_ne!(host, d.pid(), "{detail}");
+    crated_snapshot_conformance::assert_conforms(&conformance_target(&d, "example"), &[]).await;
+    let status = d.stop();
+    assert!(status.success(), "crated exited with {status}:\n{}", d.log());
+    assert!(common::wait_process_gone(host, Duration::from_secs(10)), "plugin host {host} outlived the daemon");
 }
 
 /// The same suite against the same crate served as a proxy plugin.

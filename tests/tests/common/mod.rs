@@ -210,6 +210,11 @@ impl Daemon {
         self.setup.socket()
     }
 
+    /// The daemon's exit status if it has exited (and was reaped here).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait on the daemon"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.setup.log_path()).unwrap_or_default()
     }
@@ -586,4 +591,33 @@ pub async fn write_blob(
         last = Some(m);
     }
     last.map(|m| m.digest).ok_or_else(|| tonic::Status::internal("no commit response"))
+}
+
+/// `/proc/<pid>/stat`'s state letter and parent pid, if the process exists.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: " S ppid ...".
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut cols = rest.split_whitespace();
+    let state = cols.next()?.chars().next()?;
+    let ppid = cols.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether `pid` is gone: no such process, or a zombie nobody has reaped
+/// yet (an orphan's reaper is whatever runs as pid 1 here).
+pub fn process_gone(pid: u32) -> bool {
+    matches!(process_state(pid), None | Some(('Z', _)))
+}
+
+/// Waits up to `limit` for `pid` to be gone; false if it is still there.
+pub fn wait_process_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !process_gone(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
