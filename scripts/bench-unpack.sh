@@ -164,13 +164,13 @@ summarise() {
     rss[$name]=$(awk '/^VmHWM/ { print $2 }' "/proc/${pids[${daemon_of[$name]}]}/status")
 }
 
-# 4. crated: the release daemon with the release plugins (target/release/*.so).
+# 4. crated: the release daemon with the bundled plugins (without the
+# runtime and the garbage collector, which an unpack does not use).
 mkdir -p "$tmp/crated/plugins"
-for so in content diff events metadata snapshots transfer; do
-    cp "target/release/libcrated_plugin_$so.so" "$tmp/crated/plugins/"
-done
+cp target/release/libcrated_plugins.so "$tmp/crated/plugins/"
 cat >"$tmp/crated/config.toml" <<TOML
 version = 2
+disabled_plugins = ["io.containerd.gc.v1.scheduler", "io.containerd.runtime.v2.task", "io.containerd.grpc.v1.tasks"]
 root = "$tmp/crated/root"
 state = "$tmp/crated/state"
 plugin_dir = "$tmp/crated/plugins"

@@ -4,8 +4,10 @@
 //! builds the OCI and docker image archives the image tests import;
 //! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
 //! and push tests; [`transfer_client`] drives the Transfer service;
-//! [`misbehave`] names what the misbehaving test plugins and their tests share.
+//! [`misbehave`] names what the misbehaving test plugins and their tests share;
+//! [`bundle`] says which plugins the bundled library holds.
 
+pub mod bundle;
 pub mod images;
 pub mod misbehave;
 pub mod registry;

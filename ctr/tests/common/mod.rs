@@ -35,21 +35,9 @@ pub enum Server {
 /// The plugins a crated daemon loads unless told otherwise.
 pub const CRATED_PLUGINS: [&str; 3] = ["content", "metadata", "events"];
 
-/// Every crated plugin library in the build output, by plugin name
-/// (`libcrated_plugin_<name>.so`), sorted.
+/// Every plugin crate of the bundled library (`plugins/<name>`).
 pub fn built_crated_plugins() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(build_dir())
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    Some(name.strip_prefix("libcrated_plugin_")?.strip_suffix(".so")?.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    crated_tests::bundle::crates()
 }
 
 /// `target/<profile>`, where `crated` and the plugin libraries are built.
@@ -90,15 +78,14 @@ impl Daemon {
             Server::Crated => {
                 let plugins = dir.join("plugins");
                 std::fs::create_dir_all(&plugins).unwrap();
-                for p in crated_plugins {
-                    let name = format!("libcrated_plugin_{}.so", p.as_ref());
-                    let src = build_dir().join(&name);
-                    assert!(src.exists(), "{} is missing: run `cargo build --workspace`", src.display());
-                    std::fs::copy(&src, plugins.join(&name)).unwrap();
-                }
+                let library = crated_tests::bundle::LIBRARY;
+                let src = build_dir().join(library);
+                assert!(src.exists(), "{} is missing: run `cargo build --workspace`", src.display());
+                std::fs::copy(&src, plugins.join(library)).unwrap();
+                let disabled = crated_tests::bundle::disabled_except(crated_plugins);
                 let config = format!(
                     "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\nplugin_dir = \"{d}/plugins\"\n\
-                     [grpc]\n  address = \"{d}/c.sock\"\n{extra}"
+                     disabled_plugins = {disabled:?}\n[grpc]\n  address = \"{d}/c.sock\"\n{extra}"
                 );
                 (build_dir().join("crated"), config)
             }

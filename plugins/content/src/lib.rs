@@ -12,7 +12,7 @@ pub mod digest;
 pub mod service;
 pub mod store;
 
-use crated_plugin_api::{export_plugins, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 pub use store::{BlobInfo, BlobReader, ContentError, ContentStore, Digest, IngestStatus, Writer};
 
@@ -29,5 +29,3 @@ impl Plugin for ContentPlugin {
         Ok(service::router(store))
     }
 }
-
-export_plugins!(ContentPlugin);

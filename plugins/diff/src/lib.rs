@@ -10,7 +10,7 @@ pub mod compare;
 pub mod media;
 pub mod service;
 
-use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 pub struct WalkingDiff;
 
@@ -27,5 +27,3 @@ impl Plugin for WalkingDiff {
         Ok(service::router(service::DiffService::new(ctx.host.clone(), mounts_dir)))
     }
 }
-
-export_plugins!(WalkingDiff);

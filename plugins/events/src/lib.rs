@@ -47,7 +47,7 @@ use std::sync::Arc;
 pub use crated_events_api as api;
 pub use exchange::{Exchange, ExchangeError, Subscription};
 
-use crated_plugin_api::{export_plugins, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,5 +81,3 @@ impl Plugin for Events {
         }))
     }
 }
-
-export_plugins!(Events);

@@ -14,7 +14,7 @@ pub mod scheduler;
 
 use std::sync::Arc;
 
-use crated_plugin_api::{export_plugins, tracing, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{tracing, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 use crate::{config::Config, scheduler::HostCollector};
 
@@ -47,5 +47,3 @@ impl Plugin for Scheduler {
         }))
     }
 }
-
-export_plugins!(Scheduler);

@@ -22,9 +22,7 @@ pub mod snapshots;
 
 use std::time::Duration;
 
-use crated_plugin_api::{
-    export_plugins, snapshots::SnapshotterClient, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter,
-};
+use crated_plugin_api::{snapshots::SnapshotterClient, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 use crate::{
     containers::ContainerStore, content::ContentStore, db::Db, images::ImageStore, leases::LeaseStore,
@@ -128,5 +126,3 @@ impl Plugin for Metadata {
         Ok(service::content::routes(router, content))
     }
 }
-
-export_plugins!(Metadata);

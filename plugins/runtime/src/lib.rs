@@ -28,7 +28,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 use crate::manager::{ManagerSettings, ShimManager};
 
@@ -103,5 +103,3 @@ impl Plugin for Tasks {
         Ok(service::router(service::TasksService::new(ctx.host.clone(), manager)))
     }
 }
-
-export_plugins!(RuntimeTask, Tasks);

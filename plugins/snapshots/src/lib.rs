@@ -18,5 +18,3 @@ pub mod storage;
 pub use native::{Native, NativeLayout};
 pub use overlay::{Overlay, OverlayLayout};
 pub use storage::SnapshotError;
-
-crated_plugin_api::export_snapshotters!(Overlay, Native);

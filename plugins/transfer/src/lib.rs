@@ -31,7 +31,7 @@ pub mod service;
 pub mod streams;
 pub mod unpack;
 
-use crated_plugin_api::{export_plugins, types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
+use crated_plugin_api::{types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 /// The stream manager: the Streaming service on the socket.
 pub struct StreamManager;
@@ -58,5 +58,3 @@ impl Plugin for LocalTransfer {
         Ok(service::router(service::TransferService::new(ctx.host.clone())))
     }
 }
-
-export_plugins!(StreamManager, LocalTransfer);

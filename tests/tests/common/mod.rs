@@ -35,9 +35,9 @@ pub fn example_so(name: &str) -> PathBuf {
     p
 }
 
-/// A real plugin library built from `plugins/<name>` (e.g. "content").
-pub fn plugin_so(name: &str) -> PathBuf {
-    let p = target_dir().join(format!("libcrated_plugin_{name}.so"));
+/// The library of the bundled plugins (`plugins/bundle`).
+pub fn bundle_so() -> PathBuf {
+    let p = target_dir().join(crated_tests::bundle::LIBRARY);
     assert!(p.exists(), "{} is missing: run `cargo build --workspace` first", p.display());
     p
 }
@@ -58,6 +58,8 @@ pub struct Setup {
     pub grpc_extra: String,
     /// Environment variables the daemon runs with.
     pub env: Vec<(String, String)>,
+    /// The plugin crates whose bundled plugins run, if the bundle is in.
+    pub real: Vec<String>,
 }
 
 impl Setup {
@@ -65,19 +67,19 @@ impl Setup {
     pub fn new(plugins: &[&str]) -> Setup {
         let tmp = tempfile::Builder::new().prefix("crated-test").tempdir().expect("tempdir");
         std::fs::create_dir_all(tmp.path().join("plugins")).unwrap();
-        let s = Setup { tmp, extra: String::new(), grpc_extra: String::new(), env: Vec::new() };
+        let s = Setup { tmp, extra: String::new(), grpc_extra: String::new(), env: Vec::new(), real: Vec::new() };
         for p in plugins {
             s.add_plugin(p);
         }
         s
     }
 
-    /// Adds real plugins from `plugins/<name>` (content, metadata, events...).
-    pub fn with_real_plugins(self, names: &[&str]) -> Self {
-        for n in names {
-            let src = plugin_so(n);
-            std::fs::copy(&src, self.plugin_dir().join(src.file_name().unwrap())).unwrap();
-        }
+    /// Adds the real plugins of the crates `plugins/<name>` (content,
+    /// metadata, events...): the bundled library, with every other bundled
+    /// plugin disabled.
+    pub fn with_real_plugins(mut self, names: &[&str]) -> Self {
+        std::fs::copy(bundle_so(), self.plugin_dir().join(crated_tests::bundle::LIBRARY)).unwrap();
+        self.real.extend(names.iter().map(|n| n.to_string()));
         self
     }
 
@@ -121,8 +123,14 @@ impl Setup {
     }
 
     pub fn config_text(&self) -> String {
+        let bundled = self.plugin_dir().join(crated_tests::bundle::LIBRARY).exists();
+        let disabled = if bundled {
+            format!("disabled_plugins = {:?}\n", crated_tests::bundle::disabled_except(&self.real))
+        } else {
+            String::new()
+        };
         format!(
-            "version = 2\nroot = {:?}\nstate = {:?}\nplugin_dir = {:?}\n{}\n[grpc]\naddress = {:?}\n{}",
+            "version = 2\nroot = {:?}\nstate = {:?}\nplugin_dir = {:?}\n{disabled}{}\n[grpc]\naddress = {:?}\n{}",
             self.root().display().to_string(),
             self.state().display().to_string(),
             self.plugin_dir().display().to_string(),
