@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the test suite must not leave behind: shim processes, mounts under
+# What the test suite must not leave behind: shim and plugin host processes, mounts under
 # the temporary directory, and cgroups. `leak-check.sh record FILE` notes
 # what exists before the suite; `leak-check.sh compare FILE` lists what is
 # new after it and fails if anything is. It only reports: it never kills or
@@ -7,11 +7,11 @@
 set -euo pipefail
 
 state() {
-    # Shim processes, by pid and command line.
+    # Shim and plugin host processes, by pid and command line.
     for p in /proc/[0-9]*; do
         cmd=$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null || true)
         case "$cmd" in
-        *containerd-shim*) echo "process ${p#/proc/} $cmd" ;;
+        *containerd-shim* | *"crated plugin-host"*) echo "process ${p#/proc/} $cmd" ;;
         esac
     done
     # Mounts under the temporary directory, where every test root lives.
