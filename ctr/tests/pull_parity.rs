@@ -101,14 +101,23 @@ fn mask_pull(out: &str) -> String {
             kept.push_str("done: DURATION\n");
         }
     }
-    // Stock ctr's progress loop may log this when the pull finishes while
-    // it is asking for a status; it depends on timing, not on the server.
-    let rest: String = rest.lines().filter(|l| !l.contains(RACY_STATUS_LOG)).map(|l| format!("{l}\n")).collect();
+    // Stock ctr's progress loop may log these when the pull finishes while
+    // it is asking for a status; they depend on timing, not on the server.
+    let rest: String = rest
+        .lines()
+        .filter(|l| !RACY_STATUS_LOGS.iter().any(|racy| l.contains(racy)))
+        .map(|l| format!("{l}\n"))
+        .collect();
     format!("{kept}--- stderr\n{rest}")
 }
 
-/// The client-side log line of stock ctr that a finished pull races with.
-const RACY_STATUS_LOG: &str = "msg=\"failed to get content info\" error=\"context canceled\"";
+/// The client-side log lines of stock ctr's progress loop (`Info`, then
+/// `ListStatuses` calls cancelled when the pull ends) that a finished pull
+/// races with.
+const RACY_STATUS_LOGS: [&str; 2] = [
+    "msg=\"failed to get content info\" error=\"context canceled\"",
+    "msg=\"active check failed\" error=\"context canceled\"",
+];
 
 fn transcript(tag: &str, server: Server, source: &Source) -> Vec<String> {
     let daemon = match server {
