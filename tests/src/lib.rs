@@ -3,9 +3,11 @@
 //! is needed. The integration tests use the same types as clients. [`images`]
 //! builds the OCI and docker image archives the image tests import;
 //! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
-//! and push tests; [`transfer_client`] drives the Transfer service.
+//! and push tests; [`transfer_client`] drives the Transfer service;
+//! [`large_store`] fills a store for measuring a garbage collection.
 
 pub mod images;
+pub mod large_store;
 pub mod registry;
 pub mod stock;
 pub mod transfer_client;
