@@ -322,8 +322,10 @@ class Row:
     """One measured quantity of a scenario: values per variant (crated,
     containerd, ...), and the ratios to print, some with a target."""
 
-    def __init__(self, metric, unit, variants, ratios=(("crated", "containerd", None, "lower"),), digits=1):
+    def __init__(self, metric, unit, variants, ratios=(("crated", "containerd", None, "lower"),), digits=1, short=None):
         self.metric, self.unit, self.digits = metric, unit, digits
+        # The row's name in the plot.
+        self.short = short or metric
         self.values = {v: [] for v in variants}
         # (numerator, denominator, target or None, "lower"|"higher" is better)
         self.ratios = list(ratios)
@@ -338,7 +340,7 @@ class Row:
         return statistics.median(a) / statistics.median(b)
 
     def to_json(self):
-        out = {"metric": self.metric, "unit": self.unit, "values": self.values, "summary": {}, "ratios": []}
+        out = {"metric": self.metric, "short": self.short, "unit": self.unit, "values": self.values, "summary": {}, "ratios": []}
         for v, xs in self.values.items():
             if xs:
                 out["summary"][v] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
@@ -551,13 +553,18 @@ def scenario_cold_start(bench):
     """Start on a fresh root until the first `ctr version` succeeds, every
     bundled plugin library loaded (crated) or every built-in plugin but CRI
     (containerd)."""
-    row = Row("start until the first `ctr version` answers", "ms", VARIANTS, [("crated", "containerd", 0.25, "lower")])
+    row = Row("start until the first `ctr version` answers", "ms", VARIANTS, [("crated", "containerd", 0.25, "lower")],
+              short="cold start")
+    version = Row("then one `ctr version` (part of the above)", "ms", VARIANTS, digits=1)
     extra = {}
 
     def one(kind, i):
         d = Daemon(bench, kind, f"{kind}-cold-{i}")
         try:
             row.add(kind, d.start() * 1000)
+            t0 = time.monotonic()
+            d.ctr("version")
+            version.add(kind, (time.monotonic() - t0) * 1000)
             if i == 0:
                 listing = d.ctr("plugins", "ls").stdout.splitlines()[1:]
                 status = {}
@@ -570,14 +577,14 @@ def scenario_cold_start(bench):
             d.stop()
 
     alternate(bench, bench.runs, VARIANTS, one)
-    return [row], extra
+    return [row, version], extra
 
 
 def scenario_idle_memory(bench):
     """RSS and PSS of a freshly started daemon (all plugins loaded) after it
     answered and sat idle a moment; crated's memory per mapped library."""
-    rss = Row("idle RSS", "MiB", VARIANTS, [("crated", "containerd", 0.3, "lower")])
-    pss = Row("idle PSS", "MiB", VARIANTS, [("crated", "containerd", 0.3, "lower")])
+    rss = Row("idle RSS", "MiB", VARIANTS, [("crated", "containerd", 0.3, "lower")], short="idle daemon RSS")
+    pss = Row("idle PSS", "MiB", VARIANTS, [("crated", "containerd", 0.3, "lower")], short="idle daemon PSS")
     threads = Row("threads", "count", VARIANTS, digits=0)
     per_library = {}
 
@@ -642,7 +649,8 @@ def scenario_run_rm(bench):
     both daemons, and the project's ctr on crated."""
     variants = ("crated", "crated (our ctr)", "containerd")
     row = Row("`ctr run --rm <busybox> echo`", "ms", variants,
-              [("crated", "containerd", 0.4, "lower"), ("crated (our ctr)", "containerd", None, "lower")])
+              [("crated", "containerd", 0.4, "lower"), ("crated (our ctr)", "containerd", None, "lower")],
+              short="ctr run --rm")
     pair, ref = runtime_pair(bench, "run")
     try:
         def one(variant, i):
@@ -681,8 +689,8 @@ def remove_containers(d, ids):
 def scenario_shim_memory(bench):
     """RSS and PSS of the shim of one running container (`sleep`): the
     project's shim (next to crated) against Debian's Go shim."""
-    rss = Row("shim RSS", "MiB", VARIANTS, [("crated", "containerd", 0.25, "lower")], digits=2)
-    pss = Row("shim PSS", "MiB", VARIANTS, [("crated", "containerd", 0.25, "lower")], digits=2)
+    rss = Row("shim RSS", "MiB", VARIANTS, [("crated", "containerd", 0.25, "lower")], digits=2, short="shim RSS")
+    pss = Row("shim PSS", "MiB", VARIANTS, [("crated", "containerd", 0.25, "lower")], digits=2, short="shim PSS")
     threads = Row("shim threads", "count", VARIANTS, digits=0)
     pair, ref = runtime_pair(bench, "shim")
     try:
@@ -718,7 +726,7 @@ def scenario_import(bench):
     variants = ("crated", "crated (our ctr, transfer)", "containerd")
     wall = Row(f"import and unpack of {ref}", "s", variants,
                [("crated", "containerd", 0.3, "lower"), ("crated (our ctr, transfer)", "containerd", None, "lower")],
-               digits=3)
+               digits=3, short="import + unpack")
     cpu = Row("daemon CPU during the import", "s", variants,
               [("crated", "containerd", None, "lower")], digits=2)
     pair = bench.pair("import")
@@ -753,7 +761,7 @@ def scenario_ingest(bench):
     variants = ("crated", "containerd", "disk (dd conv=fsync)")
     rate = Row(f"ingest of {size // MIB} MiB", "MB/s", variants,
                [("crated", "containerd", None, "higher"), ("crated", "disk (dd conv=fsync)", 0.8, "higher"),
-                ("containerd", "disk (dd conv=fsync)", None, "higher")])
+                ("containerd", "disk (dd conv=fsync)", None, "higher")], short="ingest")
     cpu = Row("daemon CPU per GiB ingested", "s", VARIANTS, [("crated", "containerd", None, "lower")], digits=2)
     blob = bench.tmp / "ingest.bin"
     with open(blob, "wb") as f:
@@ -802,9 +810,12 @@ def scenario_containers(bench):
     every `ctr run -d` returned (each returns once its task runs), then the
     memory of the daemon and all shims; then all removed."""
     n = 3 if bench.smoke else bench.args.containers
-    time_row = Row(f"{n} concurrent `ctr run -d`", "s", VARIANTS, [("crated", "containerd", 0.5, "lower")], digits=2)
-    rss = Row("RSS of daemon + shims", "MiB", VARIANTS, [("crated", "containerd", 0.5, "lower")])
-    pss = Row("PSS of daemon + shims", "MiB", VARIANTS, [("crated", "containerd", 0.5, "lower")])
+    time_row = Row(f"{n} concurrent `ctr run -d`", "s", VARIANTS, [("crated", "containerd", 0.5, "lower")], digits=2,
+                   short=f"{n} containers: time")
+    rss = Row("RSS of daemon + shims", "MiB", VARIANTS, [("crated", "containerd", 0.5, "lower")],
+              short=f"{n} containers: RSS")
+    pss = Row("PSS of daemon + shims", "MiB", VARIANTS, [("crated", "containerd", 0.5, "lower")],
+              short=f"{n} containers: PSS")
     pair, ref = runtime_pair(bench, "many")
     try:
         def one(kind, i):
@@ -886,7 +897,7 @@ def scenario_pull(bench):
     host = start_registry(bench)
     remote = f"{host}/bench/{'busybox' if bench.smoke else 'debian'}:latest"
     row = Row(f"pull of {remote.split('/', 1)[1]} from a local registry", "s", VARIANTS,
-              [("crated", "containerd", 0.5, "lower")], digits=3)
+              [("crated", "containerd", 0.5, "lower")], digits=3, short="pull")
     cpu = Row("daemon CPU during the pull", "s", VARIANTS, [("crated", "containerd", None, "lower")], digits=2)
     pair = bench.pair("pull")
     try:
@@ -926,7 +937,7 @@ def duration_s(text):
 
 
 CRATED_GC = re.compile(r"garbage collected in (\S+) \(paused (\S+)\):")
-CONTAINERD_GC = re.compile(r'msg="garbage collected" d="?([^" ]+)"?')
+CONTAINERD_GC = re.compile(r'msg="garbage collected" d="?([^"\s]+)')
 
 
 def scenario_gc(bench):
@@ -950,6 +961,7 @@ def scenario_gc(bench):
             t0 = time.monotonic()
             run([filler, d.socket, ns, blobs, snapshots], timeout=1800)
             fill.add(kind, time.monotonic() - t0)
+            bench.log(f"  {kind}: store filled in {time.monotonic() - t0:.1f} s")
             d.collect(ns=ns)  # the first collection after the fill is not measured
 
         def one(kind, i):
@@ -1005,9 +1017,10 @@ def write_svg(results, path):
         for row in r.get("rows", []):
             for ratio in row["ratios"]:
                 if ratio["ratio"] is not None and ratio["target"] is not None:
-                    label = f"{r['title'].split('. ', 1)[-1]}: {row['metric']}"
-                    bars.append((label, f"{ratio['of']}/{ratio['to']}", ratio))
-    left, width, bar_h, gap, top = 430, 420, 18, 10, 50
+                    bars.append((row["short"], f"{ratio['of']}/{ratio['to']}", ratio))
+    # About 7 px a character at 12 px.
+    left = 20 + 7 * max([len(f"{label} ({what})") for label, what, _ in bars] + [20])
+    width, bar_h, gap, top = 420, 18, 10, 50
     scale_max = max([2.0] + [b[2]["ratio"] * 1.1 for b in bars] + [b[2]["target"] * 1.1 for b in bars])
     height = top + len(bars) * (bar_h + gap) + 40
 
