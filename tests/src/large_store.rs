@@ -39,7 +39,9 @@ pub async fn connect(socket: &Path) -> Result<Channel, LargeStoreError> {
         .expect("a static URI")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
         .map_err(|source| LargeStoreError::Connect { socket: socket.display().to_string(), source })
@@ -100,7 +102,13 @@ async fn write_blob(
 ) -> Result<(), LargeStoreError> {
     let total = data.len() as i64;
     let reqs = vec![
-        WriteContentRequest { action: WriteAction::Write as i32, r#ref: reference.into(), total, data, ..Default::default() },
+        WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: reference.into(),
+            total,
+            data,
+            ..Default::default()
+        },
         WriteContentRequest {
             action: WriteAction::Commit as i32,
             r#ref: reference.into(),
