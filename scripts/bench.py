@@ -409,7 +409,7 @@ class Bench:
         if not shutil.which("runc"):
             missing.append("runc")
         if missing:
-            build = "cargo build --release --workspace --bins --examples --locked"
+            build = "cargo build --release --workspace --lib --bins --examples --locked"
             raise SystemExit(
                 "bench: missing " + ", ".join(missing) + f"\n(run scripts/install-deps.sh, and `{build}` or --build)"
             )
@@ -950,7 +950,7 @@ def scenario_gc(bench):
     blobs, snapshots = (100, 10) if bench.smoke else (10_000, 1_000)
     filler = bench.bin("examples/large_store")
     if not filler.exists():
-        raise BenchError(f"{filler} is missing (cargo build --release --workspace --bins --examples)")
+        raise BenchError(f"{filler} is missing (cargo build --release --workspace --lib --bins --examples)")
     whole = Row(f"garbage collection of {blobs} blobs, {snapshots} snapshots", "ms", VARIANTS, digits=1)
     pause = Row("crated's stop-the-world pause in it", "ms", ("crated",), ratios=(), digits=1)
     fill = Row("filling the store (not a target)", "s", VARIANTS, digits=1)
@@ -1119,7 +1119,7 @@ def main():
         sys.exit("bench: needs root (mounts, containers)")
 
     if args.build:
-        cmd = ["cargo", "build", "--workspace", "--bins", "--examples", "--locked"]
+        cmd = ["cargo", "build", "--workspace", "--lib", "--bins", "--examples", "--locked"]
         if args.profile == "release":
             cmd.append("--release")
         elif args.profile != "debug":
