@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, checks formatting, builds everything (daemon,
 # ctr, test plugins), runs the whole test suite in parallel with cargo-nextest,
-# and checks that the tests left no shim process, mount or cgroup behind.
+# checks that the tests left no shim process, mount or cgroup behind, and
+# runs the benchmark harness's smoke run (scripts/bench.py --smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -16,4 +17,9 @@ else
     cargo test --workspace --locked --no-fail-fast "$@"
 fi
 # Nothing the tests started may outlive them: no shim, mount or cgroup.
+scripts/leak-check.sh compare "$before"
+# The benchmark harness still works (one run of its cheap scenarios, tiny
+# sizes, on the debug build just made; no timing is checked), and it too
+# leaves nothing behind.
+scripts/bench.py --smoke --profile debug
 scripts/leak-check.sh compare "$before"

@@ -5,10 +5,12 @@
 //! [`registry`] runs a real registry, and a fault-injecting proxy, for pull
 //! and push tests; [`transfer_client`] drives the Transfer service;
 //! [`misbehave`] names what the misbehaving test plugins and their tests share;
-//! [`bundle`] says which plugins the bundled library holds.
+//! [`bundle`] says which plugins the bundled library holds;
+//! [`large_store`] fills a store for measuring a garbage collection.
 
 pub mod bundle;
 pub mod images;
+pub mod large_store;
 pub mod misbehave;
 pub mod registry;
 pub mod stock;

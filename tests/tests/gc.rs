@@ -367,45 +367,10 @@ async fn pause_on_a_large_store() {
 }
 
 /// 10,000 small blobs under the lease `keep` and 1,000 native snapshots
-/// labelled as GC roots, in the namespace `big`, written 8 at a time.
+/// labelled as GC roots, in the namespace `big` (the store the benchmark
+/// harness measures too).
 async fn fill_large_store(ch: tonic::transport::Channel) {
-    use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse};
-    let _: CreateResponse = common::unary(
-        &ch,
-        "/containerd.services.leases.v1.Leases/Create",
-        Some("big"),
-        CreateRequest { id: "keep".into(), labels: Default::default() },
-    )
-    .await
-    .expect("lease create");
-    let mut tasks = Vec::new();
-    for t in 0..8 {
-        let ch = ch.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (t..10_000).step_by(8) {
-                let data = format!("blob number {i}");
-                common::write_blob(&ch, "big", &format!("r{i}"), data.as_bytes(), Some("keep"), &[]).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    for i in 0..1_000 {
-        let _: PrepareSnapshotResponse = common::unary(
-            &ch,
-            "/containerd.services.snapshots.v1.Snapshots/Prepare",
-            Some("big"),
-            PrepareSnapshotRequest {
-                snapshotter: "native".into(),
-                key: format!("s{i}"),
-                labels: [("containerd.io/gc.root".to_string(), "x".to_string())].into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    }
+    crated_tests::large_store::fill(&ch, "big", 10_000, 1_000).await.expect("filling the large store");
 }
 
 /// Our ctr against `d`, in `ns`.
