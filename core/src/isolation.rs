@@ -53,12 +53,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{
-    config::IsolationLimits,
-    plugins::PluginState,
-    proxy::Proxy,
-    router::{service_of, DependencyHost},
-};
+use crate::{config::IsolationLimits, plugins::PluginState, proxy::Proxy, router::DependencyHost};
 
 /// The header that names a call's callee (`CallHead::target`) on the
 /// dependency socket.
@@ -507,7 +502,6 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for Dependenc
             Ok(route) => route,
             Err(s) => return futures::future::ready(Ok(grpc::to_tonic(s.into()).into_http())).boxed(),
         };
-        debug_assert!(route.services.contains(service_of(req.uri().path())) || target.is_empty());
         let kind = route.streaming.get(req.uri().path()).copied().unwrap_or(CallKind::Unary);
         grpc::dispatch(route, kind, req, self.limits).map(Ok).boxed()
     }
