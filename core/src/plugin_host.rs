@@ -31,7 +31,7 @@ use crate::{
     isolation::{HostReply, HostSpec, Ready, StreamKind, TARGET_HEADER},
     lane::Lane,
     loader,
-    plugins::{plugin_log, run_init, shutdown_route, PluginState},
+    plugins::{plugin_log, run_init, shutdown_route},
     proxy::Proxy,
     router::{to_rresult, GrpcRouter, PluginTarget, Route, RouteTable, Target},
 };
@@ -136,8 +136,7 @@ async fn serve(spec: HostSpec) {
                 InitErrorKind::Failed => HostReply::Failed(e.message.into_string()),
             })
         }
-        Err(PluginState::Failed(m) | PluginState::Skipped(m)) => return reply(&HostReply::Failed(m)),
-        Err(PluginState::Running) => return,
+        Err(m) => return reply(&HostReply::Failed(m)),
     };
 
     let lane = Arc::new(Lane::new(&spec.id));

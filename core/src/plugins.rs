@@ -515,7 +515,7 @@ async fn init_one(
         host: ServiceHost_TO::from_ptr(abi_stable::std_types::RArc::new(host), TD_Opaque),
         log: plugin_log,
     };
-    match run_init(c.reg.init, ctx, timeouts.init).await? {
+    match run_init(c.reg.init, ctx, timeouts.init).await.map_err(PluginState::Failed)? {
         ROk(inst) => Ok(Started {
             services: inst.services.iter().map(|s| s.to_string()).collect(),
             internal: inst.internal.iter().map(|s| s.to_string()).collect(),
@@ -541,12 +541,12 @@ async fn init_one(
 /// (a blocking call, a deadlock) would take the lane with it, and with the
 /// lane every other plugin of the library. On a thread of its own it costs
 /// one leaked thread; the plugin is marked failed and its dependents are
-/// not started, while the daemon starts.
+/// not started, while the daemon starts. `Err` says why init gave no answer.
 pub(crate) async fn run_init(
     init: InitFn,
     ctx: InitContext,
     timeout: Duration,
-) -> Result<RResult<PluginInstance, InitError>, PluginState> {
+) -> Result<RResult<PluginInstance, InitError>, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("plugin-init".into())
@@ -554,12 +554,12 @@ pub(crate) async fn run_init(
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| futures::executor::block_on(init(ctx))));
             let _ = tx.send(outcome);
         })
-        .map_err(|e| PluginState::Failed(format!("cannot start a thread for init: {e}")))?;
+        .map_err(|e| format!("cannot start a thread for init: {e}"))?;
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(Ok(result))) => Ok(result),
-        Ok(Ok(Err(_))) => Err(PluginState::Failed("plugin panicked during init".into())),
-        Ok(Err(_)) => Err(PluginState::Failed("plugin init ended without a result".into())),
-        Err(_) => Err(PluginState::Failed(format!("init did not finish within {}", format_go_duration(timeout)))),
+        Ok(Ok(Err(_))) => Err("plugin panicked during init".into()),
+        Ok(Err(_)) => Err("plugin init ended without a result".into()),
+        Err(_) => Err(format!("init did not finish within {}", format_go_duration(timeout))),
     }
 }
 

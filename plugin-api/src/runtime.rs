@@ -10,12 +10,13 @@
 //! the client cancelled stops doing work.
 //!
 //! The cheaper way, used for unary calls, is [`in_context`]: the future is
-//! polled by the core's thread, but each poll runs inside this library's
+//! polled by whichever thread polls the call (in crated, the plugin's lane,
+//! a thread of the core's), but each poll runs inside this library's
 //! runtime context (`Runtime::enter`, which sets *this* copy of tokio's
 //! thread-locals). Timers and sockets then register with this library's
-//! reactor, which its own worker threads drive, and wake the core's task
-//! through the waker they were given. No task hop, no cross-runtime wake-up:
-//! measured in `tests/benches/roundtrip.rs`.
+//! reactor, which its own worker threads drive, and wake the polling task
+//! through the waker they were given. No task hop onto this library's
+//! runtime: measured in `tests/benches/roundtrip.rs`.
 
 use std::{
     any::Any,

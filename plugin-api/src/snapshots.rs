@@ -167,8 +167,8 @@ impl<S: SnapshotterPlugin> Plugin for AsPlugin<S> {
         info
     }
 
-    fn init(ctx: InitCtx) -> impl Future<Output = Result<ServiceRouter, PluginError>> + Send + 'static {
-        async move { Ok(router(S::new(ctx).await?).internal(SERVICE)) }
+    async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
+        Ok(router(S::new(ctx).await?).internal(SERVICE))
     }
 }
 

@@ -451,6 +451,24 @@ pub fn with_corrupted_blob(archive: &Archive, digest: &str) -> Result<Vec<u8>, I
     outer_tar(files, &[])
 }
 
+/// A tar of raw entries, for hostile archives: (name, type, link target,
+/// data), names and link targets written as given (`..` and absolute ones
+/// too, which the tar crate's own setters refuse).
+pub fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

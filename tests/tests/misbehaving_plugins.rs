@@ -135,10 +135,9 @@ async fn plugins_ls(d: &Daemon, args: &[&str]) -> String {
 /// The STATUS column of `type id` in a `plugins ls` table.
 fn status_of(table: &str, key: &str) -> Option<String> {
     let (plugin_type, id) = split_key(key);
-    table.lines().find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.len() >= 4 && cols[0] == plugin_type && cols[1] == id).then(|| cols[cols.len() - 1].to_string())
-    })
+    common::plugin_row(table, plugin_type, id)
+        .filter(|cols| cols.len() >= 4)
+        .and_then(|cols| Some(cols.last()?.to_string()))
 }
 
 /// `type.id` split at the last dot.
@@ -162,10 +161,7 @@ fn detail_block(detail: &str, key: &str) -> Option<String> {
 
 /// The value of export `key` in a `-d` block.
 fn export(block: &str, key: &str) -> Option<String> {
-    block.lines().find_map(|l| {
-        let mut cols = l.split_whitespace();
-        (cols.next() == Some(key)).then(|| cols.next().unwrap_or_default().to_string())
-    })
+    common::plugin_export(block, key).map(str::to_string)
 }
 
 /// The `-d` block of `key`, which must be listed.
@@ -239,7 +235,7 @@ async fn assert_others_answer(d: &Daemon) {
 ///
 /// More calls than the core has worker threads: were they polled on the
 /// core's workers, nothing else could answer.
-async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str, streaming: bool) {
+async fn blocked_calls_cost_only_their_plugin(d: &Daemon, path: &str, streaming: bool) {
     let gate_dir = tempfile::Builder::new().prefix("gate").tempdir_in(d.setup.path()).unwrap();
     let gate = gate_dir.path();
     let calls = std::thread::available_parallelism().map_or(4, usize::from).max(2) + 2;
@@ -294,20 +290,20 @@ async fn blocked_calls_cost_only_their_library(d: &Daemon, path: &str, streaming
 async fn a_sleeping_handler_delays_only_its_own_library() {
     let d = setup(&[SLEEPER], "", "").start();
     assert_eq!(served_pid(&d, SLEEPER_SERVICE).await, d.pid(), "the sleeper runs in the daemon");
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
+    blocked_calls_cost_only_their_plugin(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_blocking_in_its_frames_delays_only_its_own_library() {
     let d = setup(&[SLEEPER], "", "").start();
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
+    blocked_calls_cost_only_their_plugin(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spinning_handler_delays_only_its_own_library() {
     let d = setup(&[SPINNER], "", "").start();
     assert_eq!(served_pid(&d, SPINNER_SERVICE).await, d.pid(), "the spinner runs in the daemon");
-    blocked_calls_cost_only_their_library(&d, &method(SPINNER_SERVICE, "Spin"), false).await;
+    blocked_calls_cost_only_their_plugin(&d, &method(SPINNER_SERVICE, "Spin"), false).await;
 }
 
 // ---- init and shutdown that never return ------------------------------------
@@ -487,8 +483,8 @@ async fn an_isolated_sleeping_handler_blocks_only_its_host() {
     let mut d = setup(&[SLEEPER], &isolated(&[SLEEPER]), "").start();
     let host = assert_isolated_ok(&d, SLEEPER, SLEEPER_SERVICE, "0").await;
     reaper.saw(host);
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
-    blocked_calls_cost_only_their_library(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
+    blocked_calls_cost_only_their_plugin(&d, &method(SLEEPER_SERVICE, "Block"), false).await;
+    blocked_calls_cost_only_their_plugin(&d, &method(SLEEPER_SERVICE, "BlockStream"), true).await;
     let status = d.stop();
     assert!(status.success(), "crated exited with {status}:\n{}", d.log());
     assert!(common::wait_process_gone(host, Duration::from_secs(10)), "host {host} outlived the daemon");

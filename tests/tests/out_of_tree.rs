@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{stderr, stdout, unary, Setup};
+use common::{plugin_export, stderr, stdout, unary, Setup};
 use tonic::Code;
 
 // The client side of `example.hello.v1`, defined again here as a client in
@@ -52,18 +52,7 @@ fn setup_with_hello() -> Setup {
 
 /// The `plugins ls` row of `hello`, as its whitespace-separated columns.
 fn hello_row(listing: &str) -> Option<Vec<&str>> {
-    listing
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|cols| cols.len() >= 3 && cols[0] == "io.example.hello.v1" && cols[1] == "hello")
-}
-
-/// The value of export `key` in `plugins ls -d` output.
-fn export<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
-    detail.lines().find_map(|l| {
-        let mut cols = l.split_whitespace();
-        (cols.next() == Some(key)).then(|| cols.next().unwrap_or_default())
-    })
+    common::plugin_row(listing, "io.example.hello.v1", "hello")
 }
 
 fn say_hello(name: &str) -> HelloRequest {
@@ -104,7 +93,7 @@ async fn loads_lists_and_serves(setup: Setup, isolated: bool) {
         assert!(out.status.success(), "{who} plugins ls -d failed: {}", stderr(&out));
         let text = stdout(&out);
         assert!(text.contains("io.example.hello.v1"), "{who}:\n{text}");
-        let library = export(&text, "io.crated.plugin.library")
+        let library = plugin_export(&text, "io.crated.plugin.library")
             .unwrap_or_else(|| panic!("{who}: no io.crated.plugin.library export:\n{text}"));
         assert_eq!(
             std::fs::canonicalize(library).unwrap(),
@@ -112,9 +101,9 @@ async fn loads_lists_and_serves(setup: Setup, isolated: bool) {
             "{who}: the library export must point at the copy in plugin_dir:\n{text}"
         );
         let abi = crated_plugin_api::abi::ABI_VERSION.to_string();
-        assert_eq!(export(&text, "io.crated.plugin.abi"), Some(abi.as_str()), "{who}:\n{text}");
-        assert_eq!(export(&text, "greeting_source"), Some("config"), "{who}: the plugin's own export:\n{text}");
-        let host = export(&text, "io.crated.plugin.host.pid");
+        assert_eq!(plugin_export(&text, "io.crated.plugin.abi"), Some(abi.as_str()), "{who}:\n{text}");
+        assert_eq!(plugin_export(&text, "greeting_source"), Some("config"), "{who}: the plugin's own export:\n{text}");
+        let host = plugin_export(&text, "io.crated.plugin.host.pid");
         if isolated {
             let pid: u32 = host
                 .and_then(|p| p.parse().ok())

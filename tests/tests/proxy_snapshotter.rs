@@ -105,20 +105,12 @@ impl Drop for ProxyServer {
     }
 }
 
-/// The `plugins ls` row of `type id`, as whitespace-separated columns.
-fn row<'a>(listing: &'a str, plugin_type: &str, id: &str) -> Option<Vec<&'a str>> {
-    listing
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|cols| cols.len() >= 3 && cols[0] == plugin_type && cols[1] == id)
-}
-
 /// Both `ctr`s list snapshotter `id` as `ok`.
 fn assert_listed_ok(d: &Daemon, id: &str) {
     for (who, out) in [("our ctr", d.ctr(&["plugins", "ls"])), ("stock ctr", d.stock_ctr(&["plugins", "ls"]))] {
         assert!(out.status.success(), "{who} plugins ls failed: {}", stderr(&out));
         let text = stdout(&out);
-        let r = row(&text, "io.containerd.snapshotter.v1", id)
+        let r = common::plugin_row(&text, "io.containerd.snapshotter.v1", id)
             .unwrap_or_else(|| panic!("{who} does not list snapshotter {id}:\n{text}\n{}", d.log()));
         assert_eq!(r.last(), Some(&"ok"), "{who}:\n{text}\n{}", d.log());
     }
@@ -266,7 +258,7 @@ fn example_snapshotter_as_a_stock_containerd_proxy_plugin() {
     let proxy = ProxyServer::start(&tmp.path().join("root"), &socket);
     let c = StockContainerd::start_with(&format!("[proxy_plugins.x]\ntype = \"snapshot\"\naddress = {:?}\n", socket));
     let listing = stdout(&c.ctr(&["plugins", "ls"]));
-    let r = row(&listing, "io.containerd.snapshotter.v1", "x").unwrap_or_else(|| panic!("{listing}"));
+    let r = common::plugin_row(&listing, "io.containerd.snapshotter.v1", "x").unwrap_or_else(|| panic!("{listing}"));
     assert_eq!(r.last(), Some(&"ok"), "{listing}");
     exercise(&|args| c.ctr(args), "x", false, &|| format!("{}\n{}", c.log(), proxy.log()));
 }

@@ -22,7 +22,7 @@ use std::{
 };
 
 use common::{stderr, stdout, Daemon, Setup};
-use crated_tests::images::{oci_archive, ImageOptions};
+use crated_tests::images::{oci_archive, raw_tar, ImageOptions};
 
 const STACK: &[&str] = &["content", "metadata", "events", "snapshots", "diff", "transfer", "runtime"];
 const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
@@ -641,23 +641,6 @@ async fn put_blob(ch: &tonic::transport::Channel, ns: &str, lease: &str, data: &
     .await
     .unwrap();
     digest
-}
-
-/// A tar of raw entries (names written as given, `..` and absolute ones
-/// too): (name, type, link target, data).
-fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, kind, link, data) in entries {
-        let mut h = tar::Header::new_ustar();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(*kind);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, *data).unwrap();
-    }
-    b.into_inner().unwrap()
 }
 
 /// Tasks.Create from a checkpoint in content (containerd 1.6's restore):

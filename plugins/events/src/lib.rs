@@ -10,8 +10,9 @@
 //! # Publishing from another plugin
 //!
 //! Use the small rlib `crated-events-api` (`plugins/events/api`), not this
-//! crate (linking a plugin library into another one clashes on the root
-//! symbol). It is re-exported here as [`api`]; in short:
+//! crate (whose store and service a publisher does not need, and which a
+//! third-party plugin cannot link). It is re-exported here as [`api`]; in
+//! short:
 //!
 //! - list `"io.containerd.event.v1"` ([`api::PLUGIN_TYPE`]) in `requires`;
 //! - build the event's `Any` with [`api::any_event`]: the `type_url` is the

@@ -1,6 +1,6 @@
 //! The bundled snapshotters, `io.containerd.snapshotter.v1.overlayfs` and
-//! `io.containerd.snapshotter.v1.native`, in one library (every cdylib
-//! carries its own std, tokio and prost). Both are written against the
+//! `io.containerd.snapshotter.v1.native`, in one crate (exported with the
+//! other bundled plugins by `plugins/bundle`). Both are written against the
 //! plugin-api `Snapshotter` trait, exactly as a third party would.
 //!
 //! - [`storage`]: the metadata of snapshots (redb, `metadata.db`) and the

@@ -601,6 +601,23 @@ pub async fn write_blob(
     last.map(|m| m.digest).ok_or_else(|| tonic::Status::internal("no commit response"))
 }
 
+/// The `plugins ls` row of `type id`, as its whitespace-separated columns.
+pub fn plugin_row<'a>(listing: &'a str, plugin_type: &str, id: &str) -> Option<Vec<&'a str>> {
+    listing
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.len() >= 3 && cols[0] == plugin_type && cols[1] == id)
+}
+
+/// The value of export `key` in `plugins ls -d` output (or in one plugin's
+/// block of it).
+pub fn plugin_export<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
+    detail.lines().find_map(|l| {
+        let mut cols = l.split_whitespace();
+        (cols.next() == Some(key)).then(|| cols.next().unwrap_or_default())
+    })
+}
+
 /// `/proc/<pid>/stat`'s state letter and parent pid, if the process exists.
 pub fn process_state(pid: u32) -> Option<(char, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
