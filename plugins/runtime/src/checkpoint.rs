@@ -318,24 +318,8 @@ fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crated_tests::images::raw_tar;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-
-    /// A tar of raw entries: names and link targets written as given (the
-    /// tar crate's own setters refuse `..` and absolute names).
-    fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, kind, link, data) in entries {
-            let mut h = tar::Header::new_ustar();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(*kind);
-            h.set_mode(0o644);
-            h.set_size(data.len() as u64);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
 
     /// Everything below `dir`: (relative name, kind, contents or target).
     fn tree(dir: &Path) -> Vec<(String, &'static str, String)> {
