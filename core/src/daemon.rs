@@ -5,6 +5,8 @@ use std::{path::Path, sync::Arc};
 
 use crate::{
     config::Config,
+    debug,
+    http::{Endpoints, HttpListener},
     introspection::{core_services, server_uuid, Records},
     loader,
     plugins::{self, StartError},
@@ -89,6 +91,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
+    let endpoints = match start_endpoints(&config).await {
+        Ok(e) => e,
+        Err(e) => {
+            set.shutdown().await;
+            let _ = std::fs::remove_file(&address);
+            return Err(e);
+        }
+    };
     tracing::info!(address = %address.display(), "serving");
     let router = GrpcRouter::new(
         Arc::new(set.routes.clone()),
@@ -97,9 +107,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
+    endpoints.stop().await;
     set.shutdown().await;
     let _ = std::fs::remove_file(&address);
     Ok(())
+}
+
+/// The HTTP endpoints `config` asks for (none by default, as in containerd).
+async fn start_endpoints(config: &Config) -> Result<Endpoints, DaemonError> {
+    let mut endpoints = Endpoints::default();
+    if !config.debug.address.is_empty() {
+        let listener = HttpListener::bind(&config.debug.address, config.debug.uid, config.debug.gid).await?;
+        tracing::info!(address = %config.debug.address, "serving the debug endpoint");
+        endpoints.start(listener, debug::handler());
+    }
+    Ok(endpoints)
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (not when first polled) and

@@ -4,7 +4,9 @@
 
 pub mod config;
 pub mod daemon;
+pub mod debug;
 pub mod graph;
+pub mod http;
 pub mod introspection;
 pub mod isolation;
 pub mod lane;
