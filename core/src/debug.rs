@@ -20,7 +20,10 @@ use futures::FutureExt;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::http::{query_param, respond, text, HttpHandler, HttpResponse};
+use crate::{
+    http::{query_param, respond, text, HttpHandler, HttpResponse},
+    threads,
+};
 
 /// The handler of the debug socket.
 pub fn handler() -> HttpHandler {
@@ -38,6 +41,11 @@ async fn handle(req: Request<Incoming>) -> HttpResponse {
         "" => index(),
         "cmdline" => text(StatusCode::OK, std::env::args().collect::<Vec<_>>().join("\0")),
         "threadcreate" => threadcreate(),
+        "goroutine" => goroutine().await,
+        "profile" => match seconds(&req, 30) {
+            Ok(d) => cpu_profile(d).await,
+            Err(bad) => bad,
+        },
         "heap" | "allocs" => unsupported(name, "crated uses the system allocator, which keeps no allocation profile"),
         "block" | "mutex" => unsupported(name, "blocking and lock contention are profiled by Go's scheduler; Rust threads and tokio keep no such record (use `profile` for where time goes)"),
         "trace" => unsupported(name, "Go's execution tracer has no Rust counterpart (use `profile`)"),
@@ -64,24 +72,8 @@ fn index() -> HttpResponse {
     respond(StatusCode::OK, "text/html; charset=utf-8", body)
 }
 
-/// The threads of this process: (tid, name).
-pub fn threads() -> Vec<(i32, String)> {
-    let mut out: Vec<(i32, String)> = std::fs::read_dir("/proc/self/task")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let tid = e.file_name().to_str()?.parse().ok()?;
-            let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-            Some((tid, name.trim_end().to_string()))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 fn threadcreate() -> HttpResponse {
-    let threads = threads();
+    let threads = threads::list();
     let mut body = format!("threadcreate profile: total {}\n", threads.len());
     for (tid, name) in &threads {
         body.push_str(&format!("# thread {tid} {name}\n"));
@@ -89,7 +81,6 @@ fn threadcreate() -> HttpResponse {
     text(StatusCode::OK, body)
 }
 
-#[allow(dead_code)]
 fn seconds(req: &Request<Incoming>, default: u64) -> Result<Duration, HttpResponse> {
     match query_param(req, "seconds") {
         None | Some("") => Ok(Duration::from_secs(default)),
@@ -101,5 +92,59 @@ fn seconds(req: &Request<Incoming>, default: u64) -> Result<Duration, HttpRespon
             .ok_or_else(|| {
                 text(StatusCode::BAD_REQUEST, format!("bad seconds {s:?}: want a number of seconds in (0, 3600]\n"))
             }),
+    }
+}
+
+async fn goroutine() -> HttpResponse {
+    match tokio::task::spawn_blocking(|| threads::dump().map(|stacks| threads::render(&stacks))).await {
+        Ok(Ok(dump)) => text(StatusCode::OK, dump),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("crated: {e}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("crated: thread dump failed: {e}\n")),
+    }
+}
+
+/// Go samples at 100 Hz; so do we (SIGPROF on a process-wide timer, so
+/// every thread that burns CPU is sampled, whichever library it runs).
+const PROFILE_HZ: i32 = 100;
+
+/// A CPU profile for `duration`, as gzip'd pprof protobuf. One at a time,
+/// as in Go (the process has one profiling timer).
+async fn cpu_profile(duration: Duration) -> HttpResponse {
+    let guard = match pprof::ProfilerGuardBuilder::default()
+        .frequency(PROFILE_HZ)
+        // Frames inside these are unwound badly or not at all; skip samples
+        // whose interrupted frame is there, as the pprof crate advises.
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+    {
+        Ok(g) => g,
+        Err(e) => {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, format!("Could not enable CPU profiling: {e}\n"));
+        }
+    };
+    tokio::time::sleep(duration).await;
+    // Symbolising and encoding read debug info: seconds of CPU for a large
+    // profile, so off the async workers.
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+        use pprof::protos::Message as _;
+        use std::io::Write as _;
+        let profile = guard.report().build().and_then(|r| r.pprof()).map_err(|e| e.to_string())?;
+        drop(guard);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&profile.encode_to_vec()).map_err(|e| e.to_string())?;
+        gz.finish().map_err(|e| e.to_string())
+    })
+    .await;
+    match encoded {
+        Ok(Ok(body)) => {
+            let mut r = respond(StatusCode::OK, "application/octet-stream", body);
+            r.headers_mut().insert(
+                http::header::CONTENT_DISPOSITION,
+                http::HeaderValue::from_static("attachment; filename=\"profile\""),
+            );
+            r
+        }
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("crated: building the profile: {e}\n")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("crated: building the profile: {e}\n")),
     }
 }

@@ -16,3 +16,4 @@ pub mod plugins;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod threads;

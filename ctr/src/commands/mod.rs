@@ -14,6 +14,7 @@ pub mod leases;
 pub mod namespaces;
 pub mod oci;
 pub mod plugins;
+pub mod pprof;
 pub mod run;
 pub mod shim;
 pub mod snapshots;
@@ -147,6 +148,9 @@ pub enum Command {
     },
     /// Run a container
     Run(Box<run::RunArgs>),
+    /// Provide golang pprof outputs for containerd (crated: profiles of the daemon)
+    #[command(subcommand_required = true, arg_required_else_help = true)]
+    Pprof(pprof::PprofArgs),
     /// Interact with a shim directly
     #[command(subcommand_required = true, arg_required_else_help = true)]
     Shim(shim::ShimArgs),
@@ -178,6 +182,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Plugins { command } => plugins::run(&cli.global, command).await,
             Command::Snapshots(args) => snapshots::run(&cli.global, args).await,
             Command::Run(args) => run::run(&cli.global, *args).await,
+            Command::Pprof(args) => pprof::run(&cli.global, args).await,
             Command::Shim(args) => shim::run(&cli.global, args).await,
             Command::Tasks { command } => tasks::run(&cli.global, command).await,
             Command::Version => version::run(&cli.global).await,
