@@ -8,7 +8,7 @@ use crate::{
     debug,
     http::{Endpoints, HttpListener},
     introspection::{core_services, server_uuid, Records},
-    loader,
+    loader, plugin_watch,
     plugins::{self, StartError},
     router::GrpcRouter,
     server::{self, SocketError},
@@ -80,9 +80,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             loader::Scan::default()
         }
     };
-    let records: Records = Arc::new(std::sync::OnceLock::new());
-    let set = plugins::start(&config, scan, core_services(records.clone(), uuid)).await?;
-    let _ = records.set(set.records.clone());
+    let records: Records = Arc::default();
+    let set = plugins::start(&config, scan, core_services(records.clone(), uuid), records).await?;
 
     let listener = match server::bind(&address, config.grpc.uid, config.grpc.gid) {
         Ok(l) => l,
@@ -99,16 +98,22 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    let routes = set.routes.clone();
+    let config = Arc::new(config);
+    let set = Arc::new(tokio::sync::Mutex::new(set));
+    let watch = plugin_watch::start(config.clone(), set.clone()).await;
     tracing::info!(address = %address.display(), "serving");
-    let router = GrpcRouter::new(
-        Arc::new(set.routes.clone()),
-        config.grpc.max_recv_message_size,
-        config.grpc.max_send_message_size,
-    );
+    let router = GrpcRouter::new(routes, config.grpc.max_recv_message_size, config.grpc.max_send_message_size);
     server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
     endpoints.stop().await;
-    set.shutdown().await;
+    if let Some(w) = watch {
+        // A library being loaded now is abandoned: its init thread, if any,
+        // is left to the process's exit.
+        w.abort();
+        let _ = w.await;
+    }
+    set.lock().await.shutdown().await;
     let _ = std::fs::remove_file(&address);
     Ok(())
 }

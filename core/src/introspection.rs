@@ -6,7 +6,7 @@ use std::{
     borrow::Cow,
     os::unix::fs::MetadataExt,
     path::Path,
-    sync::{Arc, OnceLock},
+    sync::{Arc, RwLock},
 };
 
 use containerd_client::{
@@ -31,8 +31,9 @@ pub const REVISION: &str = match option_env!("CRATED_REVISION") {
     None => "",
 };
 
-/// The plugin list, known once init has finished.
-pub type Records = Arc<OnceLock<Vec<PluginRecord>>>;
+/// The plugin list: filled as plugins start, and grown when a library is
+/// loaded into the running daemon.
+pub type Records = Arc<RwLock<Vec<PluginRecord>>>;
 
 /// The server uuid, kept under root so it survives restarts, as containerd does.
 pub fn server_uuid(root: &Path) -> std::io::Result<String> {
@@ -107,11 +108,8 @@ struct IntrospectionService {
 impl IntrospectionService {
     async fn plugins(self, _: Call, req: PluginsRequest) -> Result<PluginsResponse, Status> {
         let filter = AnyFilter::parse(&req.filters)?;
-        let plugins = self
-            .records
-            .get()
-            .map(|all| all.iter().filter(|r| filter.matches(&RecordFields(r))).map(to_proto).collect())
-            .unwrap_or_default();
+        let all = self.records.read().unwrap_or_else(|e| e.into_inner());
+        let plugins = all.iter().filter(|r| filter.matches(&RecordFields(r))).map(to_proto).collect();
         Ok(PluginsResponse { plugins })
     }
 

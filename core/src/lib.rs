@@ -12,6 +12,7 @@ pub mod isolation;
 pub mod lane;
 pub mod loader;
 pub mod plugin_host;
+pub mod plugin_watch;
 pub mod plugins;
 pub mod proxy;
 pub mod router;

@@ -33,7 +33,7 @@ use crate::{
     loader,
     plugins::{plugin_log, run_init, shutdown_route},
     proxy::Proxy,
-    router::{to_rresult, GrpcRouter, PluginTarget, Route, RouteTable, Target},
+    router::{to_rresult, GrpcRouter, LiveRoutes, PluginTarget, Route, RouteTable, Target},
 };
 
 /// Why the host could not serve.
@@ -163,7 +163,8 @@ async fn serve(spec: HostSpec) {
     };
     reply(&HostReply::Ready(ready));
 
-    let router = GrpcRouter::new(Arc::new(table), spec.max_recv_message_size, spec.max_send_message_size);
+    let router =
+        GrpcRouter::new(Arc::new(LiveRoutes::new(table)), spec.max_recv_message_size, spec.max_send_message_size);
     crated_plugin_api::grpc::serve_connections(listener, router, stopped()).await;
     shutdown_route(&key, &route, spec.shutdown_timeout).await;
     let _ = std::fs::remove_file(&spec.listen);

@@ -30,13 +30,14 @@ use crated_plugin_api::{
 use crate::{
     config::{Config, PluginTimeouts, ProxyPlugin, DEFAULT_PLUGIN_INIT_TIMEOUT, DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT},
     graph::{self, Node},
+    introspection::Records,
     isolation::{
         DependencySpec, HostSpec, HostStatusCell, IsolatedPlugin, IsolationError, EXPORT_HOST_PID, EXPORT_HOST_RESTARTS,
     },
     lane::Lane,
-    loader::Scan,
+    loader::{self, LibraryLoadError, Scan},
     proxy::Proxy,
-    router::{DependencyHost, PluginTarget, Route, RouteTable, Target},
+    router::{DependencyHost, LiveRoutes, PluginTarget, Route, RouteTable, Target},
 };
 
 /// The type under which a library that failed to load is listed.
@@ -87,14 +88,39 @@ impl PluginRecord {
     }
 }
 
-/// The plugins of a running daemon.
+/// The plugins of a running daemon. Built at start; grown when a library
+/// is loaded into the running daemon ([`PluginSet::load_library`]).
 pub struct PluginSet {
-    pub records: Vec<PluginRecord>,
+    /// Every plugin's `ctr plugins ls` line, shared with introspection.
+    pub records: Records,
+    /// The table the socket serves from, shared with the router.
+    pub routes: Arc<LiveRoutes>,
     /// Initialised plugins, in init order, for shutdown in reverse.
-    pub running: Vec<(String, Arc<Route>)>,
-    pub routes: RouteTable,
-    /// How long each plugin's shutdown may take.
-    pub shutdown_timeout: Duration,
+    running: Vec<(String, Arc<Route>)>,
+    /// What init has brought up so far, where later plugins find their
+    /// dependencies.
+    progress: Progress,
+    timeouts: PluginTimeouts,
+    /// Every library file loaded or refused so far, as it was then, and
+    /// whether it loaded.
+    libraries: HashMap<PathBuf, (Option<FileIdentity>, bool)>,
+}
+
+/// What tells a file rewritten or replaced in place from the one loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileIdentity { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: (m.mtime(), m.mtime_nsec()) })
+    }
 }
 
 /// A failure that must stop the daemon.
@@ -193,174 +219,292 @@ fn plugin_dir(base: &Path, key: &str) -> PathBuf {
 }
 
 /// Loads, orders and initialises every plugin.
-pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Result<PluginSet, StartError> {
-    let mut records = Vec::new();
-    let mut routes = RouteTable::default();
-    let mut running = Vec::new();
-
-    for e in &scan.errors {
-        tracing::error!(library = %e.path.display(), "{}", e.message);
-        records.push(library_failure(&e.path, e.message.clone()));
-    }
-
+pub async fn start(
+    config: &Config,
+    scan: Scan,
+    core: Vec<CoreService>,
+    records: Records,
+) -> Result<PluginSet, StartError> {
     let timeouts = config.plugin_timeouts().unwrap_or_else(|e| {
         // daemon::run refuses such a config before it gets here.
         tracing::error!("{e}; using the default plugin timeouts");
         PluginTimeouts { init: DEFAULT_PLUGIN_INIT_TIMEOUT, shutdown: DEFAULT_PLUGIN_SHUTDOWN_TIMEOUT }
     });
-    let mut candidates = Vec::new();
-    for lib in scan.libraries {
-        for reg in lib.registrations {
-            let key = format!("{}.{}", reg.plugin_type, reg.id);
-            if config.disabled_plugins.contains(&key) {
-                tracing::info!(plugin = %key, "disabled by config");
-                continue;
+    let mut set = PluginSet {
+        records,
+        routes: Arc::new(LiveRoutes::default()),
+        running: Vec::new(),
+        progress: Progress::default(),
+        timeouts,
+        libraries: HashMap::new(),
+    };
+    set.add_core(core);
+    set.start_batch(config, scan, proxy_candidates(config)).await;
+
+    for key in &config.required_plugins {
+        let state = set.records().iter().find(|r| r.key() == *key).map(|r| r.state.clone());
+        let failure = match state {
+            None => Some(StartError::RequiredMissing(key.clone())),
+            Some(PluginState::Running) => None,
+            Some(PluginState::Skipped(m) | PluginState::Failed(m)) => {
+                Some(StartError::RequiredFailed { key: key.clone(), reason: m })
             }
-            candidates.push(Candidate {
-                reg,
-                library: lib.path.clone(),
-                sdk: lib.sdk_version.clone(),
-                abi: lib.abi_version,
+        };
+        if let Some(e) = failure {
+            set.shutdown().await;
+            return Err(e);
+        }
+    }
+    Ok(set)
+}
+
+/// Why a library file cannot be loaded again while the daemon runs.
+pub const RELOAD_REFUSED: &str = "this library is already loaded and its plugins keep running the code loaded \
+     first: replacing or removing a plugin library needs a restart of the daemon (libraries are never unloaded); \
+     replace a library with a new file (install or rename), never by writing into the loaded one";
+
+impl PluginSet {
+    /// Whether `path` was loaded (or refused) already.
+    pub fn has_library(&self, path: &Path) -> bool {
+        self.libraries.contains_key(path)
+    }
+
+    fn records(&self) -> std::sync::RwLockReadGuard<'_, Vec<PluginRecord>> {
+        self.records.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push_records(&self, new: impl IntoIterator<Item = PluginRecord>) {
+        self.records.write().unwrap_or_else(|e| e.into_inner()).extend(new);
+    }
+
+    /// The core's own services, listed and routed like plugins.
+    fn add_core(&mut self, core: Vec<CoreService>) {
+        let mut records = Vec::new();
+        for c in core {
+            let route = Arc::new(Route {
+                owner: format!("{}.{}", c.plugin_type, c.id),
+                target: Target::Core(c.router),
+                streaming: HashMap::new(),
+                services: c.services.iter().cloned().collect(),
+            });
+            if let Err(e) = self.progress.routes.insert(&c.services, route.clone(), &HashSet::new()) {
+                tracing::error!("{e}");
+            }
+            records.push(PluginRecord {
+                plugin_type: c.plugin_type.into(),
+                id: c.id.into(),
+                requires: vec![],
+                platforms: vec![],
+                exports: BTreeMap::new(),
+                capabilities: vec![],
+                state: PluginState::Running,
+                host: None,
             });
         }
+        self.push_records(records);
+        self.routes.replace(self.progress.routes.clone());
     }
 
-    for c in core {
-        let route = Arc::new(Route {
-            owner: format!("{}.{}", c.plugin_type, c.id),
-            target: Target::Core(c.router),
-            streaming: HashMap::new(),
-            services: c.services.iter().cloned().collect(),
-        });
-        if let Err(e) = routes.insert(&c.services, route.clone(), &HashSet::new()) {
-            tracing::error!("{e}");
+    /// Loads one library into the running daemon, found in `plugin_dir`
+    /// after start: its plugins are checked, ordered against the running
+    /// ones (their dependencies must be up), initialised, listed and
+    /// routed, without touching the plugins already running or their calls.
+    /// Returns the keys of the plugins it listed.
+    pub async fn load_library(&mut self, config: &Config, path: &Path) -> Vec<String> {
+        if let Some((identity, loaded)) = self.libraries.get(path).copied() {
+            if identity == FileIdentity::of(path) {
+                // The very file already seen (an event for a copy that
+                // finished while the daemon started).
+                return vec![];
+            }
+            if !loaded {
+                // A library that was refused and has been rewritten: try
+                // the new file, in place of the old failure.
+                let key = library_failure(path, String::new()).key();
+                self.records.write().unwrap_or_else(|e| e.into_inner()).retain(|r| r.key() != key);
+                self.libraries.remove(path);
+                return Box::pin(self.load_library(config, path)).await;
+            }
+            tracing::warn!(library = %path.display(), "{RELOAD_REFUSED}");
+            let record = library_failure(path, RELOAD_REFUSED.into());
+            let key = record.key();
+            let mut records = self.records.write().unwrap_or_else(|e| e.into_inner());
+            match records.iter_mut().find(|r| r.key() == key) {
+                Some(r) => *r = record,
+                None => records.push(record),
+            }
+            return vec![key];
         }
-        records.push(PluginRecord {
-            plugin_type: c.plugin_type.into(),
-            id: c.id.into(),
-            requires: vec![],
-            platforms: vec![],
-            exports: BTreeMap::new(),
-            capabilities: vec![],
-            state: PluginState::Running,
-            host: None,
-        });
+        tracing::info!(library = %path.display(), "loading a plugin library into the running daemon");
+        let owned = path.to_path_buf();
+        let scan = match tokio::task::spawn_blocking(move || loader::load(&owned)).await {
+            Ok(Ok(lib)) => Scan { libraries: vec![lib], errors: vec![] },
+            Ok(Err(message)) => {
+                Scan { libraries: vec![], errors: vec![LibraryLoadError { path: path.into(), message }] }
+            }
+            Err(e) => Scan {
+                libraries: vec![],
+                errors: vec![LibraryLoadError { path: path.into(), message: format!("loading panicked: {e}") }],
+            },
+        };
+        self.start_batch(config, scan, Vec::new()).await
     }
 
-    // Proxies come after the libraries' plugins: index `candidates.len() + j`
-    // in the graph is `proxies[j]`.
-    let proxies = proxy_candidates(config);
-    let nodes: Vec<Node> = candidates
-        .iter()
-        .map(|c| Node {
-            plugin_type: c.reg.plugin_type.to_string(),
-            id: c.reg.id.to_string(),
-            requires: c.reg.requires.iter().map(|r| r.to_string()).collect(),
-            optional: c.reg.optional.iter().map(|r| r.to_string()).collect(),
-        })
-        .chain(proxies.iter().map(|p| Node {
-            plugin_type: p.plugin_type.to_string(),
-            id: p.name.clone(),
-            requires: vec![],
-            optional: vec![],
-        }))
-        .collect();
-    let plan = graph::plan(&nodes);
-
-    let mut slot: Vec<Option<PluginRecord>> =
-        candidates.iter().map(record_of).chain(proxies.iter().map(ProxyCandidate::record)).map(Some).collect();
-    for (i, reason) in &plan.refused {
-        if let Some(r) = slot[*i].as_mut() {
-            tracing::error!(plugin = %r.key(), "{reason}");
-            r.state = PluginState::Failed(reason.clone());
+    /// Orders and initialises a batch of plugins (all of them at start, one
+    /// library's later), then publishes their records and routes. A
+    /// requirement on a type that only plugins already running provide is
+    /// met by them and plays no part in ordering the batch.
+    async fn start_batch(&mut self, config: &Config, scan: Scan, proxies: Vec<ProxyCandidate>) -> Vec<String> {
+        let mut records = Vec::new();
+        for e in &scan.errors {
+            tracing::error!(library = %e.path.display(), "{}", e.message);
+            self.libraries.insert(e.path.clone(), (FileIdentity::of(&e.path), false));
+            records.push(library_failure(&e.path, e.message.clone()));
         }
+        let mut candidates = Vec::new();
+        for lib in scan.libraries {
+            self.libraries.insert(lib.path.clone(), (FileIdentity::of(&lib.path), true));
+            for reg in lib.registrations {
+                let key = format!("{}.{}", reg.plugin_type, reg.id);
+                if config.disabled_plugins.contains(&key) {
+                    tracing::info!(plugin = %key, "disabled by config");
+                    continue;
+                }
+                candidates.push(Candidate {
+                    reg,
+                    library: lib.path.clone(),
+                    sdk: lib.sdk_version.clone(),
+                    abi: lib.abi_version,
+                });
+            }
+        }
+
+        // Proxies come after the libraries' plugins: index
+        // `candidates.len() + j` in the graph is `proxies[j]`.
+        let batch_types: HashSet<String> = candidates
+            .iter()
+            .map(|c| c.reg.plugin_type.to_string())
+            .chain(proxies.iter().map(|p| p.plugin_type.to_string()))
+            .collect();
+        let known: HashSet<String> = self.records().iter().map(PluginRecord::key).collect();
+        let running_types: HashSet<String> = self.progress.running_by_type.keys().cloned().collect();
+        let nodes: Vec<Node> = candidates
+            .iter()
+            .map(|c| Node {
+                plugin_type: c.reg.plugin_type.to_string(),
+                id: c.reg.id.to_string(),
+                requires: c
+                    .reg
+                    .requires
+                    .iter()
+                    .map(|r| r.to_string())
+                    .filter(|r| r == "*" || batch_types.contains(r) || !running_types.contains(r))
+                    .collect(),
+                optional: c.reg.optional.iter().map(|r| r.to_string()).collect(),
+            })
+            .chain(proxies.iter().map(|p| Node {
+                plugin_type: p.plugin_type.to_string(),
+                id: p.name.clone(),
+                requires: vec![],
+                optional: vec![],
+            }))
+            .collect();
+        let plan = graph::plan(&nodes);
+
+        let mut slot: Vec<Option<PluginRecord>> =
+            candidates.iter().map(record_of).chain(proxies.iter().map(ProxyCandidate::record)).map(Some).collect();
+        for (i, reason) in &plan.refused {
+            if let Some(r) = slot[*i].as_mut() {
+                tracing::error!(plugin = %r.key(), "{reason}");
+                r.state = PluginState::Failed(reason.clone());
+            }
+        }
+        // A plugin already running under the same key keeps it.
+        for r in slot.iter_mut().flatten() {
+            if known.contains(&r.key()) {
+                let reason = format!("duplicate plugin {}: a plugin with this type and id is already running", r.key());
+                tracing::error!(plugin = %r.key(), "{reason}");
+                r.state = PluginState::Failed(reason);
+            }
+        }
+
+        for i in plan.order {
+            let Some(mut record) = slot[i].take_if(|r| !known.contains(&r.key())) else { continue };
+            record.state = self.start_one(config, &candidates, &proxies, i, &mut record).await;
+            slot[i] = Some(record);
+        }
+        records.extend(slot.into_iter().flatten());
+        let keys = records.iter().map(PluginRecord::key).collect();
+        self.push_records(records);
+        self.routes.replace(self.progress.routes.clone());
+        keys
     }
 
-    let mut progress = Progress::default();
-    // Plugin key -> every plugin it depends on, directly or not.
-    let mut closure: HashMap<String, HashSet<String>> = HashMap::new();
-    for i in plan.order {
-        let Some(mut record) = slot[i].take() else { continue };
+    /// Initialises the batch's plugin `i` and routes it; returns its state.
+    async fn start_one(
+        &mut self,
+        config: &Config,
+        candidates: &[Candidate],
+        proxies: &[ProxyCandidate],
+        i: usize,
+        record: &mut PluginRecord,
+    ) -> PluginState {
         let key = record.key();
+        let timeouts = self.timeouts;
         let started = match candidates.get(i) {
-            Some(c) => init_one(config, c, &record, &mut progress, &routes, timeouts).await,
+            Some(c) => init_one(config, c, record, &mut self.progress, timeouts).await,
             None => proxies[i - candidates.len()].start(),
         };
-        match started {
-            Ok(Started { services, internal, target, streaming, exports, direct, host }) => {
-                let route = Arc::new(Route {
-                    owner: key.clone(),
-                    target,
-                    streaming,
-                    services: services.iter().chain(&internal).cloned().collect(),
-                });
-                let mut wrapped: HashSet<String> = HashSet::new();
-                for d in direct {
-                    wrapped.extend(closure.get(&d).into_iter().flatten().cloned());
-                    wrapped.insert(d);
-                }
-                let inserted = routes.insert(&services, route.clone(), &wrapped);
-                closure.insert(key.clone(), wrapped);
-                match inserted {
-                    Ok(()) => {
-                        record.exports.extend(exports);
-                        record.state = PluginState::Running;
-                        record.host = host;
-                        tracing::info!(plugin = %key, services = ?services, "plugin started");
-                        progress.running_by_type.entry(record.plugin_type.clone()).or_default().push((
-                            key.clone(),
-                            PluginRef {
-                                plugin_type: record.plugin_type.as_str().into(),
-                                id: record.id.as_str().into(),
-                                services: services.iter().chain(&internal).map(|s| RString::from(s.as_str())).collect(),
-                                exports: record
-                                    .exports
-                                    .iter()
-                                    .map(|(k, v)| (RString::from(k.as_str()), RString::from(v.as_str())).into())
-                                    .collect(),
-                            },
-                        ));
-                        progress.running_routes.insert(key.clone(), route.clone());
-                        running.push((key.clone(), route));
-                    }
-                    Err(e) => {
-                        tracing::error!(plugin = %key, "{e}");
-                        shutdown_route(&key, &route, timeouts.shutdown).await;
-                        record.state = PluginState::Failed(e);
-                    }
-                }
-            }
+        let Started { services, internal, target, streaming, exports, direct, host } = match started {
+            Ok(s) => s,
             Err(state) => {
                 match &state {
                     PluginState::Skipped(m) => tracing::info!(plugin = %key, "{m}"),
                     PluginState::Failed(m) => tracing::error!(plugin = %key, "failed to start: {m}"),
                     PluginState::Running => {}
                 }
-                record.state = state;
+                return state;
             }
+        };
+        let route = Arc::new(Route {
+            owner: key.clone(),
+            target,
+            streaming,
+            services: services.iter().chain(&internal).cloned().collect(),
+        });
+        let progress = &mut self.progress;
+        let mut wrapped: HashSet<String> = HashSet::new();
+        for d in direct {
+            wrapped.extend(progress.closure.get(&d).into_iter().flatten().cloned());
+            wrapped.insert(d);
         }
-        slot[i] = Some(record);
-    }
-    records.extend(slot.into_iter().flatten());
-
-    let set = PluginSet { records, running, routes, shutdown_timeout: timeouts.shutdown };
-    for key in &config.required_plugins {
-        match set.records.iter().find(|r| r.key() == *key) {
-            None => {
-                set.shutdown().await;
-                return Err(StartError::RequiredMissing(key.clone()));
-            }
-            Some(r) => match &r.state {
-                PluginState::Running => {}
-                PluginState::Skipped(m) | PluginState::Failed(m) => {
-                    let reason = m.clone();
-                    set.shutdown().await;
-                    return Err(StartError::RequiredFailed { key: key.clone(), reason });
-                }
+        let inserted = progress.routes.insert(&services, route.clone(), &wrapped);
+        progress.closure.insert(key.clone(), wrapped);
+        if let Err(e) = inserted {
+            tracing::error!(plugin = %key, "{e}");
+            shutdown_route(&key, &route, timeouts.shutdown).await;
+            return PluginState::Failed(e);
+        }
+        record.exports.extend(exports);
+        record.host = host;
+        tracing::info!(plugin = %key, services = ?services, "plugin started");
+        progress.running_by_type.entry(record.plugin_type.clone()).or_default().push((
+            key.clone(),
+            PluginRef {
+                plugin_type: record.plugin_type.as_str().into(),
+                id: record.id.as_str().into(),
+                services: services.iter().chain(&internal).map(|s| RString::from(s.as_str())).collect(),
+                exports: record
+                    .exports
+                    .iter()
+                    .map(|(k, v)| (RString::from(k.as_str()), RString::from(v.as_str())).into())
+                    .collect(),
             },
-        }
+        ));
+        progress.running_routes.insert(key.clone(), route.clone());
+        self.running.push((key, route));
+        PluginState::Running
     }
-    Ok(set)
 }
 
 /// The `ctr plugins ls` line of a library that yielded no plugin.
@@ -422,6 +566,10 @@ struct Progress {
     running_routes: HashMap<String, Arc<Route>>,
     /// How many isolated plugins were started (numbers their sockets).
     isolated: usize,
+    /// Key -> every plugin it depends on, directly or not.
+    closure: HashMap<String, HashSet<String>>,
+    /// The route table being built; published whole after each batch.
+    routes: RouteTable,
 }
 
 /// Initialises one plugin whose dependencies have all been through init.
@@ -430,10 +578,9 @@ async fn init_one(
     c: &Candidate,
     record: &PluginRecord,
     progress: &mut Progress,
-    routes: &RouteTable,
     timeouts: PluginTimeouts,
 ) -> Result<Started, PluginState> {
-    let Progress { running_by_type, running_routes, isolated } = progress;
+    let Progress { running_by_type, running_routes, isolated, routes, .. } = progress;
     let key = record.key();
     let mut deps: Vec<(String, PluginRef)> = Vec::new();
     for req in &record.requires {
@@ -584,7 +731,7 @@ impl PluginSet {
     /// shutdown timeout.
     pub async fn shutdown(&self) {
         for (key, route) in self.running.iter().rev() {
-            shutdown_route(key, route, self.shutdown_timeout).await;
+            shutdown_route(key, route, self.timeouts.shutdown).await;
         }
     }
 }

@@ -205,22 +205,44 @@ impl Backend for Route {
     }
 }
 
+/// The route table the socket serves from. It changes only when a plugin
+/// library is loaded into the running daemon: the new table replaces the
+/// old one whole, so a request sees one table or the other, and a call in
+/// flight keeps the route it started with.
+#[derive(Default)]
+pub struct LiveRoutes(std::sync::RwLock<Arc<RouteTable>>);
+
+impl LiveRoutes {
+    pub fn new(table: RouteTable) -> Self {
+        LiveRoutes(std::sync::RwLock::new(Arc::new(table)))
+    }
+
+    /// The table now (a reference count, no copy).
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, table: RouteTable) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
 /// The HTTP/2 service behind the socket.
 #[derive(Clone)]
 pub struct GrpcRouter {
-    table: Arc<RouteTable>,
+    routes: Arc<LiveRoutes>,
     limits: Limits,
 }
 
 impl GrpcRouter {
-    pub fn new(table: Arc<RouteTable>, max_recv: usize, max_send: usize) -> Self {
-        GrpcRouter { table, limits: Limits { max_recv, max_send } }
+    pub fn new(routes: Arc<LiveRoutes>, max_recv: usize, max_send: usize) -> Self {
+        GrpcRouter { routes, limits: Limits { max_recv, max_send } }
     }
 
     async fn dispatch(self, req: Request<Incoming>) -> Response<tonic::body::Body> {
         let path = req.uri().path();
         let service = service_of(path);
-        let Some(route) = self.table.lookup(service).cloned() else {
+        let Some(route) = self.routes.current().lookup(service).cloned() else {
             return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
         };
         let kind = route.streaming.get(path).copied().unwrap_or(CallKind::Unary);
