@@ -7,11 +7,14 @@
 #   docker-registry    a real registry on 127.0.0.1 for pull/push tests
 #   python3-venv       `python3 -m venv` (Debian splits it out), for the venv
 #                      with grpcio from PyPI the gRPC client tests make
+#   criu               what runc checkpoints and restores with (the checkpoint
+#                      tests; on kernels where `criu check` fails they expect
+#                      criu's own failure, the same on both daemons)
 # The packages' own services are not used: tests start what they need on
 # temporary sockets and ports.
 set -euo pipefail
 
-packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv)
+packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv criu)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
