@@ -9,6 +9,7 @@ use crate::{
     loader,
     plugins::{self, StartError},
     router::GrpcRouter,
+    sd_notify,
     server::{self, SocketError},
 };
 
@@ -90,6 +91,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
     };
     tracing::info!(address = %address.display(), "serving");
+    // Connections queue from bind on, so systemd may start dependents now.
+    sd_notify::notify_logged(sd_notify::READY);
     let router = GrpcRouter::new(
         Arc::new(set.routes.clone()),
         config.grpc.max_recv_message_size,
@@ -97,6 +100,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
     server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
+    sd_notify::notify_logged(sd_notify::STOPPING);
     set.shutdown().await;
     let _ = std::fs::remove_file(&address);
     Ok(())
