@@ -11,6 +11,7 @@ use crate::{
     loader, plugin_watch,
     plugins::{self, StartError},
     router::GrpcRouter,
+    sd_notify,
     server::{self, SocketError},
 };
 
@@ -103,9 +104,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let set = Arc::new(tokio::sync::Mutex::new(set));
     let watch = plugin_watch::start(config.clone(), set.clone()).await;
     tracing::info!(address = %address.display(), "serving");
+    // Connections queue from bind on, so systemd may start dependents now.
+    sd_notify::notify_logged(sd_notify::READY);
     let router = GrpcRouter::new(routes, config.grpc.max_recv_message_size, config.grpc.max_send_message_size);
     server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
+    sd_notify::notify_logged(sd_notify::STOPPING);
     endpoints.stop().await;
     if let Some(w) = watch {
         // A library being loaded now is abandoned: its init thread, if any,

@@ -15,7 +15,7 @@ struct Cli {
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<PathBuf>,
     /// Address for the gRPC socket
-    #[arg(short = 'a', long = "address")]
+    #[arg(short = 'a', long = "address", global = true)]
     address: Option<String>,
     /// Root directory for persistent data
     #[arg(long)]
@@ -40,6 +40,57 @@ enum Command {
     /// Serve one isolated plugin (started by the daemon, not by hand)
     #[command(hide = true)]
     PluginHost,
+    /// Binary to publish events to the daemon (what shims run, the event on stdin)
+    Publish {
+        /// Namespace to publish to
+        #[arg(long, default_value = "")]
+        namespace: String,
+        /// Topic of the event
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
+    /// Provides a base for OCI runtime hooks to allow arguments to be injected
+    #[command(name = "oci-hook")]
+    OciHook {
+        /// The hook's command and arguments (templates: {{id}}, {{rootfs}}, {{annotation "k"}}...)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// containerd's default socket, for `publish` without `--address`.
+const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+/// `crated publish` and `crated oci-hook`: short-lived commands that never
+/// read the config, and report errors as containerd does (`containerd: ...`,
+/// exit 1). `None` for the daemon's own commands.
+fn tool_command(cli: &Cli) -> Option<std::process::ExitCode> {
+    let result: anyhow::Result<()> = match &cli.command {
+        Some(Command::Publish { namespace, topic }) => {
+            let p = crated_core::publish::Publish {
+                address: cli.address.clone().unwrap_or_else(|| DEFAULT_ADDRESS.to_string()),
+                namespace: namespace.clone(),
+                topic: topic.clone(),
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| Ok(rt.block_on(crated_core::publish::run(&p, std::io::stdin().lock()))?))
+        }
+        Some(Command::OciHook { args }) => match crated_core::oci_hook::run(args, std::io::stdin().lock()) {
+            Ok(never) => match never {},
+            Err(e) => Err(e.into()),
+        },
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crated: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -89,10 +140,14 @@ fn level_filter(level: &str) -> &str {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::PluginHost)) {
-        return plugin_host();
+        plugin_host()?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(code) = tool_command(&cli) {
+        return Ok(code);
     }
     let default_only =
         matches!(cli.command, Some(Command::Config { action: ConfigAction::Default })) && cli.config.is_none();
@@ -119,14 +174,14 @@ fn main() -> anyhow::Result<()> {
             }
             let defaults = plugin_defaults(&base);
             print!("{}", base.with_plugin_defaults(defaults).to_toml());
-            return Ok(());
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         Some(Command::Config { action: ConfigAction::Dump }) => {
             let defaults = plugin_defaults(&cfg);
             print!("{}", cfg.with_plugin_defaults(defaults).to_toml());
-            return Ok(());
+            return Ok(std::process::ExitCode::SUCCESS);
         }
-        Some(Command::PluginHost) | None => {}
+        Some(Command::PluginHost | Command::Publish { .. } | Command::OciHook { .. }) | None => {}
     }
 
     tracing_subscriber::fmt()
@@ -140,7 +195,7 @@ fn main() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(daemon::run(cfg))?;
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `crated plugin-host`: logs to stderr (the daemon's) at the level the

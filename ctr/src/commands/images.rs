@@ -372,7 +372,7 @@ fn println_flush(line: &str) -> anyhow::Result<()> {
 }
 
 /// Get an image record (the images service's `Get`, errors converted).
-async fn get_image(client: &Client, name: &str) -> anyhow::Result<Image> {
+pub(crate) async fn get_image(client: &Client, name: &str) -> anyhow::Result<Image> {
     let req = GetImageRequest { name: name.to_string() };
     let resp = client.call(client.images().get(client.request(req))).await.map_err(|s| image_ops::grpc_error(&s))?;
     resp.image.ok_or_else(|| anyhow::anyhow!("image {name:?}: not found"))

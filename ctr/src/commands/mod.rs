@@ -10,6 +10,7 @@ pub mod events;
 pub mod image_ops;
 pub mod image_transfer;
 pub mod images;
+pub mod install;
 pub mod leases;
 pub mod namespaces;
 pub mod oci;
@@ -118,6 +119,8 @@ pub enum Command {
         #[command(subcommand)]
         command: images::ImagesCommand,
     },
+    /// Install a new package
+    Install(install::InstallArgs),
     /// Manage leases
     #[command(subcommand_required = true, arg_required_else_help = true)]
     Leases {
@@ -176,6 +179,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Content { command } => content::run(&cli.global, command).await,
             Command::Events(args) => events::run(&cli.global, args).await,
             Command::Images { command } => images::run(&cli.global, command).await,
+            Command::Install(args) => install::run(&cli.global, args).await,
             Command::Leases { command } => leases::run(&cli.global, command).await,
             Command::Namespaces { command } => namespaces::run(&cli.global, command).await,
             Command::Oci { command } => oci::run(&cli.global, command).await,
