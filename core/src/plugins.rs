@@ -35,6 +35,7 @@ use crate::{
     },
     lane::Lane,
     loader::Scan,
+    metrics::PluginStats,
     proxy::Proxy,
     router::{DependencyHost, PluginTarget, Route, RouteTable, Target},
 };
@@ -93,6 +94,9 @@ pub struct PluginSet {
     /// Initialised plugins, in init order, for shutdown in reverse.
     pub running: Vec<(String, Arc<Route>)>,
     pub routes: RouteTable,
+    /// The counters of every plugin that went through init (and of the
+    /// core's services), for the metrics endpoint.
+    pub stats: Vec<Arc<PluginStats>>,
     /// How long each plugin's shutdown may take.
     pub shutdown_timeout: Duration,
 }
@@ -197,6 +201,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     let mut records = Vec::new();
     let mut routes = RouteTable::default();
     let mut running = Vec::new();
+    let mut stats = Vec::new();
 
     for e in &scan.errors {
         tracing::error!(library = %e.path.display(), "{}", e.message);
@@ -231,7 +236,9 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
             target: Target::Core(c.router),
             streaming: HashMap::new(),
             services: c.services.iter().cloned().collect(),
+            stats: PluginStats::new(c.plugin_type, c.id),
         });
+        stats.push(route.stats.clone());
         if let Err(e) = routes.insert(&c.services, route.clone(), &HashSet::new()) {
             tracing::error!("{e}");
         }
@@ -282,10 +289,14 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     for i in plan.order {
         let Some(mut record) = slot[i].take() else { continue };
         let key = record.key();
+        let plugin_stats = PluginStats::new(&record.plugin_type, &record.id);
+        stats.push(plugin_stats.clone());
+        let began = std::time::Instant::now();
         let started = match candidates.get(i) {
             Some(c) => init_one(config, c, &record, &mut progress, &routes, timeouts).await,
             None => proxies[i - candidates.len()].start(),
         };
+        plugin_stats.set_init(began.elapsed());
         match started {
             Ok(Started { services, internal, target, streaming, exports, direct, host }) => {
                 let route = Arc::new(Route {
@@ -293,6 +304,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
                     target,
                     streaming,
                     services: services.iter().chain(&internal).cloned().collect(),
+                    stats: plugin_stats,
                 });
                 let mut wrapped: HashSet<String> = HashSet::new();
                 for d in direct {
@@ -343,7 +355,7 @@ pub async fn start(config: &Config, scan: Scan, core: Vec<CoreService>) -> Resul
     }
     records.extend(slot.into_iter().flatten());
 
-    let set = PluginSet { records, running, routes, shutdown_timeout: timeouts.shutdown };
+    let set = PluginSet { records, running, routes, stats, shutdown_timeout: timeouts.shutdown };
     for key in &config.required_plugins {
         match set.records.iter().find(|r| r.key() == *key) {
             None => {
