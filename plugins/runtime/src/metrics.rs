@@ -25,10 +25,10 @@ use crate::manager::ShimManager;
 /// out of a scrape (the core gives the whole collection a few seconds).
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One task's metrics, decoded.
+/// One task's metrics, decoded (boxed: the v1 message is large).
 enum Stats {
-    V1(v1::Metrics),
-    V2(v2::Metrics),
+    V1(Box<v1::Metrics>),
+    V2(Box<v2::Metrics>),
 }
 
 struct TaskStats {
@@ -61,9 +61,9 @@ pub async fn collect(manager: Arc<ShimManager>, _: CollectRequest) -> CollectRes
             }
         };
         let stats = if any.type_url.ends_with(V1_TYPE_URL) {
-            Stats::V1(v1::Metrics::decode(&any.value[..]).ok()?)
+            Stats::V1(Box::new(v1::Metrics::decode(&any.value[..]).ok()?))
         } else if any.type_url.ends_with(V2_TYPE_URL) {
-            Stats::V2(v2::Metrics::decode(&any.value[..]).ok()?)
+            Stats::V2(Box::new(v2::Metrics::decode(&any.value[..]).ok()?))
         } else {
             return None;
         };
@@ -80,14 +80,14 @@ fn render(tasks: &[TaskStats]) -> String {
     let v1: Vec<(&TaskStats, &v1::Metrics)> = tasks
         .iter()
         .filter_map(|t| match &t.stats {
-            Stats::V1(m) => Some((t, m)),
+            Stats::V1(m) => Some((t, &**m)),
             Stats::V2(_) => None,
         })
         .collect();
     let v2: Vec<(&TaskStats, &v2::Metrics)> = tasks
         .iter()
         .filter_map(|t| match &t.stats {
-            Stats::V2(m) => Some((t, m)),
+            Stats::V2(m) => Some((t, &**m)),
             Stats::V1(_) => None,
         })
         .collect();
@@ -719,7 +719,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = render(&[TaskStats { id: "c1".into(), namespace: "default".into(), stats: Stats::V1(m) }]);
+        let text = render(&[TaskStats { id: "c1".into(), namespace: "default".into(), stats: Stats::V1(Box::new(m)) }]);
         assert!(text.contains("# HELP container_cpu_total_nanoseconds The total cpu time\n# TYPE container_cpu_total_nanoseconds gauge\ncontainer_cpu_total_nanoseconds{container_id=\"c1\",namespace=\"default\"} 1500\n"), "{text}");
         assert!(text.contains("container_memory_usage_usage_bytes{container_id=\"c1\",namespace=\"default\"} 4096\n"));
         assert!(
@@ -737,7 +737,7 @@ mod tests {
             memory: Some(v2::MemoryStat { usage: 99, ..Default::default() }),
             ..Default::default()
         };
-        let text = render(&[TaskStats { id: "c2".into(), namespace: "ns".into(), stats: Stats::V2(m) }]);
+        let text = render(&[TaskStats { id: "c2".into(), namespace: "ns".into(), stats: Stats::V2(Box::new(m)) }]);
         assert!(
             text.contains("container_cpu_usage_usec_microseconds{container_id=\"c2\",namespace=\"ns\"} 12\n"),
             "{text}"
