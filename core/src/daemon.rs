@@ -8,7 +8,7 @@ use crate::{
     debug,
     http::{Endpoints, HttpListener},
     introspection::{core_services, server_uuid, Records},
-    loader, plugin_watch,
+    loader, metrics, plugin_watch,
     plugins::{self, StartError},
     router::GrpcRouter,
     sd_notify,
@@ -25,6 +25,8 @@ pub enum DaemonError {
     Start(#[from] StartError),
     #[error(transparent)]
     Config(#[from] crate::config::ValueError),
+    #[error("cannot serve the metrics endpoint ([metrics] address = {address:?}): {source}")]
+    Metrics { address: String, source: SocketError },
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
 }
@@ -91,7 +93,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    let endpoints = match start_endpoints(&config).await {
+    // The socket's gRPC metrics exist only when the endpoint is configured.
+    let (registry, grpc_metrics) = match config.metrics.address.is_empty() {
+        true => (None, None),
+        false => {
+            let (r, m) = metrics::grpc_registry(config.metrics.grpc_histogram);
+            (Some(r), Some(m))
+        }
+    };
+    let endpoints = match start_endpoints(&config, &set, registry).await {
         Ok(e) => e,
         Err(e) => {
             set.shutdown().await;
@@ -106,7 +116,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(address = %address.display(), "serving");
     // Connections queue from bind on, so systemd may start dependents now.
     sd_notify::notify_logged(sd_notify::READY);
-    let router = GrpcRouter::new(routes, config.grpc.max_recv_message_size, config.grpc.max_send_message_size);
+    let router = GrpcRouter::new(routes, config.grpc.max_recv_message_size, config.grpc.max_send_message_size)
+        .with_metrics(grpc_metrics);
     server::serve(listener, router, shutdown).await;
     tracing::info!("shutting down");
     sd_notify::notify_logged(sd_notify::STOPPING);
@@ -123,12 +134,33 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// The HTTP endpoints `config` asks for (none by default, as in containerd).
-async fn start_endpoints(config: &Config) -> Result<Endpoints, DaemonError> {
+/// `grpc` is the registry of the socket's gRPC metrics when the metrics
+/// endpoint is on.
+async fn start_endpoints(
+    config: &Config,
+    set: &plugins::PluginSet,
+    grpc: Option<prometheus_client::registry::Registry>,
+) -> Result<Endpoints, DaemonError> {
     let mut endpoints = Endpoints::default();
     if !config.debug.address.is_empty() {
         let listener = HttpListener::bind(&config.debug.address, config.debug.uid, config.debug.gid).await?;
         tracing::info!(address = %config.debug.address, "serving the debug endpoint");
         endpoints.start(listener, debug::handler());
+    }
+    if !config.metrics.address.is_empty() {
+        let address = config.metrics.address.clone();
+        // containerd serves metrics over TCP; a path is a unix socket owned
+        // by root, as the debug socket is when no uid is set.
+        let listener = match HttpListener::bind(&address, 0, 0).await {
+            Ok(l) => l,
+            Err(source) => {
+                endpoints.stop().await;
+                return Err(DaemonError::Metrics { address, source });
+            }
+        };
+        tracing::info!(address = %address, "serving the metrics endpoint");
+        let m = metrics::Metrics::new(grpc.unwrap_or_default(), set.stats.clone(), set.metric_sources.clone());
+        endpoints.start(listener, metrics::handler(std::sync::Arc::new(m)));
     }
     Ok(endpoints)
 }

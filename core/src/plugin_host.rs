@@ -152,6 +152,7 @@ async fn serve(spec: HostSpec) {
         target: Target::Plugin(PluginTarget { handler: Arc::new(instance.handler), lane }),
         streaming: instance.streaming.iter().map(|m| (m.path.to_string(), m.kind)).collect::<HashMap<_, _>>(),
         services: all.iter().cloned().collect(),
+        stats: crate::metrics::PluginStats::new(&spec.plugin_type, &spec.id),
     });
     let mut table = RouteTable::default();
     if let Err(e) = table.insert(&all, route.clone(), &HashSet::new()) {

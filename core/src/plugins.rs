@@ -36,6 +36,7 @@ use crate::{
     },
     lane::Lane,
     loader::{self, LibraryLoadError, Scan},
+    metrics::{PluginStats, SharedRoutes, SharedStats},
     proxy::Proxy,
     router::{DependencyHost, LiveRoutes, PluginTarget, Route, RouteTable, Target},
 };
@@ -104,6 +105,12 @@ pub struct PluginSet {
     /// Every library file loaded or refused so far, as it was then, and
     /// whether it loaded.
     libraries: HashMap<PathBuf, (Option<FileIdentity>, bool)>,
+    /// The counters of every plugin that went through init (and of the
+    /// core's services), for the metrics endpoint.
+    pub stats: SharedStats,
+    /// Running plugins that serve the internal metrics service
+    /// (`crated.metrics.v1.Metrics`), asked at each scrape.
+    pub metric_sources: SharedRoutes,
 }
 
 /// What tells a file rewritten or replaced in place from the one loaded.
@@ -237,6 +244,8 @@ pub async fn start(
         progress: Progress::default(),
         timeouts,
         libraries: HashMap::new(),
+        stats: SharedStats::default(),
+        metric_sources: SharedRoutes::default(),
     };
     set.add_core(core);
     set.start_batch(config, scan, proxy_candidates(config)).await;
@@ -286,7 +295,9 @@ impl PluginSet {
                 target: Target::Core(c.router),
                 streaming: HashMap::new(),
                 services: c.services.iter().cloned().collect(),
+                stats: PluginStats::new(c.plugin_type, c.id),
             });
+            self.stats.write().unwrap_or_else(|e| e.into_inner()).push(route.stats.clone());
             if let Err(e) = self.progress.routes.insert(&c.services, route.clone(), &HashSet::new()) {
                 tracing::error!("{e}");
             }
@@ -451,10 +462,14 @@ impl PluginSet {
     ) -> PluginState {
         let key = record.key();
         let timeouts = self.timeouts;
+        let stats = PluginStats::new(&record.plugin_type, &record.id);
+        self.stats.write().unwrap_or_else(|e| e.into_inner()).push(stats.clone());
+        let began = std::time::Instant::now();
         let started = match candidates.get(i) {
             Some(c) => init_one(config, c, record, &mut self.progress, timeouts).await,
             None => proxies[i - candidates.len()].start(),
         };
+        stats.set_init(began.elapsed());
         let Started { services, internal, target, streaming, exports, direct, host } = match started {
             Ok(s) => s,
             Err(state) => {
@@ -471,6 +486,7 @@ impl PluginSet {
             target,
             streaming,
             services: services.iter().chain(&internal).cloned().collect(),
+            stats,
         });
         let progress = &mut self.progress;
         let mut wrapped: HashSet<String> = HashSet::new();
@@ -502,6 +518,9 @@ impl PluginSet {
             },
         ));
         progress.running_routes.insert(key.clone(), route.clone());
+        if route.services.contains(crated_plugin_api::metrics::SERVICE) {
+            self.metric_sources.write().unwrap_or_else(|e| e.into_inner()).push(route.clone());
+        }
         self.running.push((key, route));
         PluginState::Running
     }

@@ -44,8 +44,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::{
+    grpc_metrics::{self, GrpcMetrics},
     isolation::IsolatedPlugin,
     lane::{Lane, LaneError},
+    metrics::PluginStats,
     proxy::Proxy,
 };
 
@@ -76,6 +78,9 @@ pub struct Route {
     pub streaming: HashMap<String, CallKind>,
     /// Every service the owner serves, on the socket or to dependents only.
     pub services: HashSet<String>,
+    /// The owner's counters for the metrics endpoint (cheap atomics,
+    /// counted whether or not the endpoint is on).
+    pub stats: Arc<PluginStats>,
 }
 
 /// Services by name.
@@ -131,22 +136,38 @@ fn panicked() -> Status {
     Status::internal("plugin panicked while handling the call")
 }
 
-fn lane_failed(owner: &str, e: LaneError) -> Status {
+fn lane_failed(route: &Route, e: LaneError) -> Status {
     match e {
-        LaneError::Panicked => panicked(),
-        LaneError::Gone => Status::unavailable(format!("the lane of plugin {owner} is gone")),
+        LaneError::Panicked => {
+            route.stats.panic();
+            panicked()
+        }
+        LaneError::Gone => Status::unavailable(format!("the lane of plugin {} is gone", route.owner)),
     }
+}
+
+/// Counts a call's outcome in its route's stats.
+fn counted<T>(route: &Route, r: Result<T, Status>) -> Result<T, Status> {
+    if r.is_err() {
+        route.stats.error();
+    }
+    r
 }
 
 /// Calls a unary method on a route.
 pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
+    route.stats.call();
+    counted(route, unary_on(route, head, body).await)
+}
+
+async fn unary_on(route: &Route, head: CallHead, body: RVec<u8>) -> Result<RVec<u8>, Status> {
     match &route.target {
         Target::Plugin(p) => {
             let handler = p.handler.clone();
             match p.lane.run(async move { handler.unary(head, body).await }).await {
                 Ok(ROk(v)) => Ok(v),
                 Ok(RErr(s)) => Err(s.into()),
-                Err(e) => Err(lane_failed(&route.owner, e)),
+                Err(e) => Err(lane_failed(route, e)),
             }
         }
         Target::Core(r) => r.call_unary(Call::from_head(head), body.into_vec()).await.map(RVec::from),
@@ -157,13 +178,18 @@ pub async fn call_unary(route: &Route, head: CallHead, body: RVec<u8>) -> Result
 
 /// Calls a streaming method on a route.
 pub async fn call_streaming(route: &Route, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
+    route.stats.call();
+    counted(route, streaming_on(route, head, input).await)
+}
+
+async fn streaming_on(route: &Route, head: CallHead, input: ByteStream) -> Result<ByteStream, Status> {
     match &route.target {
         Target::Plugin(p) => {
             let handler = p.handler.clone();
             match p.lane.run(async move { handler.streaming(head, input).await }).await {
-                Ok(ROk(out)) => Ok(frames_on_lane(out, p.lane.clone())),
+                Ok(ROk(out)) => Ok(frames_on_lane(out, p.lane.clone(), route.stats.clone())),
                 Ok(RErr(s)) => Err(s.into()),
-                Err(e) => Err(lane_failed(&route.owner, e)),
+                Err(e) => Err(lane_failed(route, e)),
             }
         }
         Target::Core(_) => Err(Status::unimplemented(format!("{} does not stream", head.method))),
@@ -176,24 +202,29 @@ pub async fn call_streaming(route: &Route, head: CallHead, input: ByteStream) ->
 struct LaneFrames {
     inner: Arc<ByteStream>,
     lane: Arc<Lane>,
+    stats: Arc<PluginStats>,
 }
 
 impl FrameSource for LaneFrames {
     fn next_frame(&self) -> FfiFuture<ROption<Frame>> {
         let inner = self.inner.clone();
+        let stats = self.stats.clone();
         self.lane
             .run(async move { inner.next_frame().await })
-            .map(|r| match r {
+            .map(move |r| match r {
                 Ok(frame) => frame,
-                Err(LaneError::Panicked) => RSome(RErr(panicked().into())),
+                Err(LaneError::Panicked) => {
+                    stats.panic();
+                    RSome(RErr(panicked().into()))
+                }
                 Err(LaneError::Gone) => RSome(RErr(Status::unavailable("the plugin's lane is gone").into())),
             })
             .into_ffi()
     }
 }
 
-fn frames_on_lane(out: ByteStream, lane: Arc<Lane>) -> ByteStream {
-    FrameSource_TO::from_value(LaneFrames { inner: Arc::new(out), lane }, TD_Opaque)
+fn frames_on_lane(out: ByteStream, lane: Arc<Lane>, stats: Arc<PluginStats>) -> ByteStream {
+    FrameSource_TO::from_value(LaneFrames { inner: Arc::new(out), lane, stats }, TD_Opaque)
 }
 
 impl Backend for Route {
@@ -232,11 +263,19 @@ impl LiveRoutes {
 pub struct GrpcRouter {
     routes: Arc<LiveRoutes>,
     limits: Limits,
+    /// The socket's gRPC server metrics, when the metrics endpoint is on.
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 impl GrpcRouter {
     pub fn new(routes: Arc<LiveRoutes>, max_recv: usize, max_send: usize) -> Self {
-        GrpcRouter { routes, limits: Limits { max_recv, max_send } }
+        GrpcRouter { routes, limits: Limits { max_recv, max_send }, metrics: None }
+    }
+
+    /// Counts every call in `metrics` ([`crate::grpc_metrics`]).
+    pub fn with_metrics(mut self, metrics: Option<Arc<GrpcMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     async fn dispatch(self, req: Request<Incoming>) -> Response<tonic::body::Body> {
@@ -246,7 +285,13 @@ impl GrpcRouter {
             return tonic::Status::unimplemented(format!("unknown service {service}")).into_http();
         };
         let kind = route.streaming.get(path).copied().unwrap_or(CallKind::Unary);
-        grpc::dispatch(route, kind, req, self.limits).await
+        let Some(method) = self.metrics.as_ref().and_then(|m| m.method(path, kind)) else {
+            return grpc::dispatch(route, kind, req, self.limits).await;
+        };
+        let start = std::time::Instant::now();
+        let req = req.map(|body| grpc_metrics::count_request(&method, body));
+        let resp = grpc::dispatch(route, kind, req, self.limits).await;
+        grpc_metrics::observe_response(method, start, resp)
     }
 }
 

@@ -56,6 +56,7 @@ pub mod gc;
 pub mod grpc;
 pub mod host;
 pub mod logging;
+pub mod metrics;
 #[cfg(feature = "mount")]
 pub mod mount;
 pub mod paths;

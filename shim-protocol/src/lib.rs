@@ -18,9 +18,11 @@
 //!   and the `/tasks/*` events a shim publishes.
 //! - [`runc`]: the runc shim's option messages (`containerd.runc.v1`).
 //! - [`address`]: where a shim listens (containerd 1.6's socket address).
+//! - [`cgroups`]: the cgroup metrics a shim's `Stats` answers.
 //! - [`mount`]: applying containerd's mounts (a task's rootfs).
 
 pub mod address;
+pub mod cgroups;
 pub mod mount;
 pub mod runc;
 pub mod task;

@@ -90,194 +90,7 @@ fn read_kv(path: &Path) -> HashMap<String, u64> {
         .collect()
 }
 
-/// `io.containerd.cgroups.v1` messages (github.com/containerd/cgroups
-/// stats/v1/metrics.proto), the fields this shim fills.
-pub mod v1 {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Metrics {
-        #[prost(message, optional, tag = "2")]
-        pub pids: Option<PidsStat>,
-        #[prost(message, optional, tag = "3")]
-        pub cpu: Option<CpuStat>,
-        #[prost(message, optional, tag = "4")]
-        pub memory: Option<MemoryStat>,
-        #[prost(message, optional, tag = "9")]
-        pub memory_oom_control: Option<MemoryOomControl>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PidsStat {
-        #[prost(uint64, tag = "1")]
-        pub current: u64,
-        #[prost(uint64, tag = "2")]
-        pub limit: u64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CpuStat {
-        #[prost(message, optional, tag = "1")]
-        pub usage: Option<CpuUsage>,
-        #[prost(message, optional, tag = "2")]
-        pub throttling: Option<Throttle>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CpuUsage {
-        #[prost(uint64, tag = "1")]
-        pub total: u64,
-        #[prost(uint64, tag = "2")]
-        pub kernel: u64,
-        #[prost(uint64, tag = "3")]
-        pub user: u64,
-        #[prost(uint64, repeated, tag = "4")]
-        pub per_cpu: Vec<u64>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Throttle {
-        #[prost(uint64, tag = "1")]
-        pub periods: u64,
-        #[prost(uint64, tag = "2")]
-        pub throttled_periods: u64,
-        #[prost(uint64, tag = "3")]
-        pub throttled_time: u64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryStat {
-        #[prost(uint64, tag = "1")]
-        pub cache: u64,
-        #[prost(uint64, tag = "2")]
-        pub rss: u64,
-        #[prost(uint64, tag = "3")]
-        pub rss_huge: u64,
-        #[prost(uint64, tag = "4")]
-        pub mapped_file: u64,
-        #[prost(uint64, tag = "5")]
-        pub dirty: u64,
-        #[prost(uint64, tag = "6")]
-        pub writeback: u64,
-        #[prost(uint64, tag = "7")]
-        pub pg_pg_in: u64,
-        #[prost(uint64, tag = "8")]
-        pub pg_pg_out: u64,
-        #[prost(uint64, tag = "9")]
-        pub pg_fault: u64,
-        #[prost(uint64, tag = "10")]
-        pub pg_maj_fault: u64,
-        #[prost(uint64, tag = "11")]
-        pub inactive_anon: u64,
-        #[prost(uint64, tag = "12")]
-        pub active_anon: u64,
-        #[prost(uint64, tag = "13")]
-        pub inactive_file: u64,
-        #[prost(uint64, tag = "14")]
-        pub active_file: u64,
-        #[prost(uint64, tag = "15")]
-        pub unevictable: u64,
-        #[prost(uint64, tag = "16")]
-        pub hierarchical_memory_limit: u64,
-        #[prost(uint64, tag = "17")]
-        pub hierarchical_swap_limit: u64,
-        #[prost(uint64, tag = "18")]
-        pub total_cache: u64,
-        #[prost(uint64, tag = "19")]
-        pub total_rss: u64,
-        #[prost(uint64, tag = "20")]
-        pub total_rss_huge: u64,
-        #[prost(uint64, tag = "21")]
-        pub total_mapped_file: u64,
-        #[prost(uint64, tag = "22")]
-        pub total_dirty: u64,
-        #[prost(uint64, tag = "23")]
-        pub total_writeback: u64,
-        #[prost(uint64, tag = "24")]
-        pub total_pg_pg_in: u64,
-        #[prost(uint64, tag = "25")]
-        pub total_pg_pg_out: u64,
-        #[prost(uint64, tag = "26")]
-        pub total_pg_fault: u64,
-        #[prost(uint64, tag = "27")]
-        pub total_pg_maj_fault: u64,
-        #[prost(uint64, tag = "28")]
-        pub total_inactive_anon: u64,
-        #[prost(uint64, tag = "29")]
-        pub total_active_anon: u64,
-        #[prost(uint64, tag = "30")]
-        pub total_inactive_file: u64,
-        #[prost(uint64, tag = "31")]
-        pub total_active_file: u64,
-        #[prost(uint64, tag = "32")]
-        pub total_unevictable: u64,
-        #[prost(message, optional, tag = "33")]
-        pub usage: Option<MemoryEntry>,
-        #[prost(message, optional, tag = "34")]
-        pub swap: Option<MemoryEntry>,
-        #[prost(message, optional, tag = "35")]
-        pub kernel: Option<MemoryEntry>,
-        #[prost(message, optional, tag = "36")]
-        pub kernel_tcp: Option<MemoryEntry>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryEntry {
-        #[prost(uint64, tag = "1")]
-        pub limit: u64,
-        #[prost(uint64, tag = "2")]
-        pub usage: u64,
-        #[prost(uint64, tag = "3")]
-        pub max: u64,
-        #[prost(uint64, tag = "4")]
-        pub failcnt: u64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryOomControl {
-        #[prost(uint64, tag = "1")]
-        pub oom_kill_disable: u64,
-        #[prost(uint64, tag = "2")]
-        pub under_oom: u64,
-        #[prost(uint64, tag = "3")]
-        pub oom_kill: u64,
-    }
-}
-
-/// `io.containerd.cgroups.v2` messages (stats/v2/metrics.proto), the fields
-/// this shim fills.
-pub mod v2 {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Metrics {
-        #[prost(message, optional, tag = "1")]
-        pub pids: Option<super::v1::PidsStat>,
-        #[prost(message, optional, tag = "2")]
-        pub cpu: Option<CpuStat>,
-        #[prost(message, optional, tag = "4")]
-        pub memory: Option<MemoryStat>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct CpuStat {
-        #[prost(uint64, tag = "1")]
-        pub usage_usec: u64,
-        #[prost(uint64, tag = "2")]
-        pub user_usec: u64,
-        #[prost(uint64, tag = "3")]
-        pub system_usec: u64,
-        #[prost(uint64, tag = "4")]
-        pub nr_periods: u64,
-        #[prost(uint64, tag = "5")]
-        pub nr_throttled: u64,
-        #[prost(uint64, tag = "6")]
-        pub throttled_usec: u64,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct MemoryStat {
-        #[prost(uint64, tag = "1")]
-        pub anon: u64,
-        #[prost(uint64, tag = "2")]
-        pub file: u64,
-        #[prost(uint64, tag = "32")]
-        pub usage: u64,
-        #[prost(uint64, tag = "33")]
-        pub usage_limit: u64,
-        #[prost(uint64, tag = "34")]
-        pub swap_usage: u64,
-        #[prost(uint64, tag = "35")]
-        pub swap_limit: u64,
-    }
-}
+pub use shim_protocol::cgroups::{v1, v2};
 
 /// USER_HZ: the unit of `cpuacct.stat`.
 const NANOS_PER_TICK: u64 = 1_000_000_000 / 100;
@@ -379,7 +192,7 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
     let cpu = read_kv(&dir.join("cpu.stat"));
     let mem = read_kv(&dir.join("memory.stat"));
     v2::Metrics {
-        pids: Some(v1::PidsStat {
+        pids: Some(v2::PidsStat {
             current: read_u64(&dir.join("pids.current")).unwrap_or(0),
             limit: read_u64(&dir.join("pids.max")).unwrap_or(0),
         }),
@@ -398,7 +211,9 @@ fn v2_metrics(dir: &Path) -> v2::Metrics {
             usage_limit: read_u64(&dir.join("memory.max")).unwrap_or(0),
             swap_usage: read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
             swap_limit: read_u64(&dir.join("memory.swap.max")).unwrap_or(0),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

@@ -601,6 +601,53 @@ fn twenty_containers_at_once_our_shim() {
     twenty_containers_at_once(Runtime::start(Shim::Ours));
 }
 
+/// A running container's cgroup metrics on the metrics endpoint, with
+/// containerd's names and labels, from the shim's `Stats`.
+fn a_running_container_is_measured_on_the_metrics_endpoint(shim: Shim) {
+    let address = format!("127.0.0.1:{}", common::free_port());
+    let rt = Runtime::start_with(shim, |s| s.extra(&format!("[metrics]\naddress = {address:?}\n")));
+    // Burns CPU and holds 16 MiB of tmpfs (charged to its memory cgroup).
+    let script = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=16 2>/dev/null; while :; do :; done";
+    rt.ok(&["run", "-d", IMAGE, "burner", "sh", "-c", script], "run -d burner");
+    let labels = ["container_id=\"burner\"", &format!("namespace=\"{}\"", rt.ns)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let (status, text) = common::http_get(&address, "/v1/metrics");
+        assert!(status.contains(" 200 "), "{status}: {text}");
+        let cpu = common::sample(&text, "container_cpu_total_nanoseconds", &labels)
+            .or_else(|| common::sample(&text, "container_cpu_usage_usec_microseconds", &labels));
+        let memory = common::sample(&text, "container_memory_usage_usage_bytes", &labels)
+            .or_else(|| common::sample(&text, "container_memory_usage_bytes", &labels));
+        if cpu.is_some_and(|c| c > 0.0) && memory.is_some_and(|m| m > 16.0 * 1024.0 * 1024.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no cpu and memory of the burner after 30s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        text.contains("# HELP container_cpu_total_nanoseconds The total cpu time\n")
+            || text.contains("container_cpu_usage_usec_microseconds")
+    );
+    assert!(common::sample(&text, "container_pids_current", &labels).unwrap() >= 1.0, "{text}");
+    rt.ok(&["tasks", "kill", "-s", "KILL", "burner"], "kill burner");
+    rt.wait_status("burner", "STOPPED");
+    rt.ok(&["tasks", "rm", "burner"], "tasks rm");
+    rt.ok(&["containers", "rm", "burner"], "containers rm");
+    let (_, text) = common::http_get(&address, "/v1/metrics");
+    assert_eq!(common::sample(&text, "container_pids_current", &labels), None, "a deleted task is not measured");
+    rt.assert_clean("metrics");
+}
+
+#[test]
+fn a_running_container_is_measured_on_the_metrics_endpoint_go_shim() {
+    a_running_container_is_measured_on_the_metrics_endpoint(Shim::Go);
+}
+
+#[test]
+fn a_running_container_is_measured_on_the_metrics_endpoint_our_shim() {
+    a_running_container_is_measured_on_the_metrics_endpoint(Shim::Ours);
+}
+
 /// A blob in the namespace's content, under lease `lease` (made here).
 async fn put_blob(ch: &tonic::transport::Channel, ns: &str, lease: &str, data: &[u8]) -> String {
     use containerd_client::services::v1::{

@@ -5,7 +5,10 @@
 //!   per task ([`binary`]) in a bundle ([`bundle`]), talks ttrpc to it
 //!   (`crated-shim-protocol`), reconnects to the shims an earlier daemon
 //!   left, cleans up after shims that die, and serves the daemon's ttrpc
-//!   socket that shims publish events to ([`events`]).
+//!   socket that shims publish events to ([`events`]); it serves its tasks'
+//!   cgroup metrics to the daemon's metrics endpoint as containerd's
+//!   cgroups monitor names them ([`metrics`], the internal
+//!   `crated.metrics.v1.Metrics`).
 //! - `io.containerd.grpc.v1.tasks` ([`service`]): containerd's Tasks service
 //!   on the socket, over the manager; task checkpoints go to and come from
 //!   the content store as tars ([`checkpoint`]).
@@ -21,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod manager;
+pub mod metrics;
 pub mod service;
 
 use std::{
@@ -75,8 +79,15 @@ impl Plugin for RuntimeTask {
             host: ctx.host.clone(),
         }));
         manager.load().await;
-        *MANAGER.lock().expect("manager") = Some(manager);
-        Ok(ServiceRouter::new().on_shutdown(move || {
+        *MANAGER.lock().expect("manager") = Some(manager.clone());
+        let router = ServiceRouter::new().internal(crated_plugin_api::metrics::SERVICE).unary(
+            crated_plugin_api::metrics::COLLECT,
+            move |_call, req| {
+                let manager = manager.clone();
+                async move { Ok::<_, crated_plugin_api::Status>(metrics::collect(manager, req).await) }
+            },
+        );
+        Ok(router.on_shutdown(move || {
             // Shims keep running, as containerd leaves them; the next daemon
             // reconnects.
             server.abort();

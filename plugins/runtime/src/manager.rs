@@ -187,6 +187,17 @@ impl ShimManager {
         v
     }
 
+    /// Every task of every namespace (for the metrics endpoint).
+    pub fn all(&self) -> Vec<Arc<ShimTask>> {
+        self.slots()
+            .values()
+            .filter_map(|s| match s {
+                Slot::Ready(t) => Some(t.clone()),
+                Slot::Creating => None,
+            })
+            .collect()
+    }
+
     fn command(&self, namespace: &str, id: &str, binary: PathBuf) -> ShimCommand {
         ShimCommand {
             binary,
