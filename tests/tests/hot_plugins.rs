@@ -68,7 +68,10 @@ fn text(t: &str) -> EchoRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_dropped_into_plugin_dir_is_loaded_and_serves_without_disturbing_calls_in_flight() {
-    let d = Setup::new(&["misbehave"]).extra(&disabled_but("io.crated.test.misbehave.v1.sleeper")).start();
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let d = Setup::new(&["misbehave"])
+        .extra(&format!("{}\n[metrics]\naddress = {metrics:?}\n", disabled_but("io.crated.test.misbehave.v1.sleeper")))
+        .start();
     let pid = d.pid();
     let listing = stdout(&d.ctr(&["plugins", "ls"]));
     assert!(plugin_row(&listing, "io.crated.test.v1", "echo").is_none(), "{listing}");
@@ -97,6 +100,11 @@ async fn a_library_dropped_into_plugin_dir_is_loaded_and_serves_without_disturbi
     let r: EchoResponse = unary(&ch, &echo_method("Echo"), Some("hot"), text("hello")).await.unwrap();
     assert_eq!(r.text, "hello");
     assert_eq!(r.namespace, "hot");
+    // Counted like any plugin started with the daemon.
+    let (_, scrape) = tokio::task::block_in_place(|| common::http_get(&metrics, "/v1/metrics"));
+    let calls = common::sample(&scrape, "crated_plugin_calls_total", &["id=\"echo\"", "type=\"io.crated.test.v1\""]);
+    assert_eq!(calls, Some(1.0), "{scrape}");
+    assert!(common::sample(&scrape, "crated_plugin_init_duration_seconds", &["id=\"relay\""]).is_some(), "{scrape}");
     let detail = stdout(&d.ctr(&["plugins", "ls", "-d", "id==echo"]));
     assert!(detail.contains(&d.setup.plugin_dir().join("libecho.so").display().to_string()), "{detail}");
 
