@@ -7,11 +7,15 @@
 #   docker-registry    a real registry on 127.0.0.1 for pull/push tests
 #   python3-venv       `python3 -m venv` (Debian splits it out), for the venv
 #                      with grpcio from PyPI the gRPC client tests make
+#   containernetworking-plugins
+#                      the real CNI plugins (bridge, host-local, loopback,
+#                      portmap in /usr/lib/cni) the CNI library's tests run
+#   iptables           what the portmap plugin programs host ports with
 # The packages' own services are not used: tests start what they need on
 # temporary sockets and ports.
 set -euo pipefail
 
-packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv)
+packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
