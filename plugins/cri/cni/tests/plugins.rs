@@ -27,6 +27,8 @@ struct Fixture {
     bridge: String,
     subnet: String,
     netns: Option<NetNsGuard>,
+    /// More bridges a test made (removed on drop).
+    extra_bridges: Vec<String>,
     set_up: bool,
     dir: tempfile::TempDir,
 }
@@ -68,6 +70,7 @@ impl Fixture {
             bridge,
             subnet,
             netns: Some(netns),
+            extra_bridges: Vec::new(),
             set_up: false,
             dir,
         }
@@ -126,7 +129,9 @@ impl Drop for Fixture {
             })
             .join();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        for bridge in std::iter::once(&self.bridge).chain(&self.extra_bridges) {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
         self.netns.take();
     }
 }
@@ -263,6 +268,47 @@ async fn teardown_after_the_namespace_is_gone_releases_the_address() {
     assert!(!f.netns().path().exists());
     f.teardown().await.unwrap();
     assert!(!f.ipam_dir(2).join(pod_ip.to_string()).exists(), "DEL released the address");
+}
+
+#[tokio::test]
+async fn every_network_of_the_conf_dir_gets_the_next_interface() {
+    let mut f = Fixture::new(5, &bridge_conf(false)).await;
+    // A second network, after the first by file name, on its own bridge.
+    let second_bridge = format!("{}b", f.bridge);
+    f.extra_bridges.push(second_bridge.clone());
+    let second_subnet = f.subnet.replacen("10.205.", "10.215.", 1);
+    let conf_dir = f.dir.path().join("net.d");
+    let conf = bridge_conf(false)
+        .replace("@BRIDGE@", &second_bridge)
+        .replace("@SUBNET@", &second_subnet)
+        .replace("@DATADIR@", &f.dir.path().join("ipam").display().to_string());
+    std::fs::write(
+        conf_dir.join("20-second.conflist"),
+        format!(r#"{{"cniVersion":"1.0.0","name":"crated-test-5b","plugins":[{conf}]}}"#),
+    )
+    .unwrap();
+    // max_conf_num 0: every file.
+    let cni = Cni::load(vec![PathBuf::from(SYSTEM_BIN)], &conf_dir, 0, f.dir.path().join("cache")).await.unwrap();
+    f.cni = Some(cni);
+
+    let result = f.setup().await.unwrap();
+    let ip = |name: &str| result.interfaces[name].ips[0].address.addr.to_string();
+    assert!(ip("eth0").starts_with("10.205."), "{}", ip("eth0"));
+    assert!(ip("eth1").starts_with("10.215."), "{}", ip("eth1"));
+    let addrs = addrs_in(f.netns().path());
+    let names: Vec<_> = addrs.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"eth0".to_string()) && names.contains(&"eth1".to_string()), "{names:?}");
+    f.teardown().await.unwrap();
+    // host-local keeps a file per allocated address (beside its lock and
+    // last_reserved_ip): none left for either network.
+    for dir in [f.ipam_dir(5), f.dir.path().join("ipam/crated-test-5b")] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .collect();
+        assert!(left.is_empty(), "{}: {left:?}", dir.display());
+    }
 }
 
 #[tokio::test]
