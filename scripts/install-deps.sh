@@ -10,11 +10,15 @@
 #   criu               what runc checkpoints and restores with (the checkpoint
 #                      tests; on kernels where `criu check` fails they expect
 #                      criu's own failure, the same on both daemons)
+#   containernetworking-plugins
+#                      the real CNI plugins (bridge, host-local, loopback,
+#                      portmap in /usr/lib/cni) the CNI library's tests run
+#   iptables           what the portmap plugin programs host ports with
 # The packages' own services are not used: tests start what they need on
 # temporary sockets and ports.
 set -euo pipefail
 
-packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv criu)
+packages=(protobuf-compiler runc containerd busybox-static docker-registry python3-venv criu containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
