@@ -5,7 +5,8 @@
 //! --bench roundtrip` (needs root and Debian's containerd package). Measures `Version.Version` (served by each daemon's
 //! core) and, for crated, `crated.test.Echo/Echo` (a plugin call through the
 //! ABI, the library's lane and the plugin's own runtime), in process and
-//! with the plugin isolated in a plugin host (`isolated_plugins`). Prints
+//! with the plugin isolated in a plugin host (`isolated_plugins`), and with
+//! the metrics endpoint on (the router then counts every call). Prints
 //! mean µs per call and the ratios.
 
 #[path = "../tests/common/mod.rs"]
@@ -38,6 +39,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let crated = common::Setup::new(&["echo"]).start();
     let isolated = common::Setup::new(&["echo"]).extra("isolated_plugins = [\"io.crated.test.v1.echo\"]").start();
+    let metrics_address = format!("127.0.0.1:{}", common::free_port());
+    let counted = common::Setup::new(&["echo"])
+        .extra(&format!("[metrics]\naddress = {metrics_address:?}\ngrpc_histogram = true\n"))
+        .start();
 
     let containerd = common::StockContainerd::start();
     let sock = containerd.socket();
@@ -64,11 +69,19 @@ fn main() {
             let _: EchoResponse = common::unary(&apart, &echo_method("Echo"), Some("default"), req).await.unwrap();
         })
         .await;
+        let with_metrics = counted.channel().await;
+        let counted_plugin = mean_call(|| async {
+            let req = EchoRequest { text: "x".into(), count: 0 };
+            let _: EchoResponse =
+                common::unary(&with_metrics, &echo_method("Echo"), Some("default"), req).await.unwrap();
+        })
+        .await;
         println!("unary round trip, mean of {CALLS} sequential calls on one connection:");
         println!("  containerd Version.Version      {:>8.1} µs", containerd_version.as_secs_f64() * 1e6);
         println!("  crated     Version.Version      {:>8.1} µs", crated_version.as_secs_f64() * 1e6);
         println!("  crated     plugin Echo.Echo         {:>8.1} µs", crated_plugin.as_secs_f64() * 1e6);
         println!("  crated     isolated Echo.Echo       {:>8.1} µs", isolated_plugin.as_secs_f64() * 1e6);
+        println!("  crated     plugin Echo.Echo, metrics on {:>8.1} µs", counted_plugin.as_secs_f64() * 1e6);
         println!(
             "  ratio crated/containerd (Version): {:.2}",
             crated_version.as_secs_f64() / containerd_version.as_secs_f64()
@@ -80,6 +93,10 @@ fn main() {
         println!(
             "  cost of isolation per call: {:+.1} µs",
             (isolated_plugin.as_secs_f64() - crated_plugin.as_secs_f64()) * 1e6
+        );
+        println!(
+            "  cost of metrics (with the histogram) per call: {:+.1} µs",
+            (counted_plugin.as_secs_f64() - crated_plugin.as_secs_f64()) * 1e6
         );
     });
 
