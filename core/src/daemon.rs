@@ -86,13 +86,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let records: Records = Arc::default();
     let set = plugins::start(&config, scan, core_services(records.clone(), uuid), records).await?;
 
-    let listener = match server::bind(&address, config.grpc.uid, config.grpc.gid) {
-        Ok(l) => l,
-        Err(e) => {
-            set.shutdown().await;
-            return Err(e.into());
-        }
-    };
+    // The HTTP endpoints are bound before the gRPC socket: a client (or
+    // systemd, or a test) that sees the socket may expect them to be there.
     // The socket's gRPC metrics exist only when the endpoint is configured.
     let (registry, grpc_metrics) = match config.metrics.address.is_empty() {
         true => (None, None),
@@ -105,8 +100,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Ok(e) => e,
         Err(e) => {
             set.shutdown().await;
-            let _ = std::fs::remove_file(&address);
             return Err(e);
+        }
+    };
+    let listener = match server::bind(&address, config.grpc.uid, config.grpc.gid) {
+        Ok(l) => l,
+        Err(e) => {
+            endpoints.stop().await;
+            set.shutdown().await;
+            return Err(e.into());
         }
     };
     let routes = set.routes.clone();
