@@ -275,3 +275,18 @@ async fn pull_with_auth_config_from_an_htpasswd_registry() {
     assert_eq!(pull(&ch, &tag, Some(encoded)).await.expect("pull with auth"), archive.configs[0]);
     assert_eq!(list(&ch).await[0].repo_tags, vec![tag]);
 }
+
+#[test]
+fn config_default_prints_containerds_cri_table() {
+    let setup = Setup::new(&[]).with_real_plugins(&["cri"]);
+    let config = setup.write_config();
+    let o = setup.run_crated(&["-c", config.to_str().unwrap(), "config", "default"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let t: toml::Table = common::stdout(&o).parse().expect("TOML");
+    let cri = &t["plugins"]["io.containerd.grpc.v1.cri"];
+    assert_eq!(cri["sandbox_image"].as_str(), Some("registry.k8s.io/pause:3.6"));
+    assert_eq!(cri["containerd"]["default_runtime_name"].as_str(), Some("runc"));
+    assert_eq!(cri["containerd"]["runtimes"]["runc"]["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
+    assert_eq!(cri["cni"]["conf_dir"].as_str(), Some("/etc/cni/net.d"));
+    assert_eq!(cri["max_container_log_line_size"].as_integer(), Some(16384));
+}

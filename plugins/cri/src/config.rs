@@ -12,6 +12,73 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The defaults as TOML, for the daemon to merge the user's table onto
+/// and for `crated config default` to print (as `containerd config
+/// default` prints the CRI table). The same values as [`Config::default`]
+/// (a test holds them together).
+pub const DEFAULTS: &str = r#"sandbox_image = "registry.k8s.io/pause:3.6"
+disable_tcp_service = true
+stream_server_address = "127.0.0.1"
+stream_server_port = "0"
+stream_idle_timeout = "4h0m0s"
+enable_tls_streaming = false
+stats_collect_period = 10
+systemd_cgroup = false
+max_container_log_line_size = 16384
+disable_cgroup = false
+disable_apparmor = false
+restrict_oom_score_adj = false
+max_concurrent_downloads = 3
+disable_proc_mount = false
+device_ownership_from_security_context = false
+ignore_image_defined_volumes = false
+enable_unprivileged_ports = false
+enable_unprivileged_icmp = false
+tolerate_missing_hugetlb_controller = true
+disable_hugetlb_controller = true
+drain_exec_sync_io_timeout = "0s"
+
+[containerd]
+snapshotter = "overlayfs"
+default_runtime_name = "runc"
+no_pivot = false
+disable_snapshot_annotations = true
+discard_unpacked_layers = false
+
+[containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+runtime_path = ""
+pod_annotations = []
+container_annotations = []
+privileged_without_host_devices = false
+base_runtime_spec = ""
+cni_conf_dir = ""
+cni_max_conf_num = 0
+
+[containerd.runtimes.runc.options]
+BinaryName = ""
+CriuImagePath = ""
+CriuPath = ""
+CriuWorkPath = ""
+IoGid = 0
+IoUid = 0
+NoNewKeyring = false
+NoPivotRoot = false
+Root = ""
+ShimCgroup = ""
+SystemdCgroup = false
+
+[cni]
+bin_dir = "/opt/cni/bin"
+conf_dir = "/etc/cni/net.d"
+max_conf_num = 1
+conf_template = ""
+ip_pref = ""
+
+[registry]
+config_path = ""
+"#;
+
 /// containerd's default pause image (1.6).
 pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.6";
 /// The runtime containerd defines out of the box.
@@ -314,6 +381,13 @@ mod tests {
         assert_eq!(c.cni.conf_dir, "/etc/cni/net.d");
         assert_eq!(c.registry.config_path, "/etc/containerd/certs.d");
         assert_eq!(p.unknown, vec!["no_such_key".to_string(), "registry.mirrors".to_string()]);
+    }
+
+    #[test]
+    fn the_printed_defaults_are_the_defaults() {
+        let p = parse(&table(DEFAULTS)).unwrap();
+        assert!(p.unknown.is_empty(), "{:?}", p.unknown);
+        assert_eq!(p.config, parse(&toml::Table::new()).unwrap().config);
     }
 
     #[test]

@@ -41,6 +41,7 @@ impl Plugin for Cri {
                 types::EVENT,
             ])
             .requires_optional(&[types::LEASE, types::RUNTIME, types::DIFF])
+            .config_defaults(config::DEFAULTS)
     }
 
     async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
