@@ -145,10 +145,7 @@ async fn runtime_identity_status_and_unbuilt_methods() {
     assert!(quiet.info.is_empty());
 
     let cidr = UpdateRuntimeConfigRequest {
-        runtime_config: Some(RuntimeConfig {
-            network_config: Some(NetworkConfig { pod_cidr: "10.88.0.0/16".into() }),
-            ..Default::default()
-        }),
+        runtime_config: Some(RuntimeConfig { network_config: Some(NetworkConfig { pod_cidr: "10.88.0.0/16".into() }) }),
     };
     rt.update_runtime_config(cidr).await.expect("update runtime config");
 
