@@ -16,6 +16,7 @@ pub const CRATES: &[(&str, &[&str])] = &[
     ("gc", &["io.containerd.gc.v1.scheduler"]),
     ("transfer", &["io.containerd.streaming.v1.manager", "io.containerd.transfer.v1.local"]),
     ("runtime", &["io.containerd.runtime.v2.task", "io.containerd.grpc.v1.tasks"]),
+    ("cri", &["io.containerd.grpc.v1.cri"]),
 ];
 
 /// Every plugin crate's name.

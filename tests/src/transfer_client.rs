@@ -12,7 +12,8 @@ use containerd_client::{
         transfer_client::TransferClient, InfoRequest, ListImagesRequest, StreamInit, TransferOptions, TransferRequest,
     },
     types::transfer::{
-        AuthRequest, AuthResponse, AuthType, Data, ImageImportStream, ImageStore, Progress, WindowUpdate,
+        AuthRequest, AuthResponse, AuthType, Data, ImageImportStream, ImageReference, ImageStore, Progress,
+        WindowUpdate,
     },
 };
 use prost::Name;
@@ -183,6 +184,21 @@ pub async fn import(
     assert!(largest <= MAX_CHUNK);
     let events = progress.await.unwrap();
     result.map(|_| events)
+}
+
+/// Imports an archive's image into `ns` as `docker.io/library/<name>:latest`
+/// (the name the archive's `latest` ref gets under that prefix).
+pub async fn import_image(ch: &Channel, ns: &str, name: &str, tar: Vec<u8>) -> String {
+    let store = ImageStore {
+        extra_references: vec![ImageReference {
+            name: format!("docker.io/library/{name}"),
+            is_prefix: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    import(ch, ns, tar, store).await.expect("import");
+    format!("docker.io/library/{name}:latest")
 }
 
 /// The images of `ns`: name to target digest.

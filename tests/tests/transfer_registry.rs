@@ -13,14 +13,14 @@ use common::{unary, Daemon, Setup};
 use containerd_client::{
     services::v1::snapshots::{Kind, StatSnapshotRequest, StatSnapshotResponse},
     types::{
-        transfer::{ImageReference, ImageStore, OciRegistry, Progress, RegistryResolver, UnpackConfiguration},
+        transfer::{ImageStore, OciRegistry, Progress, RegistryResolver, UnpackConfiguration},
         Platform,
     },
 };
 use crated_tests::images::{chain_ids, oci_archive, Archive, ImageOptions};
 use crated_tests::registry::{FaultProxy, Registry};
 use crated_tests::transfer_client::{
-    collect_progress, events, images, import, labels, open_stream, pack, serve_credentials, transfer, unique_id,
+    collect_progress, events, images, labels, open_stream, pack, serve_credentials, transfer, unique_id,
 };
 use tonic::{transport::Channel, Code};
 
@@ -106,16 +106,7 @@ async fn push(
 
 /// Imports the test image into `ns` as `docker.io/library/<name>:latest`.
 async fn import_image(ch: &Channel, ns: &str, name: &str, archive: &Archive) -> String {
-    let store = ImageStore {
-        extra_references: vec![ImageReference {
-            name: format!("docker.io/library/{name}"),
-            is_prefix: true,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    import(ch, ns, archive.tar.clone(), store).await.expect("import");
-    format!("docker.io/library/{name}:latest")
+    crated_tests::transfer_client::import_image(ch, ns, name, archive.tar.clone()).await
 }
 
 async fn snapshot_committed(ch: &Channel, ns: &str, key: &str) -> bool {

@@ -30,4 +30,5 @@ crated_plugin_api::export_plugins!(
     crated_plugin_transfer::LocalTransfer,
     crated_plugin_runtime::RuntimeTask,
     crated_plugin_runtime::Tasks,
+    crated_plugin_cri::Cri,
 );

@@ -1,0 +1,273 @@
+//! The CRI's two gRPC services on the daemon's socket, `runtime.v1`
+//! `RuntimeService` and `ImageService`, as handlers of the SDK's router.
+//! What this slice serves: Version, Status, UpdateRuntimeConfig and the
+//! whole ImageService. Every other method is registered explicitly and
+//! answers `Unimplemented` naming itself, so a kubelet or crictl sees
+//! which call crated lacks rather than a generic "unknown method".
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use containerd_client::services::v1::snapshots::{
+    ListSnapshotsRequest, ListSnapshotsResponse, UsageRequest, UsageResponse,
+};
+use crated_plugin_api::{Call, Host, ServiceRouter, Status};
+use futures::StreamExt;
+use k8s_cri::v1::{
+    FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest,
+    ImageStatusResponse, Int64Value, ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse,
+    RemoveImageRequest, RemoveImageResponse, RuntimeCondition, RuntimeStatus, StatusRequest, StatusResponse,
+    UInt64Value, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
+};
+
+use crate::{
+    config::Config,
+    images::{CriImage, ImageStore},
+};
+
+pub const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
+pub const IMAGE_SERVICE: &str = "runtime.v1.ImageService";
+/// The containerd namespace every CRI object lives in.
+pub const NAMESPACE: &str = "k8s.io";
+/// What `Version` calls this runtime. containerd answers "containerd";
+/// crated names itself, so that `crictl version` says which daemon it
+/// reached (the kubelet only logs the name).
+pub const RUNTIME_NAME: &str = "crated";
+/// containerd's `kubeAPIVersion`, answered as the `version` field.
+pub const KUBE_API_VERSION: &str = "0.1.0";
+pub const CRI_VERSION: &str = "v1";
+
+const NETWORK_NOT_READY: &str = "NetworkPluginNotReady";
+const NO_DEPRECATIONS: &str = "ContainerdHasNoDeprecationWarnings";
+const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
+
+/// The RuntimeService methods not built yet: unary, then server-streaming.
+const RUNTIME_TODO: &[&str] = &[
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ListContainers",
+    "ContainerStatus",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "ContainerStats",
+    "ListContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "CheckpointContainer",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "RuntimeConfig",
+];
+const RUNTIME_TODO_STREAMING: &[&str] = &["GetContainerEvents"];
+
+#[derive(Clone)]
+pub struct CriService {
+    host: Host,
+    config: Arc<Config>,
+    /// `<root>/io.containerd.snapshotter.v1.<snapshotter>`: the image
+    /// filesystem reported by ImageFsInfo, as containerd's `imageFSPath`.
+    image_fs: PathBuf,
+    /// The pod CIDR the kubelet last set (UpdateRuntimeConfig), for CNI.
+    pod_cidr: Arc<Mutex<String>>,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+impl CriService {
+    pub fn new(host: Host, config: Config, image_fs: PathBuf) -> CriService {
+        CriService { host, config: Arc::new(config), image_fs, pod_cidr: Arc::default() }
+    }
+
+    fn images(&self) -> ImageStore {
+        ImageStore::new(self.host.clone(), NAMESPACE)
+    }
+
+    async fn version(self, _c: Call, _r: VersionRequest) -> Result<VersionResponse, Status> {
+        Ok(VersionResponse {
+            version: KUBE_API_VERSION.into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: concat!("v", env!("CARGO_PKG_VERSION")).into(),
+            runtime_api_version: CRI_VERSION.into(),
+        })
+    }
+
+    async fn status(self, _c: Call, r: StatusRequest) -> Result<StatusResponse, Status> {
+        let conditions = vec![
+            RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() },
+            RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: NETWORK_NOT_READY.into(),
+                message: "Network plugin returns error: cni plugin not initialized \
+                          (crated does not set up pod networks yet)"
+                    .into(),
+            },
+            RuntimeCondition { r#type: NO_DEPRECATIONS.into(), status: true, ..Default::default() },
+        ];
+        let mut info = HashMap::new();
+        if r.verbose {
+            let config = serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
+            info.insert("config".to_string(), config);
+            info.insert("lastCNILoadStatus".to_string(), "cni plugin not initialized".to_string());
+        }
+        Ok(StatusResponse { status: Some(RuntimeStatus { conditions }), info, ..Default::default() })
+    }
+
+    async fn update_runtime_config(
+        self,
+        _c: Call,
+        r: UpdateRuntimeConfigRequest,
+    ) -> Result<UpdateRuntimeConfigResponse, Status> {
+        let cidr = r.runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr).unwrap_or_default();
+        if !cidr.is_empty() {
+            *self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()) = cidr;
+        }
+        Ok(UpdateRuntimeConfigResponse {})
+    }
+
+    /// The pod CIDR last set by UpdateRuntimeConfig (empty until then).
+    pub fn pod_cidr(&self) -> String {
+        self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn pull_image(self, _c: Call, r: PullImageRequest) -> Result<PullImageResponse, Status> {
+        let image = r.image.map(|i| i.image).unwrap_or_default();
+        let image_ref = crate::pull::pull(&self.host, &self.config, NAMESPACE, &image, r.auth).await?;
+        Ok(PullImageResponse { image_ref })
+    }
+
+    async fn list_images(self, _c: Call, _r: ListImagesRequest) -> Result<ListImagesResponse, Status> {
+        // containerd 1.6 ignores the filter too.
+        let images = self.images().list().await?;
+        Ok(ListImagesResponse { images: images.iter().map(to_cri_image).collect() })
+    }
+
+    async fn image_status(self, _c: Call, r: ImageStatusRequest) -> Result<ImageStatusResponse, Status> {
+        let name = r.image.map(|i| i.image).unwrap_or_default();
+        // An unknown image is an empty answer, not NotFound (containerd's).
+        let Some(image) = self.images().find(&name).await? else {
+            return Ok(ImageStatusResponse::default());
+        };
+        let mut info = HashMap::new();
+        if r.verbose {
+            let verbose = serde_json::json!({ "chainID": image.chain_id, "imageSpec": image.spec });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(ImageStatusResponse { image: Some(to_cri_image(&image)), info })
+    }
+
+    async fn remove_image(self, _c: Call, r: RemoveImageRequest) -> Result<RemoveImageResponse, Status> {
+        let name = r.image.map(|i| i.image).unwrap_or_default();
+        let store = self.images();
+        let Some(image) = store.find(&name).await? else {
+            return Ok(RemoveImageResponse {});
+        };
+        let last = image.references.len().saturating_sub(1);
+        for (i, reference) in image.references.iter().enumerate() {
+            // The last deletion collects garbage before answering, as
+            // containerd's `SynchronousDelete`.
+            store
+                .delete(reference, i == last)
+                .await
+                .map_err(|s| s.context(format!("failed to delete image reference {reference:?} for {:?}", image.id)))?;
+        }
+        Ok(RemoveImageResponse {})
+    }
+
+    async fn image_fs_info(self, _c: Call, _r: ImageFsInfoRequest) -> Result<ImageFsInfoResponse, Status> {
+        let snapshotter = self.config.containerd.snapshotter.clone();
+        let call = Host::call(&format!("{SNAPSHOTS}/List"), Some(NAMESPACE));
+        let req = ListSnapshotsRequest { snapshotter: snapshotter.clone(), ..Default::default() };
+        let mut batches =
+            self.host.streaming::<_, ListSnapshotsResponse, _>(&call, futures::stream::iter([Ok(req)])).await?;
+        let mut keys = Vec::new();
+        while let Some(batch) = batches.next().await {
+            keys.extend(batch?.info.into_iter().map(|i| i.name));
+        }
+        let (mut used, mut inodes) = (0u64, 0u64);
+        let usage_call = Host::call(&format!("{SNAPSHOTS}/Usage"), Some(NAMESPACE));
+        for key in keys {
+            let req = UsageRequest { snapshotter: snapshotter.clone(), key };
+            // A snapshot removed meanwhile counts for nothing.
+            if let Ok(u) = self.host.unary::<_, UsageResponse>(&usage_call, &req).await {
+                used += u64::try_from(u.size).unwrap_or(0);
+                inodes += u64::try_from(u.inodes).unwrap_or(0);
+            }
+        }
+        Ok(ImageFsInfoResponse {
+            image_filesystems: vec![FilesystemUsage {
+                timestamp: now_nanos(),
+                fs_id: Some(FilesystemIdentifier { mountpoint: self.image_fs.display().to_string() }),
+                used_bytes: Some(UInt64Value { value: used }),
+                inodes_used: Some(UInt64Value { value: inodes }),
+            }],
+            container_filesystems: Vec::new(),
+        })
+    }
+}
+
+fn to_cri_image(image: &CriImage) -> Image {
+    let (repo_tags, repo_digests) = image.repo_tags_and_digests();
+    let (uid, username) = image.user();
+    Image {
+        id: image.id.clone(),
+        repo_tags,
+        repo_digests,
+        size: image.size,
+        uid: uid.map(|value| Int64Value { value }),
+        username,
+        spec: None,
+        pinned: image.pinned,
+    }
+}
+
+fn not_yet(service: &str, method: &str) -> Status {
+    Status::unimplemented(format!("{service}/{method} is not implemented by crated yet"))
+}
+
+pub fn router(svc: CriService) -> ServiceRouter {
+    let rt = |m: &str| format!("/{RUNTIME_SERVICE}/{m}");
+    let im = |m: &str| format!("/{IMAGE_SERVICE}/{m}");
+    let mut router = ServiceRouter::new()
+        .unary_with(&rt("Version"), &svc, CriService::version)
+        .unary_with(&rt("Status"), &svc, CriService::status)
+        .unary_with(&rt("UpdateRuntimeConfig"), &svc, CriService::update_runtime_config)
+        .unary_with(&im("PullImage"), &svc, CriService::pull_image)
+        .unary_with(&im("ListImages"), &svc, CriService::list_images)
+        .unary_with(&im("ImageStatus"), &svc, CriService::image_status)
+        .unary_with(&im("RemoveImage"), &svc, CriService::remove_image)
+        .unary_with(&im("ImageFsInfo"), &svc, CriService::image_fs_info);
+    for method in RUNTIME_TODO {
+        let method = method.to_string();
+        // `()` decodes any request, skipping its fields.
+        router = router.unary(&rt(&method), move |_c: Call, _r: ()| {
+            let status = not_yet(RUNTIME_SERVICE, &method);
+            async move { Err::<(), Status>(status) }
+        });
+    }
+    for method in RUNTIME_TODO_STREAMING {
+        let method = method.to_string();
+        router = router.server_streaming(&rt(&method), move |_c: Call, _r: ()| {
+            let status = not_yet(RUNTIME_SERVICE, &method);
+            async move { Err::<futures::stream::Empty<Result<(), Status>>, Status>(status) }
+        });
+    }
+    router
+}
