@@ -75,6 +75,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
 
+    // Before the scan: see plugin_watch.rs.
+    let watch = plugin_watch::watch(&config);
     let dir = plugin_dir(&config).map(Path::to_path_buf);
     let scan = match dir {
         Some(dir) => tokio::task::spawn_blocking(move || loader::scan(&dir)).await.unwrap_or_default(),
@@ -114,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let routes = set.routes.clone();
     let config = Arc::new(config);
     let set = Arc::new(tokio::sync::Mutex::new(set));
-    let watch = plugin_watch::start(config.clone(), set.clone()).await;
+    let watch = watch.map(|w| plugin_watch::start(config.clone(), set.clone(), w));
     tracing::info!(address = %address.display(), "serving");
     // Connections queue from bind on, so systemd may start dependents now.
     sd_notify::notify_logged(sd_notify::READY);

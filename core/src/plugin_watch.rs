@@ -12,6 +12,10 @@
 //! Why no thread: the inotify descriptor is non-blocking and polled by the
 //! daemon's reactor (`AsyncFd`), so an idle watch costs one descriptor.
 //!
+//! Why the watch comes first: it is set up before the start-up scan of the
+//! directory, so every library is either scanned or queued as an event,
+//! and none is read half-written by a second listing.
+//!
 //! Libraries are never unloaded, so a changed or replaced library is not
 //! reloaded: it is listed with an error that says a restart is needed.
 
@@ -25,7 +29,7 @@ use std::{
 use rustix::fs::inotify;
 use tokio::{io::unix::AsyncFd, sync::Mutex, task::JoinHandle};
 
-use crate::{config::Config, loader, plugins::PluginSet};
+use crate::{config::Config, plugins::PluginSet};
 
 /// An inotify watch on one directory.
 pub struct PluginDirWatch {
@@ -76,38 +80,32 @@ impl PluginDirWatch {
     }
 }
 
-/// Starts watching `plugin_dir` (if there is one) and loading what appears
-/// in it. The watch is set up first and the directory listed again after,
-/// so a library copied in while the daemon started is not missed.
-pub async fn start(config: Arc<Config>, set: Arc<Mutex<PluginSet>>) -> Option<JoinHandle<()>> {
-    let dir = crate::daemon::plugin_dir(&config)?.to_path_buf();
-    let mut watch = match PluginDirWatch::new(&dir) {
-        Ok(w) => w,
+/// Sets up the watch on `plugin_dir`, if there is one. Called before the
+/// directory is scanned at start, so that a library written while the
+/// daemon starts is either in the scan or in the watch's queue, never
+/// missed, and never read before its writer closed it (listing the
+/// directory again after start would race a copy in progress).
+pub fn watch(config: &Config) -> Option<PluginDirWatch> {
+    let dir = crate::daemon::plugin_dir(config)?;
+    match PluginDirWatch::new(dir) {
+        Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(plugin_dir = %dir.display(), "cannot watch plugin_dir ({e}): libraries added later need a restart");
-            return None;
+            None
         }
-    };
-    Some(tokio::spawn(async move {
-        let listed = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || loader::plugin_files(&dir).unwrap_or_default())
-                .await
-                .unwrap_or_default()
-        };
-        {
-            let mut set = set.lock().await;
-            for path in listed {
-                if !set.has_library(&path) {
-                    set.load_library(&config, &path).await;
-                }
-            }
-        }
+    }
+}
+
+/// Loads what appears in the watched directory, one library at a time.
+/// An event for a file the start-up scan already loaded, unchanged, is
+/// ignored (`PluginSet::load_library`).
+pub fn start(config: Arc<Config>, set: Arc<Mutex<PluginSet>>, mut watch: PluginDirWatch) -> JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let paths = match watch.next().await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(plugin_dir = %dir.display(), "watching plugin_dir failed ({e}): libraries added later need a restart");
+                    tracing::warn!(plugin_dir = %watch.dir.display(), "watching plugin_dir failed ({e}): libraries added later need a restart");
                     return;
                 }
             };
@@ -116,5 +114,5 @@ pub async fn start(config: Arc<Config>, set: Arc<Mutex<PluginSet>>) -> Option<Jo
                 set.load_library(&config, &path).await;
             }
         }
-    }))
+    })
 }

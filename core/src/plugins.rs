@@ -273,11 +273,6 @@ pub const RELOAD_REFUSED: &str = "this library is already loaded and its plugins
      replace a library with a new file (install or rename), never by writing into the loaded one";
 
 impl PluginSet {
-    /// Whether `path` was loaded (or refused) already.
-    pub fn has_library(&self, path: &Path) -> bool {
-        self.libraries.contains_key(path)
-    }
-
     fn records(&self) -> std::sync::RwLockReadGuard<'_, Vec<PluginRecord>> {
         self.records.read().unwrap_or_else(|e| e.into_inner())
     }
