@@ -5,9 +5,10 @@
 //! written to the test's own conf dir, with a bridge name and subnet of
 //! its own): NetworkReady following the conf dir, RunPodSandbox (the
 //! sandbox image pulled on demand), PodSandboxStatus with the pod IP
-//! assigned inside the namespace, ListPodSandbox with its filters, the
-//! records containerd's CRI leaves, a daemon restart, StopPodSandbox and
-//! RemovePodSandbox, and a host-network pod with no namespace at all.
+//! assigned inside the namespace and the host port's DNAT rule, ListPodSandbox
+//! with its filters, the records containerd's CRI leaves, a daemon restart,
+//! StopPodSandbox and RemovePodSandbox, a host-network pod with no
+//! namespace at all; and failed runs that undo everything they made.
 //!
 //! `restrict_oom_score_adj` is on: the test may run where lowering the
 //! OOM score is not allowed (containerd's knob for exactly that).
@@ -47,6 +48,8 @@ const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 const CNI_BIN: &str = "/usr/lib/cni";
 const CRI: &str = "io.containerd.grpc.v1.cri";
 const TASK_STATE: &str = "io.containerd.runtime.v2.task";
+/// The sandbox image's command: busybox-static sleeping forever.
+const PAUSE: &[&str] = &["/bin/busybox", "sleep", "1000000000"];
 
 /// One test's world: registry, daemon, conf dir, bridge. Dropping it
 /// stops and removes every sandbox, then the daemon, then the bridge.
@@ -62,7 +65,7 @@ struct Pods {
 impl Pods {
     /// `n` makes the bridge and subnet unique among this file's tests, the
     /// pid among concurrent runs. The conf dir starts empty.
-    async fn start(n: u8) -> Pods {
+    async fn start(n: u8, cmd: &[&str]) -> Pods {
         let registry = Registry::start().expect("registry fixture");
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
@@ -87,12 +90,8 @@ impl Pods {
             ));
         let pods = Pods { daemon: Some(setup.start()), _registry: registry, dir, bridge, subnet_prefix, sandbox_image };
         let ch = pods.channel().await;
-        // The sandbox image: busybox-static sleeping forever.
-        let archive = oci_archive(&ImageOptions {
-            cmd: Some(vec!["/bin/busybox".into(), "sleep".into(), "1000000000".into()]),
-            ..Default::default()
-        })
-        .unwrap();
+        let cmd = Some(cmd.iter().map(|s| s.to_string()).collect());
+        let archive = oci_archive(&ImageOptions { cmd, ..Default::default() }).unwrap();
         push_image(&ch, &archive, &pods.sandbox_image, None).await;
         pods
     }
@@ -232,13 +231,19 @@ fn addresses_in(netns: &str) -> Vec<String> {
         .collect()
 }
 
+/// The nat table, where portmap puts a pod's host ports.
+fn nat_rules() -> String {
+    let out = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_run_list_restart_stop_remove() {
-    let mut pods = Pods::start(1).await;
+    let mut pods = Pods::start(1, PAUSE).await;
     let ch = pods.channel().await;
 
     // No network in the conf dir: not ready, as containerd says it.
@@ -310,6 +315,7 @@ async fn sandboxes_run_list_restart_stop_remove() {
     assert_eq!(addresses_in(&netns), vec![ip.clone()], "the pod IP is on eth0 inside the namespace");
     let resolv = std::fs::read_to_string(pods.cri_root().join("sandboxes").join(&web).join("resolv.conf")).unwrap();
     assert_eq!(resolv, "search svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n");
+    assert!(nat_rules().contains(&format!("--dport {host_port}")), "portmap set no DNAT for {host_port}");
     let mounts = info["runtimeSpec"]["mounts"].as_array().unwrap();
     assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf"), "{mounts:?}");
 
@@ -381,6 +387,7 @@ async fn sandboxes_run_list_restart_stop_remove() {
     assert_eq!(st.network.unwrap().ip, "");
     assert_eq!(info["netNamespaceClosed"], true);
     assert!(!Path::new(&netns).exists(), "{netns} is still there");
+    assert!(!nat_rules().contains(&format!("--dport {host_port}")), "CNI DEL left the DNAT for {host_port}");
     let task = TasksClient::new(ch.clone())
         .get(with_ns(GetRequest { container_id: web.clone(), exec_id: String::new() }, NS))
         .await
@@ -412,4 +419,63 @@ async fn sandboxes_run_list_restart_stop_remove() {
         .unwrap_err();
     assert_eq!(task.code(), Code::NotFound, "{task:?}");
     assert_eq!(entries(&pods.netns_dir()), 0);
+}
+
+/// Runs that fail leave nothing: an unknown runtime handler fails before
+/// anything is made; a sandbox image whose command does not exist fails
+/// at the task, after the namespace, CNI, snapshot and record were made,
+/// and all of them are undone (the name is free again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_runs_leave_nothing_behind() {
+    let pods = Pods::start(2, &["/bin/no-such-command"]).await;
+    pods.write_conflist();
+    let ch = pods.channel().await;
+    let config = PodSandboxConfig { metadata: metadata("broken"), ..Default::default() };
+
+    let req = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "nope".into() };
+    let err = Pods::rt(&ch).run_pod_sandbox(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no runtime for \"nope\""), "{err:?}");
+
+    for _ in 0..2 {
+        let err = run(&ch, config.clone()).await.unwrap_err();
+        assert!(err.message().contains("failed to create containerd task"), "{err:?}");
+        assert!(err.message().contains("no-such-command"), "{err:?}");
+        assert_eq!(list(&ch, None).await, Vec::<String>::new());
+        assert_eq!(entries(&pods.netns_dir()), 0, "the namespace is removed");
+        assert_eq!(entries(&pods.cri_root().join("sandboxes")), 0, "the sandbox directory is removed");
+        let containers = ContainersClient::new(ch.clone())
+            .list(with_ns(containerd_client::services::v1::ListContainersRequest::default(), NS))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(containers.is_empty(), "{containers:?}");
+        let snapshots = SnapshotsClient::new(ch.clone())
+            .list(with_ns(
+                containerd_client::services::v1::snapshots::ListSnapshotsRequest {
+                    snapshotter: "overlayfs".into(),
+                    filters: vec![],
+                },
+                NS,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .map(|r| r.info)
+            .unwrap_or_default();
+        assert!(snapshots.iter().all(|s| s.kind != 2), "an active snapshot is left: {snapshots:?}");
+        // The pod's address went back to the pool: host-local keeps one
+        // file per address it hands out.
+        let ipam = pods.dir.path().join("ipam").join(format!("crated-pods-{}", pods.bridge));
+        let leased = std::fs::read_dir(&ipam)
+            .expect("host-local ran (its data dir)")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+            .count();
+        assert_eq!(leased, 0, "CNI DEL released the address");
+    }
 }

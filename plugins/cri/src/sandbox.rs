@@ -563,6 +563,11 @@ impl Sandboxes {
         made.container = true;
 
         if let Some(ns) = &made.netns {
+            // containerd's CRI reloads the conf dir on changes (its
+            // syncer); loading again while not ready is the same in effect.
+            if self.cni.status().is_err() {
+                let _ = self.cni.reload().await;
+            }
             made.network = true;
             let result = self
                 .cni
