@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compression: Compression::Gzip,
         layers: Layers::Rootfs,
         platforms: Platforms::Amd64,
+        cmd: None,
     };
     let layer_bytes = layer.len();
     let archive = oci_archive_of(&options, vec![layer])?;

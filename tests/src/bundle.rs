@@ -15,7 +15,10 @@ pub const CRATES: &[(&str, &[&str])] = &[
     ("diff", &["io.containerd.differ.v1.walking"]),
     ("gc", &["io.containerd.gc.v1.scheduler"]),
     ("transfer", &["io.containerd.streaming.v1.manager", "io.containerd.transfer.v1.local"]),
-    ("runtime", &["io.containerd.runtime.v2.task", "io.containerd.grpc.v1.tasks"]),
+    (
+        "runtime",
+        &["io.containerd.runtime.v2.task", "io.containerd.grpc.v1.tasks", "io.containerd.service.v1.tasks-service"],
+    ),
     ("cri", &["io.containerd.grpc.v1.cri"]),
 ];
 

@@ -84,6 +84,8 @@ pub struct ImageOptions {
     pub compression: Compression,
     pub layers: Layers,
     pub platforms: Platforms,
+    /// The config's `Cmd`; `None` is `/bin/sh`.
+    pub cmd: Option<Vec<String>>,
 }
 
 impl Default for ImageOptions {
@@ -93,6 +95,7 @@ impl Default for ImageOptions {
             compression: Compression::Gzip,
             layers: Layers::Rootfs,
             platforms: Platforms::Amd64,
+            cmd: None,
         }
     }
 }
@@ -248,7 +251,7 @@ fn layer_tars(layers: Layers) -> Result<Vec<Vec<u8>>, ImageError> {
 }
 
 /// An image config for one architecture over the given diff ids.
-fn config_json(arch: Arch, diff_ids: &[String]) -> Result<Vec<u8>, ImageError> {
+fn config_json(arch: Arch, diff_ids: &[String], cmd: Option<&[String]>) -> Result<Vec<u8>, ImageError> {
     let history = diff_ids
         .iter()
         .enumerate()
@@ -263,7 +266,7 @@ fn config_json(arch: Arch, diff_ids: &[String]) -> Result<Vec<u8>, ImageError> {
         .config(
             ConfigBuilder::default()
                 .env(vec!["PATH=/bin".to_string()])
-                .cmd(vec!["/bin/sh".to_string()])
+                .cmd(cmd.map(<[String]>::to_vec).unwrap_or_else(|| vec!["/bin/sh".to_string()]))
                 .working_dir("/")
                 .build()?,
         )
@@ -326,7 +329,7 @@ pub fn oci_archive_of(options: &ImageOptions, tars: Vec<Vec<u8>>) -> Result<Arch
     let mut configs = Vec::new();
     let mut manifest_descriptors = Vec::new();
     for (arch, _) in arches {
-        let config = config_json(arch.clone(), &diff_ids)?;
+        let config = config_json(arch.clone(), &diff_ids, options.cmd.as_deref())?;
         let config_descriptor = descriptor(MediaType::ImageConfig, &config)?;
         configs.push(add_blob(&mut blobs, config));
         let manifest = ImageManifestBuilder::default()
@@ -385,7 +388,7 @@ pub fn oci_archive_of(options: &ImageOptions, tars: Vec<Vec<u8>>) -> Result<Arch
 pub fn docker_archive(options: &ImageOptions) -> Result<Archive, ImageError> {
     let tars = layer_tars(options.layers)?;
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256_digest(t)).collect();
-    let config = config_json(Arch::Amd64, &diff_ids)?;
+    let config = config_json(Arch::Amd64, &diff_ids, options.cmd.as_deref())?;
     let config_digest = sha256_digest(&config);
 
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -478,7 +481,13 @@ mod tests {
         for compression in [Compression::Gzip, Compression::Uncompressed] {
             for layers in [Layers::Rootfs, Layers::WithWhiteouts] {
                 for platforms in [Platforms::Amd64, Platforms::Amd64AndArm64] {
-                    out.push(ImageOptions { ref_name: Some("latest".into()), compression, layers, platforms });
+                    out.push(ImageOptions {
+                        ref_name: Some("latest".into()),
+                        compression,
+                        layers,
+                        platforms,
+                        cmd: None,
+                    });
                 }
             }
         }

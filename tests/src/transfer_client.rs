@@ -12,8 +12,8 @@ use containerd_client::{
         transfer_client::TransferClient, InfoRequest, ListImagesRequest, StreamInit, TransferOptions, TransferRequest,
     },
     types::transfer::{
-        AuthRequest, AuthResponse, AuthType, Data, ImageImportStream, ImageReference, ImageStore, Progress,
-        WindowUpdate,
+        AuthRequest, AuthResponse, AuthType, Data, ImageImportStream, ImageReference, ImageStore, OciRegistry,
+        Progress, RegistryResolver, WindowUpdate,
     },
 };
 use prost::Name;
@@ -216,4 +216,36 @@ pub async fn labels(ch: &Channel, ns: &str, digest: &str) -> HashMap<String, Str
 /// Events of a list of progress messages, for assertions.
 pub fn events(progress: &[Progress]) -> Vec<&str> {
     progress.iter().map(|p| p.event.as_str()).collect()
+}
+
+/// `<dir>/<host>/hosts.toml` saying the registry speaks plain HTTP.
+pub fn plain_http_hosts_toml(dir: &std::path::Path, host: &str) {
+    let d = dir.join(host);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("hosts.toml"),
+        format!("server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+}
+
+/// Imports the test image into namespace `src` and pushes it as `remote`
+/// (plain HTTP), with credentials when the registry wants them.
+pub async fn push_image(ch: &Channel, archive: &crate::images::Archive, remote: &str, creds: Option<(&str, &str)>) {
+    let local = import_image(ch, "src", &format!("import-{}", unique_id()), archive.tar.clone()).await;
+    let mut resolver = RegistryResolver { default_scheme: "http".into(), ..Default::default() };
+    let auth = match creds {
+        Some((u, p)) => {
+            resolver.auth_stream = format!("auth-{}", unique_id());
+            let s = open_stream(ch, &resolver.auth_stream).await;
+            Some(serve_credentials(s, Some((u.into(), p.into()))))
+        }
+        None => None,
+    };
+    let source = ImageStore { name: local, ..Default::default() };
+    let destination = OciRegistry { reference: remote.into(), resolver: Some(resolver) };
+    transfer(ch, "src", pack(&source), pack(&destination), "").await.expect("push");
+    if let Some(a) = auth {
+        a.await.unwrap();
+    }
 }

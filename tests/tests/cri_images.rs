@@ -16,18 +16,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use common::{Daemon, Setup};
-use containerd_client::{
-    services::v1::{images_client::ImagesClient, ListImagesRequest},
-    types::transfer::{ImageStore, OciRegistry, RegistryResolver},
-};
+use containerd_client::services::v1::{images_client::ImagesClient, ListImagesRequest};
 use crated_tests::images::{chain_ids, oci_archive, tar_files, Archive, ImageOptions};
 use crated_tests::registry::Registry;
-use crated_tests::transfer_client::{import_image, open_stream, pack, serve_credentials, transfer, unique_id, with_ns};
+use crated_tests::transfer_client::{plain_http_hosts_toml, push_image, with_ns};
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, AuthConfig,
-    ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest as CriListImages, NetworkConfig,
-    PullImageRequest, RemoveImageRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
-    UpdateRuntimeConfigRequest, VersionRequest,
+    CreateContainerRequest, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest as CriListImages,
+    NetworkConfig, PullImageRequest, RemoveImageRequest, RuntimeConfig, StatusRequest, UpdateRuntimeConfigRequest,
+    VersionRequest,
 };
 use tonic::{transport::Channel, Code};
 
@@ -44,38 +41,6 @@ fn daemon(config_path: &Path) -> (Daemon, PathBuf) {
         ));
     let root = setup.root();
     (setup.start(), root)
-}
-
-/// `<dir>/<host>/hosts.toml` saying the registry speaks plain HTTP.
-fn hosts_toml(dir: &Path, host: &str) {
-    let d = dir.join(host);
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(
-        d.join("hosts.toml"),
-        format!("server = \"http://{host}\"\n\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    )
-    .unwrap();
-}
-
-/// Imports the test image into namespace `src` and pushes it as `remote`
-/// (plain HTTP), with credentials when the registry wants them.
-async fn push_test_image(ch: &Channel, archive: &Archive, remote: &str, creds: Option<(&str, &str)>) {
-    let local = import_image(ch, "src", &format!("import-{}", unique_id()), archive.tar.clone()).await;
-    let mut resolver = RegistryResolver { default_scheme: "http".into(), ..Default::default() };
-    let auth = match creds {
-        Some((u, p)) => {
-            resolver.auth_stream = format!("auth-{}", unique_id());
-            let s = open_stream(ch, &resolver.auth_stream).await;
-            Some(serve_credentials(s, Some((u.into(), p.into()))))
-        }
-        None => None,
-    };
-    let source = ImageStore { name: local, ..Default::default() };
-    let destination = OciRegistry { reference: remote.into(), resolver: Some(resolver) };
-    transfer(ch, "src", pack(&source), pack(&destination), "").await.expect("push");
-    if let Some(a) = auth {
-        a.await.unwrap();
-    }
 }
 
 fn spec(image: &str) -> Option<ImageSpec> {
@@ -149,22 +114,22 @@ async fn runtime_identity_status_and_unbuilt_methods() {
     };
     rt.update_runtime_config(cidr).await.expect("update runtime config");
 
-    let err = rt.run_pod_sandbox(RunPodSandboxRequest::default()).await.unwrap_err();
+    let err = rt.create_container(CreateContainerRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{err:?}");
+    assert!(err.message().contains("CreateContainer"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_list_status_fsinfo_remove_over_plain_http() {
     let registry = Registry::start().expect("registry fixture");
     let certs = tempfile::tempdir().unwrap();
-    hosts_toml(certs.path(), &registry.host());
+    plain_http_hosts_toml(certs.path(), &registry.host());
     let archive = oci_archive(&ImageOptions::default()).unwrap();
     let (d, root) = daemon(certs.path());
     let ch = d.channel().await;
     let repo = format!("{}/test/busybox", registry.host());
     let tag = format!("{repo}:1");
-    push_test_image(&ch, &archive, &tag, None).await;
+    push_image(&ch, &archive, &tag, None).await;
 
     let id = pull(&ch, &tag, None).await.expect("pull");
     let config = &archive.configs[0];
@@ -241,12 +206,12 @@ async fn pull_list_status_fsinfo_remove_over_plain_http() {
 async fn pull_with_auth_config_from_an_htpasswd_registry() {
     let registry = Registry::start_with_user("tester", "s3cret").expect("registry fixture");
     let certs = tempfile::tempdir().unwrap();
-    hosts_toml(certs.path(), &registry.host());
+    plain_http_hosts_toml(certs.path(), &registry.host());
     let archive = oci_archive(&ImageOptions::default()).unwrap();
     let (d, _) = daemon(certs.path());
     let ch = d.channel().await;
     let tag = format!("{}/test/private:1", registry.host());
-    push_test_image(&ch, &archive, &tag, Some(("tester", "s3cret"))).await;
+    push_image(&ch, &archive, &tag, Some(("tester", "s3cret"))).await;
 
     let err = pull(&ch, &tag, None).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");

@@ -30,5 +30,6 @@ crated_plugin_api::export_plugins!(
     crated_plugin_transfer::LocalTransfer,
     crated_plugin_runtime::RuntimeTask,
     crated_plugin_runtime::Tasks,
+    crated_plugin_runtime::TasksInternal,
     crated_plugin_cri::Cri,
 );

@@ -1,24 +1,31 @@
 //! `io.containerd.grpc.v1.cri`: the Kubernetes Container Runtime Interface
 //! (`runtime.v1`) on the daemon's socket, as containerd 1.6's CRI plugin.
 //!
-//! This first slice serves the image side and the runtime's identity:
+//! It serves the image side, the runtime's identity and pod sandboxes:
 //! [`config`] (containerd's keys and defaults), [`service`] (Version,
-//! Status, UpdateRuntimeConfig and the ImageService; the pod and container
-//! methods answer `Unimplemented` by name), [`pull`] (PullImage through the
-//! transfer plugin), [`images`] (the CRI's view of the `k8s.io` image
-//! records) and [`reference`] (Docker reference normalisation).
+//! Status with CNI's readiness, UpdateRuntimeConfig, the ImageService and
+//! the pod sandbox methods; the container methods answer `Unimplemented`
+//! by name), [`pull`] (PullImage through the transfer plugin), [`images`]
+//! (the CRI's view of the `k8s.io` image records), [`reference`] (Docker
+//! reference normalisation) and [`sandbox`] (pause containers, their
+//! network namespaces and CNI, their records).
 //!
 //! Everything goes through the plugin's dependencies in process: image
 //! records and snapshots through the metadata plugin, blobs through its
 //! namespaced Content service, pulls through the transfer plugin, with
-//! credentials on a stream of the streaming plugin.
+//! credentials on a stream of the streaming plugin, tasks through the
+//! internal Tasks service (`io.containerd.service.v1.tasks-service`).
 
 pub mod config;
 pub mod images;
 pub mod pull;
 pub mod reference;
+pub mod sandbox;
 pub mod service;
 
+use std::{path::PathBuf, sync::Arc};
+
+use crated_cni::Cni;
 use crated_plugin_api::{types, InitCtx, Plugin, PluginError, PluginInfo, ServiceRouter};
 
 /// The CRI plugin.
@@ -29,8 +36,11 @@ impl Plugin for Cri {
         // containerd's CRI reaches images, content, snapshots, leases,
         // tasks and events through its client; here they are dependencies
         // called in process. Leases are the metadata plugin's (a lease
-        // plugin type orders first when one exists); the runtime is needed
-        // from the pod slice on, so it only orders for now.
+        // plugin type orders first when one exists). Tasks come from the
+        // internal service type (containerd's `tasks-service`): the Tasks
+        // plugin on the socket has this plugin's own type, which it cannot
+        // require without requiring itself. Optional, so that the image
+        // side works without a runtime; pods then fail naming the plugin.
         PluginInfo::new(types::GRPC, "cri")
             .requires(&[
                 types::METADATA,
@@ -40,7 +50,7 @@ impl Plugin for Cri {
                 types::STREAMING,
                 types::EVENT,
             ])
-            .requires_optional(&[types::LEASE, types::RUNTIME, types::DIFF])
+            .requires_optional(&[types::LEASE, types::RUNTIME, types::SERVICE, types::DIFF])
             .config_defaults(config::DEFAULTS)
     }
 
@@ -60,6 +70,30 @@ impl Plugin for Cri {
         // containerd's imageFSPath: the snapshotter's directory beside ours.
         let base = ctx.root.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| ctx.root.clone());
         let image_fs = base.join(types::key(types::SNAPSHOTTER, snapshotter));
-        Ok(service::router(service::CriService::new(ctx.host.clone(), parsed.config, image_fs)))
+        let cni = Arc::new(load_cni(&parsed.config.cni, &ctx.state).await);
+        Ok(service::router(service::CriService::new(
+            ctx.host.clone(),
+            parsed.config,
+            image_fs,
+            cni,
+            &ctx.root,
+            &ctx.state,
+        )))
     }
+}
+
+/// CNI from the config's `cni` table, its results cache under the plugin's
+/// state dir. Kept when the conf dir has no network yet: Status reports
+/// that and loads again, as containerd's CRI retries.
+async fn load_cni(config: &config::CniConfig, state: &std::path::Path) -> Cni {
+    let cni = Cni::new(crated_cni::CniConfig {
+        bin_dirs: vec![PathBuf::from(&config.bin_dir)],
+        conf_dir: PathBuf::from(&config.conf_dir),
+        max_conf_num: usize::try_from(config.max_conf_num).unwrap_or(0),
+        cache_dir: state.join("cni-cache"),
+    });
+    if let Err(e) = cni.reload().await {
+        crated_plugin_api::tracing::warn!("failed to load cni during init, please check CRI plugin status: {e}");
+    }
+    cni
 }

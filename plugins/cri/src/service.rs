@@ -1,13 +1,13 @@
 //! The CRI's two gRPC services on the daemon's socket, `runtime.v1`
 //! `RuntimeService` and `ImageService`, as handlers of the SDK's router.
-//! What this slice serves: Version, Status, UpdateRuntimeConfig and the
-//! whole ImageService. Every other method is registered explicitly and
+//! What is served: Version, Status, UpdateRuntimeConfig, the pod sandbox
+//! methods ([`crate::sandbox`]) and the whole ImageService. Every other method is registered explicitly and
 //! answers `Unimplemented` naming itself, so a kubelet or crictl sees
 //! which call crated lacks rather than a generic "unknown method".
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -24,9 +24,17 @@ use k8s_cri::v1::{
     UInt64Value, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionRequest, VersionResponse,
 };
 
+use crated_cni::Cni;
+use k8s_cri::v1::{
+    ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
+    RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
+    StopPodSandboxRequest, StopPodSandboxResponse,
+};
+
 use crate::{
     config::Config,
     images::{CriImage, ImageStore},
+    sandbox::Sandboxes,
 };
 
 pub const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
@@ -47,11 +55,6 @@ const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
 /// The RuntimeService methods not built yet: unary, then server-streaming.
 const RUNTIME_TODO: &[&str] = &[
-    "RunPodSandbox",
-    "StopPodSandbox",
-    "RemovePodSandbox",
-    "PodSandboxStatus",
-    "ListPodSandbox",
     "CreateContainer",
     "StartContainer",
     "StopContainer",
@@ -84,6 +87,8 @@ pub struct CriService {
     image_fs: PathBuf,
     /// The pod CIDR the kubelet last set (UpdateRuntimeConfig), for CNI.
     pod_cidr: Arc<Mutex<String>>,
+    cni: Arc<Cni>,
+    sandboxes: Sandboxes,
 }
 
 fn now_nanos() -> i64 {
@@ -91,8 +96,19 @@ fn now_nanos() -> i64 {
 }
 
 impl CriService {
-    pub fn new(host: Host, config: Config, image_fs: PathBuf) -> CriService {
-        CriService { host, config: Arc::new(config), image_fs, pod_cidr: Arc::default() }
+    pub fn new(host: Host, config: Config, image_fs: PathBuf, cni: Arc<Cni>, root: &Path, state: &Path) -> CriService {
+        let config = Arc::new(config);
+        let sandboxes = Sandboxes::new(host.clone(), config.clone(), cni.clone(), root, state);
+        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes }
+    }
+
+    /// CNI's readiness, loading the conf dir again while it is not ready
+    /// (containerd's CRI keeps retrying the load until a network appears).
+    async fn network_status(&self) -> Result<(), String> {
+        if self.cni.status().is_err() {
+            let _ = self.cni.reload().await;
+        }
+        self.cni.status().map_err(|e| e.to_string())
     }
 
     fn images(&self) -> ImageStore {
@@ -109,23 +125,26 @@ impl CriService {
     }
 
     async fn status(self, _c: Call, r: StatusRequest) -> Result<StatusResponse, Status> {
-        let conditions = vec![
-            RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() },
-            RuntimeCondition {
+        let network = match self.network_status().await {
+            Ok(()) => RuntimeCondition { r#type: "NetworkReady".into(), status: true, ..Default::default() },
+            Err(e) => RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: false,
                 reason: NETWORK_NOT_READY.into(),
-                message: "Network plugin returns error: cni plugin not initialized \
-                          (crated does not set up pod networks yet)"
-                    .into(),
+                message: format!("Network plugin returns error: {e}"),
             },
+        };
+        let conditions = vec![
+            RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() },
+            network,
             RuntimeCondition { r#type: NO_DEPRECATIONS.into(), status: true, ..Default::default() },
         ];
         let mut info = HashMap::new();
         if r.verbose {
             let config = serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
             info.insert("config".to_string(), config);
-            info.insert("lastCNILoadStatus".to_string(), "cni plugin not initialized".to_string());
+            let last = self.cni.load_error().unwrap_or_else(|| "OK".to_string());
+            info.insert("lastCNILoadStatus".to_string(), last);
         }
         Ok(StatusResponse { status: Some(RuntimeStatus { conditions }), info, ..Default::default() })
     }
@@ -145,6 +164,38 @@ impl CriService {
     /// The pod CIDR last set by UpdateRuntimeConfig (empty until then).
     pub fn pod_cidr(&self) -> String {
         self.pod_cidr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    async fn run_pod_sandbox(self, _c: Call, r: RunPodSandboxRequest) -> Result<RunPodSandboxResponse, Status> {
+        let pod_sandbox_id = self.sandboxes.run(r.config, r.runtime_handler).await?;
+        Ok(RunPodSandboxResponse { pod_sandbox_id })
+    }
+
+    async fn stop_pod_sandbox(self, _c: Call, r: StopPodSandboxRequest) -> Result<StopPodSandboxResponse, Status> {
+        self.sandboxes.stop(&r.pod_sandbox_id).await?;
+        Ok(StopPodSandboxResponse {})
+    }
+
+    async fn remove_pod_sandbox(
+        self,
+        _c: Call,
+        r: RemovePodSandboxRequest,
+    ) -> Result<RemovePodSandboxResponse, Status> {
+        self.sandboxes.remove(&r.pod_sandbox_id).await?;
+        Ok(RemovePodSandboxResponse {})
+    }
+
+    async fn pod_sandbox_status(
+        self,
+        _c: Call,
+        r: PodSandboxStatusRequest,
+    ) -> Result<PodSandboxStatusResponse, Status> {
+        let (status, info) = self.sandboxes.status(&r.pod_sandbox_id, r.verbose).await?;
+        Ok(PodSandboxStatusResponse { status: Some(status), info, ..Default::default() })
+    }
+
+    async fn list_pod_sandbox(self, _c: Call, r: ListPodSandboxRequest) -> Result<ListPodSandboxResponse, Status> {
+        Ok(ListPodSandboxResponse { items: self.sandboxes.list(r.filter).await? })
     }
 
     async fn pull_image(self, _c: Call, r: PullImageRequest) -> Result<PullImageResponse, Status> {
@@ -249,6 +300,11 @@ pub fn router(svc: CriService) -> ServiceRouter {
         .unary_with(&rt("Version"), &svc, CriService::version)
         .unary_with(&rt("Status"), &svc, CriService::status)
         .unary_with(&rt("UpdateRuntimeConfig"), &svc, CriService::update_runtime_config)
+        .unary_with(&rt("RunPodSandbox"), &svc, CriService::run_pod_sandbox)
+        .unary_with(&rt("StopPodSandbox"), &svc, CriService::stop_pod_sandbox)
+        .unary_with(&rt("RemovePodSandbox"), &svc, CriService::remove_pod_sandbox)
+        .unary_with(&rt("PodSandboxStatus"), &svc, CriService::pod_sandbox_status)
+        .unary_with(&rt("ListPodSandbox"), &svc, CriService::list_pod_sandbox)
         .unary_with(&im("PullImage"), &svc, CriService::pull_image)
         .unary_with(&im("ListImages"), &svc, CriService::list_images)
         .unary_with(&im("ImageStatus"), &svc, CriService::image_status)

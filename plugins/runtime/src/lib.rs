@@ -12,6 +12,11 @@
 //! - `io.containerd.grpc.v1.tasks` ([`service`]): containerd's Tasks service
 //!   on the socket, over the manager; task checkpoints go to and come from
 //!   the content store as tars ([`checkpoint`]).
+//! - `io.containerd.service.v1.tasks-service`: the same Tasks service,
+//!   served to dependents only (containerd 1.6's `tasks-service`, which its
+//!   CRI plugin requires by the service type). The CRI plugin is itself a
+//!   gRPC-type plugin, so it cannot require the socket's Tasks plugin by
+//!   type without requiring itself.
 //!
 //! The request path: client -> socket -> Tasks (this library) -> shim over
 //! ttrpc -> runc; events come back from the shim through the ttrpc socket
@@ -97,6 +102,16 @@ impl Plugin for RuntimeTask {
     }
 }
 
+/// The Tasks service over the manager the runtime plugin made.
+fn tasks_router(ctx: &InitCtx) -> Result<ServiceRouter, PluginError> {
+    let manager = MANAGER
+        .lock()
+        .expect("manager")
+        .clone()
+        .ok_or_else(|| PluginError::failed("the shim manager io.containerd.runtime.v2.task is not running"))?;
+    Ok(service::router(service::TasksService::new(ctx.host.clone(), manager)))
+}
+
 /// The Tasks service.
 pub struct Tasks;
 
@@ -106,11 +121,23 @@ impl Plugin for Tasks {
     }
 
     async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
-        let manager = MANAGER
-            .lock()
-            .expect("manager")
-            .clone()
-            .ok_or_else(|| PluginError::failed("the shim manager io.containerd.runtime.v2.task is not running"))?;
-        Ok(service::router(service::TasksService::new(ctx.host.clone(), manager)))
+        tasks_router(&ctx)
+    }
+}
+
+/// The Tasks service for other plugins, off the socket: containerd 1.6's
+/// `io.containerd.service.v1.tasks-service`, which its gRPC Tasks plugin and
+/// its CRI plugin both require. Here the gRPC plugin keeps its own handler
+/// (both sit on the one shim manager), so this one only adds a way in for
+/// plugins of the gRPC type, the CRI first.
+pub struct TasksInternal;
+
+impl Plugin for TasksInternal {
+    fn info() -> PluginInfo {
+        PluginInfo::new(types::SERVICE, "tasks-service").requires(&[types::RUNTIME, types::METADATA, types::EVENT])
+    }
+
+    async fn init(ctx: InitCtx) -> Result<ServiceRouter, PluginError> {
+        Ok(tasks_router(&ctx)?.internal(service::SERVICE))
     }
 }

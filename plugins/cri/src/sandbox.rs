@@ -1,0 +1,866 @@
+//! Pod sandboxes, as containerd 1.6's `pkg/cri/server/sandbox_*.go`: a
+//! sandbox is a pause container of the configured `sandbox_image`, a
+//! container record in `k8s.io` labelled `io.cri-containerd.kind=sandbox`
+//! whose extension `io.cri-containerd.sandbox.metadata` keeps the CRI's
+//! metadata (config, netns path, pod IPs), and a task started through the
+//! Tasks service in its own network namespace attached by CNI.
+//!
+//! There is no in-memory sandbox store: the records are the store, and a
+//! sandbox's state is its task's (running is READY, anything else
+//! NOTREADY), so a daemon restarted over the same root lists the same
+//! sandboxes with the same states.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use containerd_client::{
+    services::v1::{
+        container::Runtime as ContainerRuntime,
+        snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest},
+        Container, CreateContainerRequest, CreateTaskRequest, CreateTaskResponse, DeleteContainerRequest,
+        DeleteTaskRequest, GetRequest, GetResponse, KillRequest, ListContainersRequest, ListContainersResponse,
+        StartRequest, StartResponse, UpdateContainerRequest, WaitRequest,
+    },
+    types::Mount,
+};
+use crated_cni::{Cni, DnsCapability, NetNs, PodNetworkArgs, PortMapping};
+use crated_plugin_api::{Code, ErrorKind, Host, Status};
+use k8s_cri::v1::{
+    LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus, Protocol,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{config::Config, images::ImageStore, service::NAMESPACE};
+
+/// The label containerd's CRI puts on its containers, and its values.
+pub const KIND_LABEL: &str = "io.cri-containerd.kind";
+pub const KIND_SANDBOX: &str = "sandbox";
+/// The container extension holding the sandbox's CRI metadata.
+pub const METADATA_EXTENSION: &str = "io.cri-containerd.sandbox.metadata";
+/// The type URL containerd registers the metadata under (JSON payload).
+pub const METADATA_TYPE_URL: &str = "github.com/containerd/containerd/pkg/cri/store/sandbox/Metadata";
+const METADATA_VERSION: &str = "v1";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// The plugin serving the Tasks service to dependents (see lib.rs).
+pub const TASKS_PLUGIN: &str = "io.containerd.service.v1.tasks-service";
+
+const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
+const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
+const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
+
+/// containerd's default capabilities, in its order.
+const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+/// containerd's `defaultSandboxOOMAdj`.
+const SANDBOX_OOM_ADJ: i32 = -998;
+
+/// The sandbox's OOM score: containerd's -998, or with
+/// `restrict_oom_score_adj` no lower than the daemon's own (a daemon
+/// without CAP_SYS_RESOURCE cannot lower it, and runc would fail).
+fn sandbox_oom_score_adj(restrict: bool) -> i32 {
+    if !restrict {
+        return SANDBOX_OOM_ADJ;
+    }
+    let current = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    SANDBOX_OOM_ADJ.max(current)
+}
+/// The task status a running task reports (containerd's `types.Status`).
+const TASK_RUNNING: i32 = 2;
+const SIGKILL: u32 = 9;
+
+/// What the container record's extension keeps: containerd's
+/// `versionedMetadata`, same JSON names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Config")]
+    pub config: Option<PodSandboxConfig>,
+    #[serde(rename = "NetNSPath")]
+    pub netns_path: String,
+    #[serde(rename = "IP")]
+    pub ip: String,
+    #[serde(rename = "AdditionalIPs", default)]
+    pub additional_ips: Vec<String>,
+    #[serde(rename = "RuntimeHandler")]
+    pub runtime_handler: String,
+    #[serde(rename = "CNIResult", default)]
+    pub cni_result: Option<Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Versioned {
+    #[serde(rename = "Version")]
+    version: String,
+    #[serde(rename = "Metadata")]
+    metadata: Metadata,
+}
+
+impl Metadata {
+    fn to_any(&self) -> prost_types::Any {
+        let v = Versioned { version: METADATA_VERSION.into(), metadata: self.clone() };
+        prost_types::Any {
+            type_url: METADATA_TYPE_URL.into(),
+            value: serde_json::to_vec(&v).expect("sandbox metadata serialises"),
+        }
+    }
+
+    fn from_container(c: &Container) -> Option<Metadata> {
+        let any = c.extensions.get(METADATA_EXTENSION)?;
+        serde_json::from_slice::<Versioned>(&any.value).ok().map(|v| v.metadata)
+    }
+
+    fn host_network(&self) -> bool {
+        host_network(self.config.as_ref())
+    }
+}
+
+fn namespace_options(config: Option<&PodSandboxConfig>) -> Option<NamespaceOption> {
+    config?.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
+}
+
+fn host_network(config: Option<&PodSandboxConfig>) -> bool {
+    namespace_options(config).is_some_and(|n| n.network == NamespaceMode::Node as i32)
+}
+
+/// A 64-hex sandbox id (containerd's `util.GenerateID`).
+fn generate_id() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// containerd's `makeSandboxName`.
+fn sandbox_name(m: &k8s_cri::v1::PodSandboxMetadata) -> String {
+    [m.name.as_str(), m.namespace.as_str(), m.uid.as_str(), &m.attempt.to_string()].join("_")
+}
+
+/// containerd's `parseDNSOptions`.
+pub fn resolv_conf(servers: &[String], searches: &[String], options: &[String]) -> Result<String, Status> {
+    if searches.len() > 6 {
+        return Err(Status::invalid_argument("DNSOption.Searches has more than 6 domains"));
+    }
+    let mut out = String::new();
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !servers.is_empty() {
+        out.push_str(&format!("nameserver {}\n", servers.join("\nnameserver ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    Ok(out)
+}
+
+/// The pause container's OCI runtime spec: containerd's default spec
+/// with the image's process, the pod's hostname and namespaces (the
+/// network one at `netns`), `/etc/resolv.conf` from the sandbox
+/// directory, and containerd's sandbox annotations. Checked against the
+/// runtime spec's types (oci-spec) before use.
+pub fn sandbox_spec(
+    id: &str,
+    config: &PodSandboxConfig,
+    image_config: &Value,
+    netns: Option<&Path>,
+    resolv: &Path,
+    oom_score_adj: i32,
+) -> Result<Vec<u8>, Status> {
+    let img = image_config.get("config").cloned().unwrap_or(Value::Null);
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let mut args = strings(img.get("Entrypoint"));
+    args.extend(strings(img.get("Cmd")));
+    if args.is_empty() {
+        return Err(Status::invalid_argument("no command specified in the sandbox image"));
+    }
+    let mut env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    for e in strings(img.get("Env")) {
+        let name = e.split('=').next().unwrap_or_default().to_string();
+        env.retain(|x| x.split('=').next() != Some(name.as_str()));
+        env.push(e);
+    }
+    let cwd = img.get("WorkingDir").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("/");
+    let linux = config.linux.clone().unwrap_or_default();
+    let sec = linux.security_context.clone().unwrap_or_default();
+    let ns = sec.namespace_options.clone().unwrap_or_default();
+    let uid = sec.run_as_user.map(|u| u.value).unwrap_or(0);
+    let gid = sec.run_as_group.map(|g| g.value).unwrap_or(0);
+
+    let mut namespaces = Vec::new();
+    if ns.pid != NamespaceMode::Node as i32 {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    if ns.ipc != NamespaceMode::Node as i32 {
+        namespaces.push(json!({"type": "ipc"}));
+    }
+    let host_net = ns.network == NamespaceMode::Node as i32;
+    if !host_net {
+        // A hostname needs a UTS namespace of its own; a host-network pod
+        // shares the host's (containerd drops both).
+        namespaces.push(json!({"type": "uts"}));
+    }
+    namespaces.push(json!({"type": "mount"}));
+    if !host_net {
+        let path = netns.map(|p| p.display().to_string()).unwrap_or_default();
+        namespaces.push(json!({"type": "network", "path": path}));
+    }
+    let cgroups_path = if linux.cgroup_parent.is_empty() {
+        format!("/{id}")
+    } else {
+        format!("{}/{id}", linux.cgroup_parent.trim_end_matches('/'))
+    };
+    let caps = DEFAULT_CAPS.to_vec();
+    let meta = config.metadata.clone().unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    annotations.insert("io.kubernetes.cri.container-type".into(), KIND_SANDBOX.into());
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.into());
+    annotations.insert("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace.clone());
+    annotations.insert("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone());
+    annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name.clone());
+    annotations.insert("io.kubernetes.cri.sandbox-log-directory".into(), config.log_directory.clone());
+    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| json!({"destination": dest, "type": typ, "source": src, "options": opts});
+    let mut doc = json!({
+        "ociVersion": "1.0.2-dev",
+        "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
+        "process": {
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": true,
+            "oomScoreAdj": oom_score_adj,
+        },
+        "mounts": [
+            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+            mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+            mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+            mount("/etc/resolv.conf", "bind", &resolv.display().to_string(), &["rbind", "ro"]),
+        ],
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "maskedPaths": [
+                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "sysctl": linux.sysctls,
+        },
+        "annotations": annotations,
+    });
+    if !host_net && !config.hostname.is_empty() {
+        doc["hostname"] = json!(config.hostname);
+    }
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_value(doc).map_err(|e| Status::internal(format!("invalid sandbox spec: {e}")))?;
+    serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// The pod's IPs from a CNI result: `eth0`'s, IPv4 first (containerd's
+/// `selectPodIPs` with the default preference).
+fn select_pod_ips(result: &crated_cni::PodNetworkResult) -> (String, Vec<String>) {
+    let mut ips: Vec<IpAddr> =
+        result.interfaces.get("eth0").map(|i| i.ips.iter().map(|ip| ip.address.addr).collect()).unwrap_or_default();
+    ips.sort_by_key(|ip| !ip.is_ipv4());
+    let mut it = ips.into_iter().map(|ip| ip.to_string());
+    (it.next().unwrap_or_default(), it.collect())
+}
+
+fn network_args(config: &PodSandboxConfig) -> PodNetworkArgs {
+    let meta = config.metadata.clone().unwrap_or_default();
+    PodNetworkArgs {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: Protocol::try_from(p.protocol)
+                    .map(|p| p.as_str_name().to_ascii_lowercase())
+                    .unwrap_or_else(|_| "tcp".into()),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        dns: config.dns_config.as_ref().map(|d| DnsCapability {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        annotations: config.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ..Default::default()
+    }
+}
+
+/// The pod sandboxes of the CRI, over the plugin's dependencies.
+#[derive(Clone)]
+pub struct Sandboxes {
+    host: Host,
+    config: Arc<Config>,
+    cni: Arc<Cni>,
+    /// `<root>/sandboxes/<id>`: resolv.conf, hostname.
+    root: PathBuf,
+    /// `<state>/netns`: the pods' network namespaces.
+    netns_dir: PathBuf,
+    /// Names being run now (containerd's name index for runs in flight).
+    reserved: Arc<Mutex<HashSet<String>>>,
+}
+
+/// What a run made so far, for undoing it on failure.
+#[derive(Default)]
+struct Made {
+    dir: Option<PathBuf>,
+    netns: Option<NetNs>,
+    snapshot: bool,
+    container: bool,
+    network: bool,
+    task: bool,
+}
+
+fn not_found(kind: ErrorKind) -> bool {
+    kind == ErrorKind::NotFound
+}
+
+impl Sandboxes {
+    pub fn new(host: Host, config: Arc<Config>, cni: Arc<Cni>, root: &Path, state: &Path) -> Sandboxes {
+        Sandboxes {
+            host,
+            config,
+            cni,
+            root: root.join("sandboxes"),
+            netns_dir: state.join("netns"),
+            reserved: Arc::default(),
+        }
+    }
+
+    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: String,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        self.host.unary(&Host::call(&method, Some(NAMESPACE)), req).await
+    }
+
+    async fn tasks<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, Status> {
+        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+    }
+
+    /// Every sandbox record of `k8s.io`.
+    async fn records(&self) -> Result<Vec<(Container, Metadata)>, Status> {
+        let req = ListContainersRequest { filters: vec![] };
+        let resp: ListContainersResponse = self.call(format!("{CONTAINERS}/List"), &req).await?;
+        Ok(resp
+            .containers
+            .into_iter()
+            .filter(|c| c.labels.get(KIND_LABEL).map(String::as_str) == Some(KIND_SANDBOX))
+            .filter_map(|c| Metadata::from_container(&c).map(|m| (c, m)))
+            .collect())
+    }
+
+    /// The sandbox a full or unique truncated id names.
+    async fn find(&self, id: &str) -> Result<(Container, Metadata), Status> {
+        if id.is_empty() {
+            return Err(Status::invalid_argument("sandbox id is empty"));
+        }
+        let mut found: Vec<_> = self.records().await?.into_iter().filter(|(c, _)| c.id.starts_with(id)).collect();
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Status::not_found(format!("an error occurred when try to find sandbox {id:?}: not found"))),
+            _ => Err(Status::invalid_argument(format!("sandbox id {id:?} is ambiguous"))),
+        }
+    }
+
+    /// The sandbox's task: its pid and whether it runs.
+    async fn task_state(&self, id: &str) -> (u32, bool) {
+        let req = GetRequest { container_id: id.into(), exec_id: String::new() };
+        match self.tasks::<_, GetResponse>("Get", &req).await {
+            Ok(r) => r.process.map(|p| (p.pid, p.status == TASK_RUNNING)).unwrap_or((0, false)),
+            Err(_) => (0, false),
+        }
+    }
+
+    pub async fn run(&self, config: Option<PodSandboxConfig>, runtime_handler: String) -> Result<String, Status> {
+        let config = config.ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
+        let meta =
+            config.metadata.clone().ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
+        let id = generate_id();
+        let name = sandbox_name(&meta);
+        {
+            let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+            if !reserved.insert(name.clone()) {
+                return Err(Status::already_exists(format!(
+                    "failed to reserve sandbox name {name:?}: name {name:?} is reserved"
+                )));
+            }
+        }
+        let result = async {
+            if let Some((c, _)) = self.records().await?.into_iter().find(|(_, m)| m.name == name) {
+                return Err(Status::already_exists(format!(
+                    "failed to reserve sandbox name {name:?}: name {name:?} is reserved for {:?}",
+                    c.id
+                )));
+            }
+            let mut made = Made::default();
+            let r = self.run_inner(&id, &name, &config, &runtime_handler, &mut made).await;
+            if r.is_err() {
+                self.undo(&id, &config, made).await;
+            }
+            r
+        }
+        .await;
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+        result.map(|_| id)
+    }
+
+    async fn run_inner(
+        &self,
+        id: &str,
+        name: &str,
+        config: &PodSandboxConfig,
+        runtime_handler: &str,
+        made: &mut Made,
+    ) -> Result<(), Status> {
+        let sandbox_image = &self.config.sandbox_image;
+        let images = ImageStore::new(self.host.clone(), NAMESPACE);
+        let image = match images.find(sandbox_image).await? {
+            Some(i) => i,
+            None => {
+                crate::pull::pull(&self.host, &self.config, NAMESPACE, sandbox_image, None)
+                    .await
+                    .map_err(|s| s.context(format!("failed to get sandbox image {sandbox_image:?}")))?;
+                images.find(sandbox_image).await?.ok_or_else(|| {
+                    Status::not_found(format!("failed to get sandbox image {sandbox_image:?}: not found after pull"))
+                })?
+            }
+        };
+        let handler = if runtime_handler.is_empty() {
+            self.config.containerd.default_runtime_name.clone()
+        } else {
+            runtime_handler.to_string()
+        };
+        let runtime = self.config.containerd.runtimes.get(&handler).ok_or_else(|| {
+            Status::not_found(format!("failed to get sandbox runtime: no runtime for {handler:?} is configured"))
+        })?;
+
+        // The sandbox's files: hostname and resolv.conf.
+        let dir = self.root.join(id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Status::internal(format!("failed to create sandbox root directory {dir:?}: {e}")))?;
+        made.dir = Some(dir.clone());
+        let hostname = if config.hostname.is_empty() {
+            rustix::system::uname().nodename().to_string_lossy().into_owned()
+        } else {
+            config.hostname.clone()
+        };
+        let write = |p: PathBuf, s: String| async move {
+            tokio::fs::write(&p, s).await.map_err(|e| Status::internal(format!("failed to write {p:?}: {e}")))
+        };
+        write(dir.join("hostname"), format!("{hostname}\n")).await?;
+        let resolv = dir.join("resolv.conf");
+        match &config.dns_config {
+            Some(d) => write(resolv.clone(), resolv_conf(&d.servers, &d.searches, &d.options)?).await?,
+            None => {
+                let host = tokio::fs::read_to_string("/etc/resolv.conf").await.unwrap_or_default();
+                write(resolv.clone(), host).await?;
+            }
+        }
+
+        let host_net = host_network(Some(config));
+        if !host_net {
+            let ns = NetNs::create_unique(&self.netns_dir)
+                .await
+                .map_err(|e| Status::internal(format!("failed to create network namespace for sandbox {id:?}: {e}")))?;
+            made.netns = Some(ns);
+        }
+        let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
+        let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
+        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &resolv, oom)?;
+
+        let snapshotter = self.config.containerd.snapshotter.clone();
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: snapshotter.clone(),
+            key: id.into(),
+            parent: image.chain_id.clone(),
+            labels: HashMap::new(),
+        };
+        let mounts: Vec<Mount> = self
+            .call::<_, PrepareSnapshotResponse>(format!("{SNAPSHOTS}/Prepare"), &prepare)
+            .await
+            .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
+            .mounts;
+        made.snapshot = true;
+
+        let mut labels: HashMap<String, String> = image
+            .spec
+            .pointer("/config/Labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        labels.extend(config.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels.insert(KIND_LABEL.into(), KIND_SANDBOX.into());
+        let mut metadata = Metadata {
+            id: id.into(),
+            name: name.into(),
+            config: Some(config.clone()),
+            netns_path: netns_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            runtime_handler: runtime_handler.into(),
+            ..Default::default()
+        };
+        let container = Container {
+            id: id.into(),
+            labels,
+            image: image.references.first().cloned().unwrap_or_else(|| sandbox_image.clone()),
+            runtime: Some(ContainerRuntime { name: runtime.runtime_type.clone(), options: None }),
+            spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec }),
+            snapshotter,
+            snapshot_key: id.into(),
+            extensions: HashMap::from([(METADATA_EXTENSION.to_string(), metadata.to_any())]),
+            ..Default::default()
+        };
+        self.call::<_, ()>(format!("{CONTAINERS}/Create"), &CreateContainerRequest { container: Some(container) })
+            .await
+            .map_err(|s| s.context("failed to create containerd container"))?;
+        made.container = true;
+
+        if let Some(ns) = &made.netns {
+            // containerd's CRI reloads the conf dir on changes (its
+            // syncer); loading again while not ready is the same in effect.
+            if self.cni.status().is_err() {
+                let _ = self.cni.reload().await;
+            }
+            made.network = true;
+            let result = self
+                .cni
+                .setup(id, ns.path(), &network_args(config))
+                .await
+                .map_err(|e| Status::internal(format!("failed to setup network for sandbox {id:?}: {e}")))?;
+            let (ip, additional) = select_pod_ips(&result);
+            metadata.ip = ip;
+            metadata.additional_ips = additional;
+            metadata.cni_result = serde_json::to_value(
+                result.raw.iter().map(|(n, r)| (n.clone(), r.clone())).collect::<BTreeMap<_, _>>(),
+            )
+            .ok();
+            let update = UpdateContainerRequest {
+                container: Some(Container {
+                    id: id.into(),
+                    extensions: HashMap::from([(METADATA_EXTENSION.to_string(), metadata.to_any())]),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask { paths: vec![format!("extensions.{METADATA_EXTENSION}")] }),
+            };
+            self.call::<_, ()>(format!("{CONTAINERS}/Update"), &update)
+                .await
+                .map_err(|s| s.context("failed to update the sandbox metadata"))?;
+        }
+
+        let create = CreateTaskRequest { container_id: id.into(), rootfs: mounts, ..Default::default() };
+        self.tasks::<_, CreateTaskResponse>("Create", &create)
+            .await
+            .map_err(|s| s.context("failed to create containerd task"))?;
+        made.task = true;
+        self.tasks::<_, StartResponse>("Start", &StartRequest { container_id: id.into(), exec_id: String::new() })
+            .await
+            .map_err(|s| s.context(format!("failed to start sandbox container task {id:?}")))?;
+        // The files and namespace belong to the sandbox now.
+        made.netns = None;
+        made.dir = None;
+        Ok(())
+    }
+
+    /// Undoes a failed run, last made first; failures are logged.
+    async fn undo(&self, id: &str, config: &PodSandboxConfig, made: Made) {
+        if made.task {
+            self.stop_task(id).await;
+        }
+        if let (true, Some(ns)) = (made.network, &made.netns) {
+            if let Err(e) = self.cni.teardown(id, ns.path(), &network_args(config)).await {
+                crated_plugin_api::tracing::warn!("failed to destroy network for sandbox {id:?}: {e}");
+            }
+        }
+        if let Some(ns) = &made.netns {
+            if let Err(e) = ns.remove().await {
+                crated_plugin_api::tracing::warn!("failed to remove network namespace of sandbox {id:?}: {e}");
+            }
+        }
+        if made.container {
+            let _ = self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: id.into() }).await;
+        }
+        if made.snapshot {
+            self.remove_snapshot(id).await;
+        }
+        if let Some(dir) = made.dir {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+    }
+
+    async fn remove_snapshot(&self, id: &str) {
+        let req = RemoveSnapshotRequest { snapshotter: self.config.containerd.snapshotter.clone(), key: id.into() };
+        if let Err(s) = self.call::<_, ()>(format!("{SNAPSHOTS}/Remove"), &req).await {
+            if !not_found(s.kind()) {
+                crated_plugin_api::tracing::warn!("failed to remove the snapshot of sandbox {id:?}: {}", s.message);
+            }
+        }
+    }
+
+    /// Kills the task, waits for it and deletes it; a missing task is fine.
+    async fn stop_task(&self, id: &str) -> Option<Status> {
+        let kill = KillRequest { container_id: id.into(), exec_id: String::new(), signal: SIGKILL, all: true };
+        if let Err(s) = self.tasks::<_, ()>("Kill", &kill).await {
+            if not_found(s.kind()) {
+                return None;
+            }
+            // An exited task refuses the signal; it still has to go.
+            crated_plugin_api::tracing::debug!("kill of sandbox {id:?}: {}", s.message);
+        }
+        let _ = self.tasks::<_, ()>("Wait", &WaitRequest { container_id: id.into(), exec_id: String::new() }).await;
+        match self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: id.into() }).await {
+            Err(s) if !not_found(s.kind()) => Some(s.context(format!("failed to delete sandbox task {id:?}"))),
+            _ => None,
+        }
+    }
+
+    pub async fn stop(&self, id: &str) -> Result<(), Status> {
+        let (c, meta) = self.find(id).await?;
+        self.stop_found(&c, &meta).await
+    }
+
+    async fn stop_found(&self, c: &Container, meta: &Metadata) -> Result<(), Status> {
+        if let Some(s) = self.stop_task(&c.id).await {
+            return Err(s.context(format!("failed to stop sandbox container {:?}", c.id)));
+        }
+        if !meta.netns_path.is_empty() {
+            let path = Path::new(&meta.netns_path);
+            if path.exists() {
+                let config = meta.config.clone().unwrap_or_default();
+                self.cni
+                    .teardown(&c.id, path, &network_args(&config))
+                    .await
+                    .map_err(|e| Status::internal(format!("failed to destroy network for sandbox {:?}: {e}", c.id)))?;
+                NetNs::from_path(path).remove().await.map_err(|e| {
+                    Status::internal(format!("failed to remove network namespace for sandbox {:?}: {e}", c.id))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), Status> {
+        let (c, meta) = match self.find(id).await {
+            Ok(found) => found,
+            // Removing a sandbox that is gone is not an error.
+            Err(s) if s.code == Code::NotFound => return Ok(()),
+            Err(s) => return Err(s),
+        };
+        // A sandbox still running is stopped first, as containerd forces it.
+        self.stop_found(&c, &meta).await?;
+        match self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: c.id.clone() }).await {
+            Err(s) if !not_found(s.kind()) => {
+                return Err(s.context(format!("failed to delete sandbox container {:?}", c.id)))
+            }
+            _ => {}
+        }
+        self.remove_snapshot(&c.id).await;
+        let dir = self.root.join(&c.id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Status::internal(format!("failed to remove sandbox root directory {dir:?}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn state_of(running: bool) -> i32 {
+        if running {
+            PodSandboxState::SandboxReady as i32
+        } else {
+            PodSandboxState::SandboxNotready as i32
+        }
+    }
+
+    pub async fn status(&self, id: &str, verbose: bool) -> Result<(PodSandboxStatus, HashMap<String, String>), Status> {
+        let (c, meta) = self.find(id).await?;
+        let (pid, running) = self.task_state(&c.id).await;
+        let config = meta.config.clone().unwrap_or_default();
+        let netns_open = !meta.netns_path.is_empty() && Path::new(&meta.netns_path).exists();
+        let (ip, additional) = if meta.host_network() || !netns_open {
+            (String::new(), Vec::new())
+        } else {
+            (meta.ip.clone(), meta.additional_ips.clone())
+        };
+        let status = PodSandboxStatus {
+            id: c.id.clone(),
+            metadata: config.metadata.clone(),
+            state: Self::state_of(running),
+            created_at: created_at(&c),
+            network: Some(PodSandboxNetworkStatus {
+                ip,
+                additional_ips: additional.into_iter().map(|ip| PodIp { ip }).collect(),
+            }),
+            linux: Some(LinuxPodSandboxStatus {
+                namespaces: Some(Namespace { options: namespace_options(Some(&config)) }),
+            }),
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            runtime_handler: meta.runtime_handler.clone(),
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let spec: Value =
+                c.spec.as_ref().and_then(|s| serde_json::from_slice(&s.value).ok()).unwrap_or(Value::Null);
+            let v = json!({
+                "pid": pid,
+                "processStatus": if running { "running" } else { "stopped" },
+                "netNamespaceClosed": !netns_open,
+                "image": c.image,
+                "snapshotKey": c.snapshot_key,
+                "snapshotter": c.snapshotter,
+                "runtimeHandler": meta.runtime_handler,
+                "runtimeType": c.runtime.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+                "config": config,
+                "runtimeSpec": spec,
+                "cniResult": meta.cni_result,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok((status, info))
+    }
+
+    pub async fn list(&self, filter: Option<PodSandboxFilter>) -> Result<Vec<PodSandbox>, Status> {
+        let mut out = Vec::new();
+        for (c, meta) in self.records().await? {
+            let config = meta.config.clone().unwrap_or_default();
+            if let Some(f) = &filter {
+                if !f.id.is_empty() && !c.id.starts_with(&f.id) {
+                    continue;
+                }
+                if !f.label_selector.iter().all(|(k, v)| config.labels.get(k) == Some(v)) {
+                    continue;
+                }
+            }
+            let (_, running) = self.task_state(&c.id).await;
+            let state = Self::state_of(running);
+            if let Some(want) = filter.as_ref().and_then(|f| f.state.as_ref()) {
+                if want.state != state {
+                    continue;
+                }
+            }
+            out.push(PodSandbox {
+                id: c.id.clone(),
+                metadata: config.metadata.clone(),
+                state,
+                created_at: created_at(&c),
+                labels: config.labels.clone(),
+                annotations: config.annotations.clone(),
+                runtime_handler: meta.runtime_handler.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn created_at(c: &Container) -> i64 {
+    c.created_at.as_ref().map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_is_containerds_format() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let out = resolv_conf(&s(&["8.8.8.8", "1.1.1.1"]), &s(&["a.local", "b"]), &s(&["ndots:5"])).unwrap();
+        assert_eq!(out, "search a.local b\nnameserver 8.8.8.8\nnameserver 1.1.1.1\noptions ndots:5\n");
+        assert!(resolv_conf(&[], &s(&["1", "2", "3", "4", "5", "6", "7"]), &[]).is_err());
+        assert_eq!(resolv_conf(&[], &[], &[]).unwrap(), "");
+    }
+
+    #[test]
+    fn the_spec_joins_the_netns_or_shares_the_hosts() {
+        let image = json!({"config": {"Entrypoint": ["/bin/sleep"], "Cmd": ["inf"], "Env": ["PATH=/bin"]}});
+        let config = PodSandboxConfig { hostname: "pod".into(), ..Default::default() };
+        let spec: Value = serde_json::from_slice(
+            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), Path::new("/r/resolv.conf"), -998)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(spec["process"]["args"], json!(["/bin/sleep", "inf"]));
+        assert_eq!(spec["process"]["env"], json!(["PATH=/bin"]));
+        assert_eq!(spec["hostname"], "pod");
+        assert_eq!(spec["process"]["oomScoreAdj"], -998);
+        let ns = spec["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/ns1"), "{ns:?}");
+        assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], "abc");
+        assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/resolv.conf"));
+
+        let mut host = config.clone();
+        host.linux = Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let spec: Value =
+            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, Path::new("/r/resolv.conf"), 0).unwrap())
+                .unwrap();
+        let ns = spec["linux"]["namespaces"].as_array().unwrap();
+        assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
+        assert!(spec.get("hostname").is_none());
+    }
+
+    #[test]
+    fn ids_are_64_hex_and_metadata_round_trips() {
+        let id = generate_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        let m = Metadata { id: id.clone(), name: "n".into(), netns_path: "/x".into(), ..Default::default() };
+        let c = Container {
+            extensions: HashMap::from([(METADATA_EXTENSION.to_string(), m.to_any())]),
+            ..Default::default()
+        };
+        let back = Metadata::from_container(&c).unwrap();
+        assert_eq!((back.id, back.netns_path), (id, "/x".to_string()));
+    }
+}
