@@ -7,7 +7,7 @@
 //! a few kilobytes to a few megabytes (a profile, a scrape), and Go's
 //! clients (the stock `ctr pprof`, Prometheus) read them whole anyway.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, path::Path, sync::Arc};
+use std::{convert::Infallible, future::Future, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -46,14 +46,6 @@ impl HttpListener {
         let tcp =
             TcpListener::bind(address).await.map_err(|source| SocketError::Io { path: address.into(), source })?;
         Ok(HttpListener::Tcp(tcp))
-    }
-
-    /// The TCP address actually bound (`127.0.0.1:0` picks a port).
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            HttpListener::Tcp(l) => l.local_addr().ok(),
-            HttpListener::Unix(..) => None,
-        }
     }
 
     /// Serves HTTP/1.1 until `shutdown` resolves, each connection on its own

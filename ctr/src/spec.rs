@@ -17,6 +17,7 @@ use oci_spec::runtime::{
 use serde_json::{json, Value};
 
 use crate::gojson::{self, J};
+use shim_protocol::oci::DEFAULT_CAPS;
 
 /// What can go wrong building a spec; the texts are containerd's.
 #[derive(Debug, thiserror::Error)]
@@ -37,24 +38,6 @@ pub enum SpecError {
 
 /// Go's `PATH` default (`oci.defaultUnixEnv`).
 pub const DEFAULT_UNIX_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// containerd's default capability set, in its order.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// Capability names by bit number, as containerd 1.6's `pkg/cap` knows
 /// them (up to kernel 5.9).

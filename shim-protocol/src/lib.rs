@@ -24,6 +24,7 @@
 pub mod address;
 pub mod cgroups;
 pub mod mount;
+pub mod oci;
 pub mod runc;
 pub mod task;
 pub mod ttrpc;

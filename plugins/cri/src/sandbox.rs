@@ -35,6 +35,7 @@ use k8s_cri::v1::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use shim_protocol::oci::DEFAULT_CAPS;
 
 use crate::{config::Config, images::ImageStore, service::NAMESPACE};
 
@@ -54,23 +55,6 @@ const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
 const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
 const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
-/// containerd's default capabilities, in its order.
-const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 /// containerd's `defaultSandboxOOMAdj`.
 const SANDBOX_OOM_ADJ: i32 = -998;
 
