@@ -402,6 +402,17 @@ impl Sandboxes {
         }
     }
 
+    /// The network namespace of a ready sandbox, for port forwarding
+    /// ("" for a host-network pod); a sandbox not running is refused.
+    pub async fn netns_path(&self, id: &str) -> Result<String, Status> {
+        let (c, meta) = self.find(id).await.map_err(|s| s.context(format!("failed to find sandbox {id:?}")))?;
+        let (_, running) = self.task_state(&c.id).await;
+        if !running {
+            return Err(Status::failed_precondition(format!("sandbox container {:?} is not running", c.id)));
+        }
+        Ok(if meta.host_network() { String::new() } else { meta.netns_path })
+    }
+
     pub async fn run(&self, config: Option<PodSandboxConfig>, runtime_handler: String) -> Result<String, Status> {
         let config = config.ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
         let meta =

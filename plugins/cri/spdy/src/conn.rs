@@ -214,6 +214,17 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// A future resolving when the reading side ended, independent of
+    /// the handle's lifetime.
+    pub fn closed_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut done = self.done.clone();
+        async move {
+            let _ = done.wait_for(|d| d.is_some()).await;
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
