@@ -150,6 +150,13 @@ struct Flags {
 /// The CRI's Exec for `cmd` with the streams kubectl will open, routed
 /// for the next `kubectl exec`; answers the URL.
 async fn exec_url(ch: &Channel, proxy: &KubeProxy, id: &str, cmd: &[&str], f: Flags) -> String {
+    let url = cri_exec(ch, id, cmd, f).await;
+    proxy.route_next("exec", &url);
+    url
+}
+
+/// The CRI's Exec URL alone, for raw requests.
+async fn cri_exec(ch: &Channel, id: &str, cmd: &[&str], f: Flags) -> String {
     let req = ExecRequest {
         container_id: id.into(),
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
@@ -158,9 +165,7 @@ async fn exec_url(ch: &Channel, proxy: &KubeProxy, id: &str, cmd: &[&str], f: Fl
         stdout: true,
         stderr: !f.tty,
     };
-    let url = rt(ch).exec(req).await.expect("Exec").into_inner().url;
-    proxy.route_next("exec", &url);
-    url
+    rt(ch).exec(req).await.expect("Exec").into_inner().url
 }
 
 /// `kubectl exec` with `input` on its stdin, off the test's runtime.
@@ -282,10 +287,10 @@ async fn exec_and_port_forward_with_kubectl() {
     // Garbage is answered with an error; the server keeps serving.
     assert!(raw_request(&first_url, "\x00\x01\x02 garbage\r\n\r\n").contains(" 400 "));
     let cmd = ["/bin/echo", "still-here"];
-    let url = exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let url = cri_exec(&ch, &id, &cmd, Flags::default()).await;
     // Not the upgrade headers: refused, and the token is spent.
     assert!(raw_request(&url, "POST {path} HTTP/1.1\r\nHost: x\r\n\r\n").contains(" 400 "));
-    let url = exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let url = cri_exec(&ch, &id, &cmd, Flags::default()).await;
     // Upgraded, then garbage instead of SPDY: the server closes.
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
@@ -318,35 +323,33 @@ async fn exec_and_port_forward_with_kubectl() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    // kubectl prints a line per connection: its output goes to a file
+    // (a closed pipe would kill it).
+    let pf_out = world.dir.path().join("port-forward.out");
     let mut pf = Child(
         proxy
             .kubectl()
             .args(["port-forward", POD, &format!("{local}:8080")])
-            .stdout(Stdio::piped())
+            .stdout(std::fs::File::create(&pf_out).unwrap())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let mut stdout = pf.0.stdout.take().unwrap();
-    let ready = tokio::task::spawn_blocking(move || {
-        let mut seen = Vec::new();
-        let mut b = [0u8; 256];
-        while !text(&seen).contains("Forwarding from") {
-            match stdout.read(&mut b) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&b[..n]),
-            }
+    for _ in 0..300 {
+        if text(&std::fs::read(&pf_out).unwrap()).contains("Forwarding from") || pf.0.try_wait().unwrap().is_some() {
+            break;
         }
-        text(&seen)
-    })
-    .await
-    .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = text(&std::fs::read(&pf_out).unwrap());
     assert!(ready.contains("Forwarding from"), "{ready}");
     let echoed = tokio::task::spawn_blocking(move || {
         // nc may not listen yet: a refused dial closes the local
         // connection empty, and the next try goes through.
         for _ in 0..50 {
-            let mut c = TcpStream::connect(("127.0.0.1", local)).unwrap();
+            let Ok(mut c) = TcpStream::connect(("127.0.0.1", local)) else {
+                return "kubectl port-forward is gone".to_string();
+            };
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             c.write_all(b"ping through the forward\n").unwrap();
             c.shutdown(std::net::Shutdown::Write).unwrap();
@@ -361,7 +364,12 @@ async fn exec_and_port_forward_with_kubectl() {
     })
     .await
     .unwrap();
-    assert_eq!(echoed, "ping through the forward\n");
+    if echoed != "ping through the forward\n" {
+        let _ = pf.0.kill();
+        let mut err = String::new();
+        let _ = pf.0.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("{echoed:?}; kubectl port-forward said: {err}");
+    }
     drop(pf);
 }
 
