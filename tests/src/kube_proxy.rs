@@ -81,6 +81,10 @@ impl KubeProxy {
         self.routes.lock().unwrap().entry(kind.to_string()).or_default().push_back(url.to_string());
     }
 
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     /// kubectl with this server's kubeconfig.
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(KUBECTL);

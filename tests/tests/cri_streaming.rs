@@ -136,6 +136,19 @@ impl Drop for Child {
     }
 }
 
+/// A pod sandbox named `name` on the bridge; its id.
+async fn run_pod(ch: &Channel, name: &str) -> String {
+    let metadata =
+        PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 };
+    let config = PodSandboxConfig { metadata: Some(metadata), ..Default::default() };
+    rt(ch)
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+        .await
+        .expect("run the sandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
 fn rt(ch: &Channel) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(ch.clone())
 }
@@ -189,11 +202,14 @@ async fn kubectl_exec(proxy: &KubeProxy, cmd: &[&str], f: Flags, input: &[u8]) -
 }
 
 /// `kubectl exec -it` under a pseudo-terminal (`script`), so that kubectl
-/// asks for one.
-async fn kubectl_exec_tty(proxy: &KubeProxy, kubeconfig_cmd: String) -> Output {
-    let _ = proxy;
+/// asks for one; `cmd` is a shell command run with `sh -c` in the pod.
+async fn kubectl_exec_tty(proxy: &KubeProxy, cmd: &str) -> Output {
+    let line = format!(
+        "{KUBECTL} --kubeconfig {} exec -it {POD} -c {CONTAINER} -- /bin/sh -c '{cmd}'",
+        proxy.kubeconfig().display()
+    );
     tokio::task::spawn_blocking(move || {
-        Command::new("script").args(["-qec", &kubeconfig_cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap()
+        Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap()
     })
     .await
     .unwrap()
@@ -225,21 +241,7 @@ async fn exec_and_port_forward_with_kubectl() {
     assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
     let world = World::start().await;
     let ch = world.channel().await;
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: POD.into(),
-            namespace: "default".into(),
-            uid: "u".into(),
-            attempt: 0,
-        }),
-        ..Default::default()
-    };
-    let id = rt(&ch)
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
-        .await
-        .expect("run the sandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let id = run_pod(&ch, POD).await;
     let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
 
     // stdout and stderr apart, exit 0.
@@ -269,13 +271,9 @@ async fn exec_and_port_forward_with_kubectl() {
 
     // A terminal: the command sees one.
     let it = Flags { stdin: true, tty: true };
-    let cmd = ["/bin/sh", "-c", "/bin/busybox tty; /bin/busybox stty size"];
-    exec_url(&ch, &proxy, &id, &cmd, it).await;
-    let line = format!(
-        "{KUBECTL} --kubeconfig {} exec -it {POD} -c {CONTAINER} -- /bin/sh -c '/bin/busybox tty; /bin/busybox stty size'",
-        world.dir.path().join("kubeconfig").display()
-    );
-    let out = kubectl_exec_tty(&proxy, line).await;
+    let shell = "/bin/busybox tty; /bin/busybox stty size";
+    exec_url(&ch, &proxy, &id, &["/bin/sh", "-c", shell], it).await;
+    let out = kubectl_exec_tty(&proxy, shell).await;
     assert!(out.status.success(), "{out:?}");
     assert!(text(&out.stdout).contains("/dev/pts/"), "{out:?}");
 
@@ -378,21 +376,7 @@ async fn exec_and_port_forward_with_kubectl() {
 async fn requests_are_checked() {
     let world = World::start().await;
     let ch = world.channel().await;
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "chk".into(),
-            namespace: "default".into(),
-            uid: "c".into(),
-            attempt: 0,
-        }),
-        ..Default::default()
-    };
-    let id = rt(&ch)
-        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
-        .await
-        .expect("run the sandbox")
-        .into_inner()
-        .pod_sandbox_id;
+    let id = run_pod(&ch, "chk").await;
     let exec = |r: ExecRequest| {
         let ch = ch.clone();
         async move { rt(&ch).exec(r).await }

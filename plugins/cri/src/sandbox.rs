@@ -311,6 +311,15 @@ fn network_args(config: &PodSandboxConfig) -> PodNetworkArgs {
     }
 }
 
+/// A Tasks service method in `k8s.io`, through the internal service.
+pub(crate) async fn tasks_call<Req: prost::Message, Resp: prost::Message + Default>(
+    host: &Host,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, Status> {
+    host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+}
+
 /// The pod sandboxes of the CRI, over the plugin's dependencies.
 #[derive(Clone)]
 pub struct Sandboxes {
@@ -365,7 +374,7 @@ impl Sandboxes {
         method: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+        tasks_call(&self.host, method, req).await
     }
 
     /// Every sandbox record of `k8s.io`.

@@ -37,7 +37,7 @@ use k8s_cri::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, Port
 use crate::{
     config::Config,
     images::{CriImage, ImageStore},
-    sandbox::{Sandboxes, TASKS_PLUGIN},
+    sandbox::Sandboxes,
     streaming::{backend::AttachTarget, Request, StreamServer},
 };
 
@@ -135,11 +135,7 @@ impl CriService {
     /// included).
     async fn running_task(&self, id: &str) -> Result<(), Status> {
         let req = containerd_client::services::v1::GetRequest { container_id: id.into(), exec_id: String::new() };
-        let call = Host::call("/containerd.services.tasks.v1.Tasks/Get", Some(NAMESPACE));
-        let resp: containerd_client::services::v1::GetResponse = self
-            .host
-            .to(TASKS_PLUGIN)
-            .unary(&call, &req)
+        let resp: containerd_client::services::v1::GetResponse = crate::sandbox::tasks_call(&self.host, "Get", &req)
             .await
             .map_err(|s| s.context(format!("failed to find container {id:?} in store")))?;
         // containerd's `types.Status` RUNNING.

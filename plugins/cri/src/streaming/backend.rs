@@ -29,12 +29,8 @@ use tokio::{
 };
 
 use super::{ExecError, Runtime, StreamIo};
-use crate::{
-    sandbox::{Sandboxes, TASKS_PLUGIN},
-    service::NAMESPACE,
-};
+use crate::{sandbox::Sandboxes, service::NAMESPACE};
 
-const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
 const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const SIGKILL: u32 = 9;
@@ -78,7 +74,7 @@ impl Calls {
         method: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+        crate::sandbox::tasks_call(&self.host, method, req).await
     }
 
     /// The container's OCI process with `cmd` and the terminal setting.
