@@ -419,3 +419,56 @@ async fn requests_are_checked() {
         .unwrap_err();
     assert!(matches!(e.code(), Code::NotFound | Code::FailedPrecondition), "{e:?}");
 }
+
+/// Whether a process with exactly these arguments runs (on the host's
+/// view of /proc, which sees the pod's processes).
+fn running(args: &[&str]) -> bool {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c == want.as_bytes())
+}
+
+/// Waits (boundedly) for `cond`; whether it came true.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// kubectl killed mid-exec: the process in the pod is killed and the
+/// exec's FIFOs are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_kills_its_exec() {
+    assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
+    let world = World::start().await;
+    let ch = world.channel().await;
+    let id = run_pod(&ch, POD).await;
+    let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
+    let seconds = format!("{}", 500_000 + std::process::id());
+    let cmd = ["/bin/busybox", "sleep", seconds.as_str()];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let mut kubectl = Child(
+        proxy
+            .kubectl()
+            .args(["exec", POD, "-c", CONTAINER, "--"])
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(eventually(|| running(&cmd)).await, "the exec never ran");
+    let io_dir = world.daemon.as_ref().unwrap().setup.state().join(CRI).join("io");
+    assert_eq!(std::fs::read_dir(&io_dir).unwrap().count(), 1, "one exec's FIFO directory");
+    kubectl.0.kill().unwrap();
+    kubectl.0.wait().unwrap();
+    assert!(eventually(|| !running(&cmd)).await, "the exec outlived its client");
+    assert!(eventually(|| std::fs::read_dir(&io_dir).unwrap().count() == 0).await, "the FIFOs are left");
+}

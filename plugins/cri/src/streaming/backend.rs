@@ -96,6 +96,15 @@ impl Calls {
     }
 }
 
+/// Removes the exec's FIFO directory however the exec ends.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn mkfifo(path: &Path) -> io::Result<()> {
     rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_raw_mode(0o700)).map_err(io::Error::from)
 }
@@ -147,9 +156,8 @@ impl CriRuntime {
         let exec_id = uuid::Uuid::new_v4().simple().to_string();
         let dir = io_dir.join(&exec_id);
         std::fs::create_dir_all(&dir).map_err(|e| ExecError::Failed(format!("failed to create {dir:?}: {e}")))?;
-        let result = Self::exec_in(&calls, &dir, &exec_id, &req, spec, &mut io).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        result
+        let _remove = RemoveDir(dir.clone());
+        Self::exec_in(&calls, &dir, &exec_id, &req, spec, &mut io).await
     }
 
     async fn exec_in(

@@ -62,9 +62,13 @@ pub struct StreamIo {
     pub tty: bool,
     /// (width, height) as the client's terminal changes.
     pub resize: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
-    /// Resolves when the client's connection is gone.
-    pub gone: BoxFuture<'static, ()>,
+    /// Resolves when the client's connection is gone (again and again:
+    /// it may be polled after it resolved, and cloned).
+    pub gone: Gone,
 }
+
+/// A future resolving when the client's connection ended.
+pub type Gone = futures::future::Shared<BoxFuture<'static, ()>>;
 
 /// How an exec ended when it did not run to a zero exit.
 #[derive(Debug)]
@@ -305,11 +309,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 }
 
 /// A future that resolves when the connection's reading side ended.
-pub(crate) fn gone(spdy: &Connection) -> BoxFuture<'static, ()> {
+pub(crate) fn gone(spdy: &Connection) -> Gone {
     let closed = spdy.closed_signal();
-    Box::pin(async move {
-        closed.await;
-    })
+    let fut: BoxFuture<'static, ()> = Box::pin(closed);
+    futures::FutureExt::shared(fut)
 }
 
 #[cfg(test)]

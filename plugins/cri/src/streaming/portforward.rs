@@ -8,7 +8,6 @@ use std::{collections::HashMap, sync::Arc};
 
 use bytes::Bytes;
 use crated_spdy::{frame::rst, Connection, Stream, StreamReader, StreamWriter};
-use futures::future::BoxFuture;
 use k8s_cri::v1::PortForwardRequest;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -85,13 +84,7 @@ pub async fn serve(mut spdy: Connection, req: PortForwardRequest, runtime: Arc<d
     Ok(())
 }
 
-async fn forward(
-    runtime: Arc<dyn Runtime>,
-    sandbox: String,
-    data: Stream,
-    error: Stream,
-    gone: BoxFuture<'static, ()>,
-) {
+async fn forward(runtime: Arc<dyn Runtime>, sandbox: String, data: Stream, error: Stream, gone: super::Gone) {
     let port: u16 = data.header("port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let (data_r, data_w) = data.split();
     let (_, error_w) = error.split();
