@@ -321,7 +321,8 @@ mod tests {
     use bytes::{Bytes, BytesMut};
     use crated_spdy::frame::{Decoder, Encoder, Frame, Limits, FLAG_FIN};
 
-    /// Writes "hi" on stdout, echoes stdin to stdout, exits 2.
+    /// Writes "hi" on stdout, echoes stdin to stdout, writes the first
+    /// terminal size; exits 2 without a terminal.
     struct Fake;
 
     impl Runtime for Fake {
@@ -334,8 +335,16 @@ mod tests {
                         out.write(chunk).await.unwrap();
                     }
                 }
+                if let Some(mut sizes) = io.resize.take() {
+                    let (w, h) = sizes.recv().await.unwrap();
+                    out.write(Bytes::from(format!("{w}x{h}\n"))).await.unwrap();
+                }
                 out.close().await.unwrap();
-                Err(ExecError::Exit(2))
+                if io.tty {
+                    Ok(())
+                } else {
+                    Err(ExecError::Exit(2))
+                }
             })
         }
         fn attach(&self, _req: AttachRequest, _io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
@@ -346,7 +355,7 @@ mod tests {
         }
     }
 
-    async fn request(server: &StreamServer, path: &str, headers: &str) -> (TcpStream, String) {
+    async fn request_on(server: &StreamServer, path: &str, headers: &str) -> (TcpStream, String) {
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
         conn.write_all(format!("POST {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes()).await.unwrap();
         let mut head = Vec::new();
@@ -370,27 +379,27 @@ mod tests {
     async fn routes_tokens_and_handshakes() {
         let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
         assert_ne!(server.addr.port(), 0);
-        let (_, head) = request(&server, "/exec/nope", UPGRADE).await;
+        let (_, head) = request_on(&server, "/exec/nope", UPGRADE).await;
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
-        let (_, head) = request(&server, "/other/x", UPGRADE).await;
+        let (_, head) = request_on(&server, "/other/x", UPGRADE).await;
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
         // A token of another kind is not served on this route.
         let t = server.cache.insert(exec_request(false)).unwrap();
-        let (_, head) = request(&server, &format!("/portforward/{t}"), UPGRADE).await;
+        let (_, head) = request_on(&server, &format!("/portforward/{t}"), UPGRADE).await;
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
         let t = server.cache.insert(exec_request(false)).unwrap();
         let (_, head) =
-            request(&server, &format!("/exec/{t}"), &format!("{UPGRADE}{PROTOCOL_HEADER}: v9.nope\r\n")).await;
+            request_on(&server, &format!("/exec/{t}"), &format!("{UPGRADE}{PROTOCOL_HEADER}: v9.nope\r\n")).await;
         assert!(head.starts_with("HTTP/1.1 403 "), "{head}");
         let t = server.cache.insert(exec_request(false)).unwrap();
-        let (_, head) = request(&server, &format!("/exec/{t}"), "").await;
+        let (_, head) = request_on(&server, &format!("/exec/{t}"), "").await;
         assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
         let t = server.cache.insert(exec_request(false)).unwrap();
         let offered = format!("{UPGRADE}{PROTOCOL_HEADER}: v4.channel.k8s.io\r\n{PROTOCOL_HEADER}: channel.k8s.io\r\n");
-        let (_, head) = request(&server, &format!("/exec/{t}"), &offered).await;
+        let (_, head) = request_on(&server, &format!("/exec/{t}"), &offered).await;
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         assert!(head.contains("X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"), "{head}");
-        let (_, head) = request(&server, &format!("/exec/{t}"), &offered).await;
+        let (_, head) = request_on(&server, &format!("/exec/{t}"), &offered).await;
         assert!(head.starts_with("HTTP/1.1 404 "), "spent: {head}");
         // Garbage instead of a request.
         let mut conn = TcpStream::connect(server.addr).await.unwrap();
@@ -400,27 +409,28 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     }
 
-    #[tokio::test]
-    async fn exec_v4_streams_and_status() {
+    /// Opens `streams` (id, type) on an upgraded exec connection with
+    /// `protocol`, sends `data`; answers stdout (stream 5) and the error
+    /// stream (1) once both ended.
+    async fn client(request: Request, protocol: &str, streams: &[(u32, &str)], data: Vec<Frame>) -> (Vec<u8>, Vec<u8>) {
         let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
-        let t = server.cache.insert(exec_request(true)).unwrap();
+        let t = server.cache.insert(request).unwrap();
         let (mut conn, head) =
-            request(&server, &format!("/exec/{t}"), &format!("{UPGRADE}{PROTOCOL_HEADER}: v4.channel.k8s.io\r\n"))
-                .await;
+            request_on(&server, &format!("/exec/{t}"), &format!("{UPGRADE}{PROTOCOL_HEADER}: {protocol}\r\n")).await;
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         let (mut enc, mut dec) = (Encoder::new(), Decoder::new(Limits::default()));
         let mut out = BytesMut::new();
-        for (id, kind) in [(1u32, "error"), (3, "stdin"), (5, "stdout")] {
+        for (id, kind) in streams {
             let headers = vec![("streamtype".to_string(), kind.to_string())];
-            enc.encode(&Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers }, &mut out)
-                .unwrap();
+            let syn = Frame::SynStream { stream_id: *id, associated_to: 0, priority: 0, flags: 0, headers };
+            enc.encode(&syn, &mut out).unwrap();
         }
-        enc.encode(&Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"echo\n") }, &mut out)
-            .unwrap();
+        for f in &data {
+            enc.encode(f, &mut out).unwrap();
+        }
         conn.write_all(&out).await.unwrap();
         let mut buf = BytesMut::new();
-        let (mut stdout, mut error, mut replies) = (Vec::new(), Vec::new(), 0);
-        let mut fins = 0;
+        let (mut stdout, mut error, mut replies, mut fins) = (Vec::new(), Vec::new(), 0, 0);
         while fins < 2 {
             let frame = match dec.decode(&mut buf).unwrap() {
                 Some(f) => f,
@@ -432,22 +442,48 @@ mod tests {
             match frame {
                 Frame::SynReply { .. } => replies += 1,
                 Frame::Data { stream_id, flags, data } => {
-                    if stream_id == 5 {
-                        stdout.extend_from_slice(&data);
-                    } else if stream_id == 1 {
-                        error.extend_from_slice(&data);
+                    match stream_id {
+                        5 => stdout.extend_from_slice(&data),
+                        1 => error.extend_from_slice(&data),
+                        _ => {}
                     }
-                    if flags & FLAG_FIN != 0 {
+                    if flags & FLAG_FIN != 0 && (stream_id == 1 || stream_id == 5) {
                         fins += 1;
                     }
                 }
                 _ => {}
             }
         }
-        assert_eq!(replies, 3);
+        assert_eq!(replies, streams.len());
+        (stdout, error)
+    }
+
+    #[tokio::test]
+    async fn exec_v4_streams_and_status() {
+        let data = vec![Frame::Data { stream_id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"echo\n") }];
+        let (stdout, error) =
+            client(exec_request(true), remotecommand::V4, &[(1, "error"), (3, "stdin"), (5, "stdout")], data).await;
         assert_eq!(stdout, b"hi\necho\n");
         let status: serde_json::Value = serde_json::from_slice(&error).unwrap();
         assert_eq!(status["reason"], "NonZeroExitCode");
         assert_eq!(status["details"]["causes"][0]["message"], "2");
+    }
+
+    #[tokio::test]
+    async fn exec_v3_terminal_resizes() {
+        let tty =
+            Request::Exec(ExecRequest { container_id: "c".into(), tty: true, stdout: true, ..Default::default() });
+        // Two sizes, the first split across frames.
+        let data = vec![
+            Frame::Data { stream_id: 7, flags: 0, data: Bytes::from_static(b"{\"Width\":132,") },
+            Frame::Data {
+                stream_id: 7,
+                flags: 0,
+                data: Bytes::from_static(b"\"Height\":43}{\"Width\":1,\"Height\":1}"),
+            },
+        ];
+        let (stdout, error) = client(tty, remotecommand::V3, &[(1, "error"), (5, "stdout"), (7, "resize")], data).await;
+        assert_eq!(stdout, b"hi\n132x43\n");
+        assert!(error.is_empty(), "v3 says nothing on success");
     }
 }
