@@ -320,6 +320,7 @@ mod tests {
     use super::*;
     use bytes::{Bytes, BytesMut};
     use crated_spdy::frame::{Decoder, Encoder, Frame, Limits, FLAG_FIN};
+    use k8s_cri::v1::PortForwardRequest;
 
     /// Writes "hi" on stdout, echoes stdin to stdout, writes the first
     /// terminal size; exits 2 without a terminal.
@@ -485,5 +486,52 @@ mod tests {
         let (stdout, error) = client(tty, remotecommand::V3, &[(1, "error"), (5, "stdout"), (7, "resize")], data).await;
         assert_eq!(stdout, b"hi\n132x43\n");
         assert!(error.is_empty(), "v3 says nothing on success");
+    }
+
+    #[tokio::test]
+    async fn port_forward_pairs_streams_and_reports_dial_errors() {
+        let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
+        let req = PortForwardRequest { pod_sandbox_id: "pod".into(), port: vec![80] };
+        let t = server.cache.insert(Request::PortForward(req)).unwrap();
+        let offered = format!("{UPGRADE}{PROTOCOL_HEADER}: portforward.k8s.io\r\n");
+        let (mut conn, head) = request_on(&server, &format!("/portforward/{t}"), &offered).await;
+        assert!(head.contains("X-Stream-Protocol-Version: portforward.k8s.io\r\n"), "{head}");
+        let (mut enc, mut dec) = (Encoder::new(), Decoder::new(Limits::default()));
+        let mut out = BytesMut::new();
+        let h = |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let syns = [
+            (1, h(&[("streamtype", "error"), ("port", "80"), ("requestid", "0")])),
+            (3, h(&[("streamtype", "data"), ("port", "80"), ("requestid", "0")])),
+            // No port: refused.
+            (5, h(&[("streamtype", "data")])),
+        ];
+        for (id, headers) in syns {
+            enc.encode(&Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers }, &mut out)
+                .unwrap();
+        }
+        conn.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        let (mut error, mut refused, mut error_fin) = (Vec::new(), false, false);
+        while !(refused && error_fin) {
+            let frame = match dec.decode(&mut buf).unwrap() {
+                Some(f) => f,
+                None => {
+                    assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed early");
+                    continue;
+                }
+            };
+            match frame {
+                Frame::RstStream { stream_id: 5, status } => {
+                    assert_eq!(status, crated_spdy::frame::rst::REFUSED_STREAM);
+                    refused = true;
+                }
+                Frame::Data { stream_id: 1, flags, data } => {
+                    error.extend_from_slice(&data);
+                    error_fin |= flags & FLAG_FIN != 0;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(String::from_utf8_lossy(&error), "error forwarding port 80 to pod pod, uid : no");
     }
 }
