@@ -370,6 +370,16 @@ mod tests {
         (conn, String::from_utf8_lossy(&head).into_owned())
     }
 
+    /// The next frame the server sends.
+    async fn next_frame(conn: &mut TcpStream, dec: &mut Decoder, buf: &mut BytesMut) -> Frame {
+        loop {
+            if let Some(f) = dec.decode(buf).unwrap() {
+                return f;
+            }
+            assert!(conn.read_buf(buf).await.unwrap() > 0, "closed early");
+        }
+    }
+
     const UPGRADE: &str = "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n";
 
     fn exec_request(stdin: bool) -> Request {
@@ -433,13 +443,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let (mut stdout, mut error, mut replies, mut fins) = (Vec::new(), Vec::new(), 0, 0);
         while fins < 2 {
-            let frame = match dec.decode(&mut buf).unwrap() {
-                Some(f) => f,
-                None => {
-                    assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed early");
-                    continue;
-                }
-            };
+            let frame = next_frame(&mut conn, &mut dec, &mut buf).await;
             match frame {
                 Frame::SynReply { .. } => replies += 1,
                 Frame::Data { stream_id, flags, data } => {
@@ -513,13 +517,7 @@ mod tests {
         let mut buf = BytesMut::new();
         let (mut error, mut refused, mut error_fin) = (Vec::new(), false, false);
         while !(refused && error_fin) {
-            let frame = match dec.decode(&mut buf).unwrap() {
-                Some(f) => f,
-                None => {
-                    assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed early");
-                    continue;
-                }
-            };
+            let frame = next_frame(&mut conn, &mut dec, &mut buf).await;
             match frame {
                 Frame::RstStream { stream_id: 5, status } => {
                     assert_eq!(status, crated_spdy::frame::rst::REFUSED_STREAM);
