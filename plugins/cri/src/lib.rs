@@ -77,13 +77,15 @@ impl Plugin for Cri {
         let image_fs = base.join(types::key(types::SNAPSHOTTER, snapshotter));
         let cni = Arc::new(load_cni(&parsed.config.cni, &ctx.state).await);
         let (address, port) = (parsed.config.stream_server_address.clone(), parsed.config.stream_server_port.clone());
+        let idle = parsed.config.stream_idle_timeout.clone();
         let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state);
         // Bound before init returns: Exec answers URLs on it. The container
         // side's attach target is wired here once it exists.
         let attach = None;
         let runtime =
             streaming::backend::CriRuntime::new(ctx.host.clone(), svc.sandboxes().clone(), &ctx.state, attach.clone());
-        let server = streaming::StreamServer::start(&address, &port, Arc::new(runtime))
+        let idle = streaming::parse_go_duration(&idle).map_err(PluginError::failed)?;
+        let server = streaming::StreamServer::start(&address, &port, idle, Arc::new(runtime))
             .await
             .map_err(|e| PluginError::failed(format!("failed to start the stream server: {e}")))?;
         crated_plugin_api::tracing::info!("CRI stream server listening on {}", server.addr);

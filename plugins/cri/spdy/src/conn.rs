@@ -42,11 +42,19 @@ pub struct Config {
     pub max_write: usize,
     /// Data frames buffered per stream before the reader waits.
     pub stream_buffer: usize,
+    /// No frame either way for this long ends the connection (GOAWAY).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { limits: Limits::default(), max_streams: 100, max_write: 32 << 10, stream_buffer: 16 }
+        Config {
+            limits: Limits::default(),
+            max_streams: 100,
+            max_write: 32 << 10,
+            stream_buffer: 16,
+            idle_timeout: None,
+        }
     }
 }
 
@@ -168,8 +176,13 @@ impl Connection {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shutdown = Arc::new(shutdown);
         let (done_tx, done) = watch::channel(None);
-        tokio::spawn(write_loop(write, out_rx, shutdown_rx.clone()));
+        let activity = Activity::new();
+        tokio::spawn(write_loop(write, out_rx, shutdown_rx.clone(), activity.clone()));
+        if let Some(idle) = config.idle_timeout {
+            tokio::spawn(watch_idle(idle, activity.clone(), out_tx.clone(), shutdown.clone()));
+        }
         let reader = Reader {
+            activity,
             config,
             out: out_tx.clone(),
             incoming: in_tx,
@@ -231,7 +244,56 @@ impl Drop for Connection {
     }
 }
 
-async fn write_loop<W: AsyncWrite>(write: W, mut frames: mpsc::Receiver<Frame>, mut shutdown: watch::Receiver<bool>) {
+/// When a frame last went either way, in milliseconds since the start.
+#[derive(Clone)]
+struct Activity {
+    start: std::time::Instant,
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { start: std::time::Instant::now(), last: Arc::default() }
+    }
+
+    fn touch(&self) {
+        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> std::time::Duration {
+        let last = std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Ends the connection once it has been idle for `timeout`.
+async fn watch_idle(
+    timeout: std::time::Duration,
+    activity: Activity,
+    out: mpsc::Sender<Frame>,
+    shutdown: Arc<watch::Sender<bool>>,
+) {
+    let mut ended = shutdown.subscribe();
+    loop {
+        let idle = activity.idle();
+        if idle >= timeout {
+            let _ = out.send(Frame::GoAway { last_good_stream_id: 0, status: goaway::OK }).await;
+            let _ = shutdown.send(true);
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(timeout - idle) => {}
+            _ = ended.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite>(
+    write: W,
+    mut frames: mpsc::Receiver<Frame>,
+    mut shutdown: watch::Receiver<bool>,
+    activity: Activity,
+) {
     let mut write = std::pin::pin!(write);
     let mut encoder = Encoder::new();
     let mut buf = BytesMut::new();
@@ -252,6 +314,7 @@ async fn write_loop<W: AsyncWrite>(write: W, mut frames: mpsc::Receiver<Frame>, 
         if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
             return;
         }
+        activity.touch();
         buf.clear();
     }
     // Shut down: flush what is already queued, then close our side.
@@ -268,6 +331,7 @@ struct PeerStream {
 }
 
 struct Reader {
+    activity: Activity,
     config: Config,
     out: mpsc::Sender<Frame>,
     incoming: mpsc::Sender<Stream>,
@@ -284,6 +348,7 @@ impl Reader {
             loop {
                 match self.decoder.decode(&mut buf) {
                     Ok(Some(frame)) => {
+                        self.activity.touch();
                         if let Err(e) = self.handle(frame).await {
                             self.fail().await;
                             return Err(e);
@@ -590,5 +655,22 @@ mod tests {
             total += d.len();
         }
         assert_eq!(total, 10_000);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed() {
+        let idle = std::time::Duration::from_millis(200);
+        let (mut c, mut conn) = Client::start(Config { idle_timeout: Some(idle), ..Config::default() });
+        // Activity keeps it open past the timeout.
+        c.syn(1, &[], 0).await;
+        let _s = conn.accept().await.unwrap();
+        for id in [1, 3, 5] {
+            tokio::time::sleep(idle / 2).await;
+            c.send(Frame::Ping { id }).await;
+            assert_eq!(c.recv().await, Some(Frame::Ping { id }));
+        }
+        assert_eq!(c.recv().await, Some(Frame::GoAway { last_good_stream_id: 0, status: goaway::OK }));
+        assert_eq!(c.recv().await, None);
+        assert_eq!(conn.closed().await, Ok(()));
     }
 }

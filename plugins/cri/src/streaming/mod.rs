@@ -51,6 +51,40 @@ pub enum StreamingError {
     Address(String, String),
     #[error("failed to listen on {0}: {1}")]
     Listen(String, io::Error),
+    #[error("invalid stream idle timeout {0:?}")]
+    IdleTimeout(String),
+}
+
+/// Go's `time.ParseDuration` for what configs hold ("4h0m0s", "90s",
+/// "1.5h", "300ms"); zero is `None` (no timeout), as spdystream takes it.
+pub fn parse_go_duration(text: &str) -> Result<Option<Duration>, StreamingError> {
+    let bad = || StreamingError::IdleTimeout(text.to_string());
+    if text == "0" {
+        return Ok(None);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = &rest[unit_len..];
+    }
+    Ok((total > 0.0).then(|| Duration::from_secs_f64(total)))
 }
 
 /// The standard input and outputs of an exec or attach, as the client
@@ -97,7 +131,14 @@ pub struct StreamServer {
 impl StreamServer {
     /// Binds `address:port` (port "0": a free one, as containerd picks)
     /// and serves connections on the current runtime.
-    pub async fn start(address: &str, port: &str, runtime: Arc<dyn Runtime>) -> Result<StreamServer, StreamingError> {
+    /// `idle`: a connection with no frame for this long is closed
+    /// (containerd's `stream_idle_timeout`).
+    pub async fn start(
+        address: &str,
+        port: &str,
+        idle: Option<Duration>,
+        runtime: Arc<dyn Runtime>,
+    ) -> Result<StreamServer, StreamingError> {
         let host = if address.contains(':') && !address.starts_with('[') {
             format!("[{address}]")
         } else {
@@ -122,7 +163,7 @@ impl StreamServer {
                 };
                 let (cache, runtime) = (cache.clone(), runtime.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &cache, runtime).await {
+                    if let Err(e) = serve(conn, &cache, idle, runtime).await {
                         crated_plugin_api::tracing::debug!("stream server: {e}");
                     }
                 });
@@ -205,7 +246,12 @@ async fn respond(conn: &mut TcpStream, status: &str, extra: &[(&str, &str)], bod
 }
 
 /// Serves one connection: route, token, handshake, then the protocol.
-async fn serve(mut conn: TcpStream, cache: &Cache, runtime: Arc<dyn Runtime>) -> Result<(), String> {
+async fn serve(
+    mut conn: TcpStream,
+    cache: &Cache,
+    idle: Option<Duration>,
+    runtime: Arc<dyn Runtime>,
+) -> Result<(), String> {
     let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut conn)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
@@ -262,7 +308,10 @@ async fn serve(mut conn: TcpStream, cache: &Cache, runtime: Arc<dyn Runtime>) ->
     }
     reply.push_str("\r\n");
     conn.write_all(reply.as_bytes()).await.map_err(|e| e.to_string())?;
-    let spdy = Connection::new(Prefixed { prefix: rest, pos: 0, io: conn }, crated_spdy::Config::default());
+    let spdy = Connection::new(
+        Prefixed { prefix: rest, pos: 0, io: conn },
+        crated_spdy::Config { idle_timeout: idle, ..Default::default() },
+    );
     match request {
         Request::Exec(r) => {
             let opts = remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty };
@@ -386,9 +435,22 @@ mod tests {
         Request::Exec(ExecRequest { container_id: "c".into(), stdin, stdout: true, ..Default::default() })
     }
 
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("4h0m0s").unwrap(), Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(parse_go_duration("1m30s").unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1.5h").unwrap(), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("250ms").unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("0s").unwrap(), None);
+        assert_eq!(parse_go_duration("0").unwrap(), None);
+        for bad in ["", "4", "4x", "h", "1h-2m"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[tokio::test]
     async fn routes_tokens_and_handshakes() {
-        let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
         assert_ne!(server.addr.port(), 0);
         let (_, head) = request_on(&server, "/exec/nope", UPGRADE).await;
         assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
@@ -424,7 +486,7 @@ mod tests {
     /// `protocol`, sends `data`; answers stdout (stream 5) and the error
     /// stream (1) once both ended.
     async fn client(request: Request, protocol: &str, streams: &[(u32, &str)], data: Vec<Frame>) -> (Vec<u8>, Vec<u8>) {
-        let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
         let t = server.cache.insert(request).unwrap();
         let (mut conn, head) =
             request_on(&server, &format!("/exec/{t}"), &format!("{UPGRADE}{PROTOCOL_HEADER}: {protocol}\r\n")).await;
@@ -494,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn port_forward_pairs_streams_and_reports_dial_errors() {
-        let server = StreamServer::start("127.0.0.1", "0", Arc::new(Fake)).await.unwrap();
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
         let req = PortForwardRequest { pod_sandbox_id: "pod".into(), port: vec![80] };
         let t = server.cache.insert(Request::PortForward(req)).unwrap();
         let offered = format!("{UPGRADE}{PROTOCOL_HEADER}: portforward.k8s.io\r\n");

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use crated_spdy::{Connection, StreamReader, StreamWriter};
+use crated_spdy::{frame::rst, Connection, StreamReader, StreamWriter};
 use futures::future::BoxFuture;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -85,7 +85,21 @@ where
         resize,
         gone: super::gone(&spdy),
     };
-    let outcome = run(io).await;
+    // Streams opened after the expected ones are refused while the
+    // command runs (the connection would stall on them otherwise).
+    let running = run(io);
+    tokio::pin!(running);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut running => break outcome,
+            extra = spdy.accept() => match extra {
+                Some(s) => {
+                    let _ = s.writer().reset(rst::REFUSED_STREAM).await;
+                }
+                None => break running.await,
+            },
+        }
+    };
     if let Some(error) = &streams.error {
         let message = status(protocol, &outcome);
         if let Some(m) = message {
