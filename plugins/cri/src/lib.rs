@@ -2,15 +2,16 @@
 //! (`runtime.v1`) on the daemon's socket, as containerd 1.6's CRI plugin.
 //!
 //! It serves the image side, the runtime's identity, pod sandboxes and
-//! the stream server: [`config`] (containerd's keys and defaults), [`service`] (Version,
-//! Status with CNI's readiness, UpdateRuntimeConfig, the ImageService and
-//! the pod sandbox methods, Exec, Attach and PortForward; the container
-//! methods answer `Unimplemented` by name), [`pull`] (PullImage through the transfer plugin), [`images`]
-//! (the CRI's view of the `k8s.io` image records), [`reference`] (Docker
-//! reference normalisation), [`sandbox`] (pause containers, their
-//! network namespaces and CNI, their records) and [`streaming`] (Exec,
-//! Attach and PortForward: the URLs they answer, served over SPDY/3.1 by
-//! the `crated-spdy` library; exec runs through the Tasks service,
+//! the stream server: [`config`] (containerd's keys and defaults),
+//! [`service`] (Version, Status with CNI's readiness, UpdateRuntimeConfig,
+//! the ImageService, the pod sandbox methods, Exec, Attach and
+//! PortForward; the container methods answer `Unimplemented` by name),
+//! [`pull`] (PullImage through the transfer plugin), [`images`] (the CRI's
+//! view of the `k8s.io` image records), [`reference`] (Docker reference
+//! normalisation), [`sandbox`] (pause containers, their network
+//! namespaces and CNI, their records) and [`streaming`] (the URLs Exec,
+//! Attach and PortForward answer, served over SPDY/3.1 by the
+//! `crated-spdy` library: exec runs through the Tasks service,
 //! port-forward dials inside the pod's network namespace, attach waits
 //! for the container side's [`streaming::backend::AttachTarget`]).
 //!

@@ -54,7 +54,11 @@ pub struct CriRuntime {
 
 impl CriRuntime {
     pub fn new(host: Host, sandboxes: Sandboxes, state: &Path, attach: Option<Arc<dyn AttachTarget>>) -> CriRuntime {
-        CriRuntime { host, sandboxes, io_dir: state.join("io"), attach }
+        let io_dir = state.join("io");
+        // An exec's session ends with the daemon that served it: FIFO
+        // directories a previous daemon left have no reader any more.
+        let _ = std::fs::remove_dir_all(&io_dir);
+        CriRuntime { host, sandboxes, io_dir, attach }
     }
 }
 
