@@ -566,4 +566,26 @@ mod tests {
         plain.put_u32(0);
         assert!(parse_pairs(&plain).unwrap_err().to_string().contains("empty name"));
     }
+
+    proptest::proptest! {
+        /// Any bytes: frames, a clean error or a wait for more; no panic,
+        /// and never a buffer beyond the frame limit.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let mut dec = Decoder::new(Limits { max_frame: 4096, max_header_block: 4096 });
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = dec.decode(&mut buf) {}
+            proptest::prop_assert!(buf.capacity() <= 8 + 4096 + bytes.len());
+        }
+
+        /// Valid control frame headers with arbitrary bodies.
+        #[test]
+        fn arbitrary_control_bodies_never_panic(kind in 0u16..12, flags in proptest::num::u8::ANY,
+                                                body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut buf = BytesMut::new();
+            control(&mut buf, kind, flags, &body);
+            let mut dec = Decoder::new(Limits::default());
+            let _ = dec.decode(&mut buf);
+        }
+    }
 }
