@@ -260,6 +260,13 @@ async fn exec_and_port_forward_with_kubectl() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert_eq!(text(&out.stdout), "bye\n");
 
+    // A command that cannot start: kubectl reports the runtime's error.
+    let cmd = ["/no/such/command"];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("/no/such/command"), "{out:?}");
+
     // stdin through cat, to its end.
     let input = b"hello through stdin\nsecond line\n".repeat(1000);
     let i = Flags { stdin: true, tty: false };
