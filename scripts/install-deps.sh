@@ -14,6 +14,10 @@
 #                      the real CNI plugins (bridge, host-local, loopback,
 #                      portmap in /usr/lib/cni) the CNI library's tests run
 #   iptables           what the portmap plugin programs host ports with
+# and, outside apt's installed set, Debian's kubectl (kubernetes-client) at
+# /opt/crated-test-tools/kubectl: the real SPDY client of the CRI stream
+# server's tests. It is extracted, not installed, because the package
+# conflicts with other kubectl packages on some machines.
 # The packages' own services are not used: tests start what they need on
 # temporary sockets and ports.
 set -euo pipefail
@@ -39,5 +43,16 @@ if ((${#missing[@]})); then
     $sudo apt-get update -q || true
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     [ "$created_policy" -eq 0 ] || $sudo rm -f "$policy"
+fi
+tools=/opt/crated-test-tools
+if [ ! -x "$tools/kubectl" ]; then
+    echo "extracting kubectl (kubernetes-client) into $tools" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download kubernetes-client >/dev/null && dpkg-deb -x kubernetes-client_*.deb root)
+    $sudo mkdir -p "$tools"
+    $sudo cp "$tmp/root/usr/bin/kubectl" "$tools/kubectl"
+    rm -rf "$tmp"
 fi
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }

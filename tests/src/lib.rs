@@ -6,10 +6,13 @@
 //! and push tests; [`transfer_client`] drives the Transfer service;
 //! [`misbehave`] names what the misbehaving test plugins and their tests share;
 //! [`bundle`] says which plugins the bundled library holds;
-//! [`large_store`] fills a store for measuring a garbage collection.
+//! [`large_store`] fills a store for measuring a garbage collection;
+//! [`kube_proxy`] is a fake Kubernetes API server for driving the CRI
+//! stream server with kubectl.
 
 pub mod bundle;
 pub mod images;
+pub mod kube_proxy;
 pub mod large_store;
 pub mod misbehave;
 pub mod registry;

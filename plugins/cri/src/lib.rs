@@ -1,14 +1,19 @@
 //! `io.containerd.grpc.v1.cri`: the Kubernetes Container Runtime Interface
 //! (`runtime.v1`) on the daemon's socket, as containerd 1.6's CRI plugin.
 //!
-//! It serves the image side, the runtime's identity and pod sandboxes:
-//! [`config`] (containerd's keys and defaults), [`service`] (Version,
-//! Status with CNI's readiness, UpdateRuntimeConfig, the ImageService and
-//! the pod sandbox methods; the container methods answer `Unimplemented`
-//! by name), [`pull`] (PullImage through the transfer plugin), [`images`]
-//! (the CRI's view of the `k8s.io` image records), [`reference`] (Docker
-//! reference normalisation) and [`sandbox`] (pause containers, their
-//! network namespaces and CNI, their records).
+//! It serves the image side, the runtime's identity, pod sandboxes and
+//! the stream server: [`config`] (containerd's keys and defaults),
+//! [`service`] (Version, Status with CNI's readiness, UpdateRuntimeConfig,
+//! the ImageService, the pod sandbox methods, Exec, Attach and
+//! PortForward; the container methods answer `Unimplemented` by name),
+//! [`pull`] (PullImage through the transfer plugin), [`images`] (the CRI's
+//! view of the `k8s.io` image records), [`reference`] (Docker reference
+//! normalisation), [`sandbox`] (pause containers, their network
+//! namespaces and CNI, their records) and [`streaming`] (the URLs Exec,
+//! Attach and PortForward answer, served over SPDY/3.1 by the
+//! `crated-spdy` library: exec runs through the Tasks service,
+//! port-forward dials inside the pod's network namespace, attach waits
+//! for the container side's [`streaming::backend::AttachTarget`]).
 //!
 //! Everything goes through the plugin's dependencies in process: image
 //! records and snapshots through the metadata plugin, blobs through its
@@ -22,6 +27,7 @@ pub mod pull;
 pub mod reference;
 pub mod sandbox;
 pub mod service;
+pub mod streaming;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -71,14 +77,20 @@ impl Plugin for Cri {
         let base = ctx.root.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| ctx.root.clone());
         let image_fs = base.join(types::key(types::SNAPSHOTTER, snapshotter));
         let cni = Arc::new(load_cni(&parsed.config.cni, &ctx.state).await);
-        Ok(service::router(service::CriService::new(
-            ctx.host.clone(),
-            parsed.config,
-            image_fs,
-            cni,
-            &ctx.root,
-            &ctx.state,
-        )))
+        let (address, port) = (parsed.config.stream_server_address.clone(), parsed.config.stream_server_port.clone());
+        let idle = parsed.config.stream_idle_timeout.clone();
+        let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state);
+        // Bound before init returns: Exec answers URLs on it. The container
+        // side's attach target is wired here once it exists.
+        let attach = None;
+        let runtime =
+            streaming::backend::CriRuntime::new(ctx.host.clone(), svc.sandboxes().clone(), &ctx.state, attach.clone());
+        let idle = streaming::parse_go_duration(&idle).map_err(PluginError::failed)?;
+        let server = streaming::StreamServer::start(&address, &port, idle, Arc::new(runtime))
+            .await
+            .map_err(|e| PluginError::failed(format!("failed to start the stream server: {e}")))?;
+        crated_plugin_api::tracing::info!("CRI stream server listening on {}", server.addr);
+        Ok(service::router(svc.with_streaming(server, attach)))
     }
 }
 

@@ -311,6 +311,15 @@ fn network_args(config: &PodSandboxConfig) -> PodNetworkArgs {
     }
 }
 
+/// A Tasks service method in `k8s.io`, through the internal service.
+pub(crate) async fn tasks_call<Req: prost::Message, Resp: prost::Message + Default>(
+    host: &Host,
+    method: &str,
+    req: &Req,
+) -> Result<Resp, Status> {
+    host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+}
+
 /// The pod sandboxes of the CRI, over the plugin's dependencies.
 #[derive(Clone)]
 pub struct Sandboxes {
@@ -365,7 +374,7 @@ impl Sandboxes {
         method: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
+        tasks_call(&self.host, method, req).await
     }
 
     /// Every sandbox record of `k8s.io`.
@@ -400,6 +409,17 @@ impl Sandboxes {
             Ok(r) => r.process.map(|p| (p.pid, p.status == TASK_RUNNING)).unwrap_or((0, false)),
             Err(_) => (0, false),
         }
+    }
+
+    /// The network namespace of a ready sandbox, for port forwarding
+    /// ("" for a host-network pod); a sandbox not running is refused.
+    pub async fn netns_path(&self, id: &str) -> Result<String, Status> {
+        let (c, meta) = self.find(id).await.map_err(|s| s.context(format!("failed to find sandbox {id:?}")))?;
+        let (_, running) = self.task_state(&c.id).await;
+        if !running {
+            return Err(Status::failed_precondition(format!("sandbox container {:?} is not running", c.id)));
+        }
+        Ok(if meta.host_network() { String::new() } else { meta.netns_path })
     }
 
     pub async fn run(&self, config: Option<PodSandboxConfig>, runtime_handler: String) -> Result<String, Status> {

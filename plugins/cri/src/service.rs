@@ -1,7 +1,8 @@
 //! The CRI's two gRPC services on the daemon's socket, `runtime.v1`
 //! `RuntimeService` and `ImageService`, as handlers of the SDK's router.
 //! What is served: Version, Status, UpdateRuntimeConfig, the pod sandbox
-//! methods ([`crate::sandbox`]) and the whole ImageService. Every other method is registered explicitly and
+//! methods ([`crate::sandbox`]), Exec, Attach and PortForward (URLs on
+//! [`crate::streaming`]'s server) and the whole ImageService. Every other method is registered explicitly and
 //! answers `Unimplemented` naming itself, so a kubelet or crictl sees
 //! which call crated lacks rather than a generic "unknown method".
 
@@ -31,10 +32,13 @@ use k8s_cri::v1::{
     StopPodSandboxRequest, StopPodSandboxResponse,
 };
 
+use k8s_cri::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, PortForwardRequest, PortForwardResponse};
+
 use crate::{
     config::Config,
     images::{CriImage, ImageStore},
     sandbox::Sandboxes,
+    streaming::{backend::AttachTarget, Request, StreamServer},
 };
 
 pub const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
@@ -64,9 +68,6 @@ const RUNTIME_TODO: &[&str] = &[
     "UpdateContainerResources",
     "ReopenContainerLog",
     "ExecSync",
-    "Exec",
-    "Attach",
-    "PortForward",
     "ContainerStats",
     "ListContainerStats",
     "PodSandboxStats",
@@ -89,6 +90,10 @@ pub struct CriService {
     pod_cidr: Arc<Mutex<String>>,
     cni: Arc<Cni>,
     sandboxes: Sandboxes,
+    /// The stream server Exec, Attach and PortForward answer URLs of.
+    streams: Option<StreamServer>,
+    /// The container side's IO for Attach (the containers slice provides it).
+    attach: Option<Arc<dyn AttachTarget>>,
 }
 
 fn now_nanos() -> i64 {
@@ -99,7 +104,71 @@ impl CriService {
     pub fn new(host: Host, config: Config, image_fs: PathBuf, cni: Arc<Cni>, root: &Path, state: &Path) -> CriService {
         let config = Arc::new(config);
         let sandboxes = Sandboxes::new(host.clone(), config.clone(), cni.clone(), root, state);
-        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes }
+        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes, streams: None, attach: None }
+    }
+
+    pub fn sandboxes(&self) -> &Sandboxes {
+        &self.sandboxes
+    }
+
+    /// Serves Exec, Attach and PortForward through `server`; Attach needs
+    /// `attach` too.
+    pub fn with_streaming(mut self, server: StreamServer, attach: Option<Arc<dyn AttachTarget>>) -> CriService {
+        self.streams = Some(server);
+        self.attach = attach;
+        self
+    }
+
+    fn stream_server(&self) -> Result<&StreamServer, Status> {
+        self.streams.as_ref().ok_or_else(|| Status::unavailable("the CRI stream server is not running"))
+    }
+
+    /// Caches `request` and answers its URL.
+    fn stream_url(&self, request: Request) -> Result<String, Status> {
+        let server = self.stream_server()?;
+        let kind = request.kind();
+        let token = server.cache.insert(request).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(server.url(kind, &token))
+    }
+
+    /// The container's task must run (any task of `k8s.io`, sandboxes'
+    /// included).
+    async fn running_task(&self, id: &str) -> Result<(), Status> {
+        let req = containerd_client::services::v1::GetRequest { container_id: id.into(), exec_id: String::new() };
+        let resp: containerd_client::services::v1::GetResponse = crate::sandbox::tasks_call(&self.host, "Get", &req)
+            .await
+            .map_err(|s| s.context(format!("failed to find container {id:?} in store")))?;
+        // containerd's `types.Status` RUNNING.
+        if resp.process.map(|p| p.status) != Some(2) {
+            return Err(Status::failed_precondition(format!("container {id:?} is not running")));
+        }
+        Ok(())
+    }
+
+    async fn exec(self, _c: Call, r: ExecRequest) -> Result<ExecResponse, Status> {
+        validate_stdio(&r.container_id, r.tty, r.stdin, r.stdout, r.stderr)?;
+        self.stream_server()?;
+        self.running_task(&r.container_id).await?;
+        Ok(ExecResponse { url: self.stream_url(Request::Exec(r))? })
+    }
+
+    async fn attach(self, _c: Call, r: AttachRequest) -> Result<AttachResponse, Status> {
+        validate_stdio(&r.container_id, r.tty, r.stdin, r.stdout, r.stderr)?;
+        self.stream_server()?;
+        self.running_task(&r.container_id).await?;
+        if self.attach.is_none() {
+            return Err(Status::unimplemented(crate::streaming::backend::ATTACH_MISSING));
+        }
+        Ok(AttachResponse { url: self.stream_url(Request::Attach(r))? })
+    }
+
+    async fn port_forward(self, _c: Call, r: PortForwardRequest) -> Result<PortForwardResponse, Status> {
+        if r.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument("missing required pod_sandbox_id"));
+        }
+        self.stream_server()?;
+        self.sandboxes.netns_path(&r.pod_sandbox_id).await?;
+        Ok(PortForwardResponse { url: self.stream_url(Request::PortForward(r))? })
     }
 
     /// CNI's readiness, loading the conf dir again while it is not ready
@@ -289,6 +358,20 @@ fn to_cri_image(image: &CriImage) -> Image {
     }
 }
 
+/// containerd's stream server's request checks (`validateExecRequest`).
+fn validate_stdio(id: &str, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("missing required container_id"));
+    }
+    if tty && stderr {
+        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+    }
+    Ok(())
+}
+
 fn not_yet(service: &str, method: &str) -> Status {
     Status::unimplemented(format!("{service}/{method} is not implemented by crated yet"))
 }
@@ -305,6 +388,9 @@ pub fn router(svc: CriService) -> ServiceRouter {
         .unary_with(&rt("RemovePodSandbox"), &svc, CriService::remove_pod_sandbox)
         .unary_with(&rt("PodSandboxStatus"), &svc, CriService::pod_sandbox_status)
         .unary_with(&rt("ListPodSandbox"), &svc, CriService::list_pod_sandbox)
+        .unary_with(&rt("Exec"), &svc, CriService::exec)
+        .unary_with(&rt("Attach"), &svc, CriService::attach)
+        .unary_with(&rt("PortForward"), &svc, CriService::port_forward)
         .unary_with(&im("PullImage"), &svc, CriService::pull_image)
         .unary_with(&im("ListImages"), &svc, CriService::list_images)
         .unary_with(&im("ImageStatus"), &svc, CriService::image_status)

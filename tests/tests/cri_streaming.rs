@@ -1,0 +1,481 @@
+//! The CRI stream server with a real SPDY client: Debian's kubectl 1.20
+//! (/opt/crated-test-tools/kubectl, see scripts/install-deps.sh) talks to
+//! a fake API server (crated_tests::kube_proxy) that splices its exec and
+//! port-forward requests to the URLs the CRI's Exec and PortForward RPCs
+//! return, as the kubelet's proxy does. Against a pod sandbox whose task
+//! is busybox (the bundle, a real registry, Debian's shim, runc and CNI
+//! plugins, as tests/cri_pods.rs): stdout and stderr, a non-zero exit code
+//! as kubectl's exit status, stdin echoed through `cat`, a terminal,
+//! port-forward to a busybox `nc` in the pod, spent and unknown tokens
+//! refused, garbage answered while the server keeps serving, and the RPCs'
+//! own checks (Attach answers what it lacks until the container side
+//! provides its IO).
+//!
+//! A guard stops and removes every sandbox, the daemon, the bridge and
+//! leftover namespace mounts, even when an assertion failed. Needs root.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::Duration,
+};
+
+use common::{Daemon, Setup};
+use crated_tests::images::{oci_archive, ImageOptions};
+use crated_tests::kube_proxy::{KubeProxy, KUBECTL};
+use crated_tests::registry::Registry;
+use crated_tests::transfer_client::{plain_http_hosts_toml, push_image};
+use k8s_cri::v1::{
+    runtime_service_client::RuntimeServiceClient, AttachRequest, ExecRequest, ListPodSandboxRequest, PodSandboxConfig,
+    PodSandboxMetadata, PortForwardRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+};
+use tonic::{transport::Channel, Code};
+
+const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
+const CNI_BIN: &str = "/usr/lib/cni";
+const CRI: &str = "io.containerd.grpc.v1.cri";
+const TASK_STATE: &str = "io.containerd.runtime.v2.task";
+const PAUSE: &[&str] = &["/bin/busybox", "sleep", "1000000000"];
+/// The pod and the container name kubectl is told about.
+const POD: &str = "web";
+const CONTAINER: &str = "pause";
+
+/// Registry, daemon, conf dir, bridge; dropping it removes every sandbox,
+/// stops the daemon, deletes the bridge and unmounts leftovers.
+struct World {
+    daemon: Option<Daemon>,
+    _registry: Registry,
+    dir: tempfile::TempDir,
+    bridge: String,
+}
+
+impl World {
+    async fn start() -> World {
+        let registry = Registry::start().expect("registry fixture");
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        plain_http_hosts_toml(&certs, &registry.host());
+        let conf_dir = dir.path().join("net.d");
+        std::fs::create_dir_all(&conf_dir).unwrap();
+        let pid = std::process::id();
+        let bridge = format!("crs{:x}", pid % 0xfffff);
+        let sandbox_image = format!("{}/test/pause:1", registry.host());
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"crated-streaming-{bridge}","plugins":[
+              {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
+                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.219.{n}.0/24"}}]],"dataDir":"{data}"}}}}]}}"#,
+            n = pid % 250,
+            data = dir.path().join("ipam").display(),
+        );
+        std::fs::write(conf_dir.join("10-pods.conflist"), conf).unwrap();
+        let setup = Setup::new(&[])
+            .with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer", "runtime", "cri"])
+            .extra(&format!(
+                "[plugins.\"{CRI}\"]\nsandbox_image = {sandbox_image:?}\nrestrict_oom_score_adj = true\n\
+                 [plugins.\"{CRI}\".registry]\nconfig_path = {:?}\n\
+                 [plugins.\"{CRI}\".cni]\nbin_dir = {CNI_BIN:?}\nconf_dir = {:?}\n\
+                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\"]\nruntime_path = {GO_SHIM:?}\n\
+                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\".options]\nRoot = {:?}\n",
+                certs.display().to_string(),
+                conf_dir.display().to_string(),
+                dir.path().join("runc").display().to_string(),
+            ));
+        let world = World { daemon: Some(setup.start()), _registry: registry, dir, bridge };
+        let ch = world.channel().await;
+        let cmd = Some(PAUSE.iter().map(|s| s.to_string()).collect());
+        let archive = oci_archive(&ImageOptions { cmd, ..Default::default() }).unwrap();
+        push_image(&ch, &archive, &sandbox_image, None).await;
+        world
+    }
+
+    async fn channel(&self) -> Channel {
+        self.daemon.as_ref().expect("daemon").channel().await
+    }
+
+    async fn clean(&self) {
+        let ch = self.channel().await;
+        let Ok(r) = rt(&ch).list_pod_sandbox(ListPodSandboxRequest::default()).await else { return };
+        for s in r.into_inner().items {
+            let _ = rt(&ch).stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
+            let _ = rt(&ch).remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: s.id }).await;
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.daemon.as_ref().is_some_and(|d| d.setup.socket().exists()) {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(self.clean());
+                });
+            });
+        }
+        self.daemon.take();
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let dir = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)) {
+            let _ = Command::new("umount").arg(m).output();
+        }
+    }
+}
+
+/// A child process killed (by its pid) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pod sandbox named `name` on the bridge; its id.
+async fn run_pod(ch: &Channel, name: &str) -> String {
+    let metadata =
+        PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 };
+    let config = PodSandboxConfig { metadata: Some(metadata), ..Default::default() };
+    rt(ch)
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+        .await
+        .expect("run the sandbox")
+        .into_inner()
+        .pod_sandbox_id
+}
+
+fn rt(ch: &Channel) -> RuntimeServiceClient<Channel> {
+    RuntimeServiceClient::new(ch.clone())
+}
+
+/// How kubectl exec is run: `-i`, `-t` (under a pseudo-terminal).
+#[derive(Clone, Copy, Default)]
+struct Flags {
+    stdin: bool,
+    tty: bool,
+}
+
+/// The CRI's Exec for `cmd` with the streams kubectl will open, routed
+/// for the next `kubectl exec`; answers the URL.
+async fn exec_url(ch: &Channel, proxy: &KubeProxy, id: &str, cmd: &[&str], f: Flags) -> String {
+    let url = cri_exec(ch, id, cmd, f).await;
+    proxy.route_next("exec", &url);
+    url
+}
+
+/// The CRI's Exec URL alone, for raw requests.
+async fn cri_exec(ch: &Channel, id: &str, cmd: &[&str], f: Flags) -> String {
+    let req = ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: f.tty,
+        stdin: f.stdin,
+        stdout: true,
+        stderr: !f.tty,
+    };
+    rt(ch).exec(req).await.expect("Exec").into_inner().url
+}
+
+/// `kubectl exec` with `input` on its stdin, off the test's runtime.
+async fn kubectl_exec(proxy: &KubeProxy, cmd: &[&str], f: Flags, input: &[u8]) -> Output {
+    let mut c = proxy.kubectl();
+    c.args(["exec", POD, "-c", CONTAINER]);
+    if f.stdin {
+        c.arg("-i");
+    }
+    c.arg("--").args(cmd);
+    let input = input.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&input).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// `kubectl exec -it` under a pseudo-terminal (`script`), so that kubectl
+/// asks for one; `cmd` is a shell command run with `sh -c` in the pod.
+async fn kubectl_exec_tty(proxy: &KubeProxy, cmd: &str) -> Output {
+    let line = format!(
+        "{KUBECTL} --kubeconfig {} exec -it {POD} -c {CONTAINER} -- /bin/sh -c '{cmd}'",
+        proxy.kubeconfig().display()
+    );
+    tokio::task::spawn_blocking(move || {
+        Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::null()).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A raw HTTP request to the stream server; the status line answered.
+fn raw_request(url: &str, head: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = TcpStream::connect(host).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.write_all(head.replace("{path}", path).as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out);
+    text(&out).lines().next().unwrap_or_default().to_string()
+}
+
+fn upgrade_request() -> &'static str {
+    "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+     X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_port_forward_with_kubectl() {
+    assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
+    let world = World::start().await;
+    let ch = world.channel().await;
+    let id = run_pod(&ch, POD).await;
+    let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
+
+    // stdout and stderr apart, exit 0.
+    let cmd = ["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2"];
+    let first_url = exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout), "to-stdout\n");
+    assert!(text(&out.stderr).contains("to-stderr\n"), "{out:?}");
+    assert!(!text(&out.stderr).contains("to-stdout"), "{out:?}");
+
+    // A non-zero exit is kubectl's exit status.
+    let cmd = ["/bin/sh", "-c", "echo bye; exit 3"];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(text(&out.stdout), "bye\n");
+
+    // A command that cannot start: kubectl reports the runtime's error.
+    let cmd = ["/no/such/command"];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(text(&out.stderr).contains("/no/such/command"), "{out:?}");
+
+    // stdin through cat, to its end.
+    let input = b"hello through stdin\nsecond line\n".repeat(1000);
+    let i = Flags { stdin: true, tty: false };
+    exec_url(&ch, &proxy, &id, &["/bin/cat"], i).await;
+    let out = kubectl_exec(&proxy, &["/bin/cat"], i, &input).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "the echo differs");
+
+    // A terminal: the command sees one.
+    let it = Flags { stdin: true, tty: true };
+    let shell = "/bin/busybox tty; /bin/busybox stty size";
+    exec_url(&ch, &proxy, &id, &["/bin/sh", "-c", shell], it).await;
+    let out = kubectl_exec_tty(&proxy, shell).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("/dev/pts/"), "{out:?}");
+
+    // The first exec's token is spent; an unknown one never existed.
+    assert!(raw_request(&first_url, upgrade_request()).contains(" 404 "), "a spent token was accepted");
+    let unknown = format!("{}/exec/AAAAAAAA", first_url.rsplitn(3, '/').nth(2).unwrap());
+    assert!(raw_request(&unknown, upgrade_request()).contains(" 404 "));
+
+    // Garbage is answered with an error; the server keeps serving.
+    assert!(raw_request(&first_url, "\x00\x01\x02 garbage\r\n\r\n").contains(" 400 "));
+    let cmd = ["/bin/echo", "still-here"];
+    let url = cri_exec(&ch, &id, &cmd, Flags::default()).await;
+    // Not the upgrade headers: refused, and the token is spent.
+    assert!(raw_request(&url, "POST {path} HTTP/1.1\r\nHost: x\r\n\r\n").contains(" 400 "));
+    let url = cri_exec(&ch, &id, &cmd, Flags::default()).await;
+    // Upgraded, then garbage instead of SPDY: the server closes.
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut conn = TcpStream::connect(host).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    conn.write_all(upgrade_request().replace("{path}", path).as_bytes()).unwrap();
+    conn.write_all(&[0x80, 0x03, 0x00, 0x01, 0x00, 0xff, 0xff, 0xff]).unwrap();
+    conn.write_all(&[0xde; 64]).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    assert!(text(&answer).starts_with("HTTP/1.1 101 "), "{}", text(&answer));
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert_eq!((out.status.success(), text(&out.stdout)), (true, "still-here\n".to_string()), "{out:?}");
+
+    // Port-forward to an echo server in the pod's network.
+    let cmd = ["/bin/sh", "-c", "/bin/busybox nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &"];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let out = kubectl_exec(&proxy, &cmd, Flags::default(), b"").await;
+    assert!(out.status.success(), "{out:?}");
+    let url = rt(&ch)
+        .port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![8080] })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    assert!(url.contains("/portforward/"), "{url}");
+    proxy.route_next("portforward", &url);
+    let local = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // kubectl prints a line per connection: its output goes to a file
+    // (a closed pipe would kill it).
+    let pf_out = world.dir.path().join("port-forward.out");
+    let mut pf = Child(
+        proxy
+            .kubectl()
+            .args(["port-forward", POD, &format!("{local}:8080")])
+            .stdout(std::fs::File::create(&pf_out).unwrap())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..300 {
+        if text(&std::fs::read(&pf_out).unwrap()).contains("Forwarding from") || pf.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = text(&std::fs::read(&pf_out).unwrap());
+    assert!(ready.contains("Forwarding from"), "{ready}");
+    let echoed = tokio::task::spawn_blocking(move || {
+        // nc may not listen yet: a refused dial closes the local
+        // connection empty, and the next try goes through.
+        for _ in 0..50 {
+            let Ok(mut c) = TcpStream::connect(("127.0.0.1", local)) else {
+                return "kubectl port-forward is gone".to_string();
+            };
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.write_all(b"ping through the forward\n").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            if !got.is_empty() {
+                return text(&got);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        String::new()
+    })
+    .await
+    .unwrap();
+    if echoed != "ping through the forward\n" {
+        let _ = pf.0.kill();
+        let mut err = String::new();
+        let _ = pf.0.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("{echoed:?}; kubectl port-forward said: {err}");
+    }
+    drop(pf);
+}
+
+/// The RPCs' own checks, without a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_checked() {
+    let world = World::start().await;
+    let ch = world.channel().await;
+    let id = run_pod(&ch, "chk").await;
+    let exec = |r: ExecRequest| {
+        let ch = ch.clone();
+        async move { rt(&ch).exec(r).await }
+    };
+    let cmd = vec!["/bin/true".to_string()];
+    let e = exec(ExecRequest { container_id: id.clone(), cmd: cmd.clone(), ..Default::default() }).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "one of stdin, stdout, or stderr must be set"));
+    let both =
+        ExecRequest { container_id: id.clone(), cmd: cmd.clone(), tty: true, stderr: true, ..Default::default() };
+    let e = exec(both).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "tty and stderr cannot both be true"));
+    let e = exec(ExecRequest { container_id: "nope".into(), cmd: cmd.clone(), stdout: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let url = exec(ExecRequest { container_id: id.clone(), cmd, stdout: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.starts_with("http://127.0.0.1:") && url.contains("/exec/"), "{url}");
+    assert_eq!(url.rsplit('/').next().unwrap().len(), 8, "{url}");
+
+    let e = rt(&ch)
+        .attach(AttachRequest { container_id: id.clone(), stdout: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    assert!(e.message().contains("AttachTarget"), "{e:?}");
+
+    let e =
+        rt(&ch).port_forward(PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    rt(&ch).stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await.unwrap();
+    let e = rt(&ch).port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![80] }).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = rt(&ch)
+        .exec(ExecRequest { container_id: id, cmd: vec!["/bin/true".into()], stdout: true, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(matches!(e.code(), Code::NotFound | Code::FailedPrecondition), "{e:?}");
+}
+
+/// Whether a process with exactly these arguments runs (on the host's
+/// view of /proc, which sees the pod's processes).
+fn running(args: &[&str]) -> bool {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| c == want.as_bytes())
+}
+
+/// Waits (boundedly) for `cond`; whether it came true.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// kubectl killed mid-exec: the process in the pod is killed and the
+/// exec's FIFOs are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_kills_its_exec() {
+    assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
+    let world = World::start().await;
+    let ch = world.channel().await;
+    let id = run_pod(&ch, POD).await;
+    let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
+    let seconds = format!("{}", 500_000 + std::process::id());
+    let cmd = ["/bin/busybox", "sleep", seconds.as_str()];
+    exec_url(&ch, &proxy, &id, &cmd, Flags::default()).await;
+    let mut kubectl = Child(
+        proxy
+            .kubectl()
+            .args(["exec", POD, "-c", CONTAINER, "--"])
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(eventually(|| running(&cmd)).await, "the exec never ran");
+    let io_dir = world.daemon.as_ref().unwrap().setup.state().join(CRI).join("io");
+    assert_eq!(std::fs::read_dir(&io_dir).unwrap().count(), 1, "one exec's FIFO directory");
+    kubectl.0.kill().unwrap();
+    kubectl.0.wait().unwrap();
+    assert!(eventually(|| !running(&cmd)).await, "the exec outlived its client");
+    assert!(eventually(|| std::fs::read_dir(&io_dir).unwrap().count() == 0).await, "the FIFOs are left");
+}
