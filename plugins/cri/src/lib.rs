@@ -17,6 +17,9 @@
 //! internal Tasks service (`io.containerd.service.v1.tasks-service`).
 
 pub mod config;
+pub mod container;
+pub mod container_io;
+pub mod container_spec;
 pub mod images;
 pub mod pull;
 pub mod reference;
@@ -71,14 +74,17 @@ impl Plugin for Cri {
         let base = ctx.root.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| ctx.root.clone());
         let image_fs = base.join(types::key(types::SNAPSHOTTER, snapshotter));
         let cni = Arc::new(load_cni(&parsed.config.cni, &ctx.state).await);
-        Ok(service::router(service::CriService::new(
-            ctx.host.clone(),
-            parsed.config,
-            image_fs,
-            cni,
-            &ctx.root,
-            &ctx.state,
-        )))
+        let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state);
+        // Containers come back from their records and live tasks in the
+        // background (every container call waits for it), so that exit
+        // monitors and logs resume without waiting for a first call.
+        let containers = svc.containers().clone();
+        crated_plugin_api::runtime::runtime().spawn(async move {
+            if let Err(s) = containers.recover().await {
+                crated_plugin_api::tracing::warn!("failed to recover CRI containers: {}", s.message);
+            }
+        });
+        Ok(service::router(svc))
     }
 }
 

@@ -37,7 +37,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shim_protocol::oci::DEFAULT_CAPS;
 
-use crate::{config::Config, images::ImageStore, service::NAMESPACE};
+use crate::{
+    config::Config,
+    container_spec::{default_mounts, mount, MASKED_PATHS, READONLY_PATHS},
+    images::ImageStore,
+    service::NAMESPACE,
+};
 
 /// The label containerd's CRI puts on its containers, and its values.
 pub const KIND_LABEL: &str = "io.cri-containerd.kind";
@@ -229,7 +234,8 @@ pub fn sandbox_spec(
     annotations.insert("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone());
     annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name.clone());
     annotations.insert("io.kubernetes.cri.sandbox-log-directory".into(), config.log_directory.clone());
-    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| json!({"destination": dest, "type": typ, "source": src, "options": opts});
+    let mut mounts = default_mounts(false);
+    mounts.push(mount("/etc/resolv.conf", "bind", &resolv.display().to_string(), &["rbind", "ro"]));
     let mut doc = json!({
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
@@ -242,24 +248,13 @@ pub fn sandbox_spec(
             "noNewPrivileges": true,
             "oomScoreAdj": oom_score_adj,
         },
-        "mounts": [
-            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-            mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-            mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-            mount("/etc/resolv.conf", "bind", &resolv.display().to_string(), &["rbind", "ro"]),
-        ],
+        "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-            ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
             "sysctl": linux.sysctls,
         },
         "annotations": annotations,
@@ -368,6 +363,11 @@ impl Sandboxes {
         self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
     }
 
+    /// The sandbox's directory: `hostname`, `hosts`, `resolv.conf`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
     /// Every sandbox record of `k8s.io`.
     async fn records(&self) -> Result<Vec<(Container, Metadata)>, Status> {
         let req = ListContainersRequest { filters: vec![] };
@@ -381,7 +381,7 @@ impl Sandboxes {
     }
 
     /// The sandbox a full or unique truncated id names.
-    async fn find(&self, id: &str) -> Result<(Container, Metadata), Status> {
+    pub async fn find(&self, id: &str) -> Result<(Container, Metadata), Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument("sandbox id is empty"));
         }
@@ -394,7 +394,7 @@ impl Sandboxes {
     }
 
     /// The sandbox's task: its pid and whether it runs.
-    async fn task_state(&self, id: &str) -> (u32, bool) {
+    pub async fn task_state(&self, id: &str) -> (u32, bool) {
         let req = GetRequest { container_id: id.into(), exec_id: String::new() };
         match self.tasks::<_, GetResponse>("Get", &req).await {
             Ok(r) => r.process.map(|p| (p.pid, p.status == TASK_RUNNING)).unwrap_or((0, false)),
@@ -480,6 +480,9 @@ impl Sandboxes {
             tokio::fs::write(&p, s).await.map_err(|e| Status::internal(format!("failed to write {p:?}: {e}")))
         };
         write(dir.join("hostname"), format!("{hostname}\n")).await?;
+        // The containers' /etc/hosts: the host's, as containerd copies it.
+        let hosts = tokio::fs::read_to_string("/etc/hosts").await.unwrap_or_default();
+        write(dir.join("hosts"), hosts).await?;
         let resolv = dir.join("resolv.conf");
         match &config.dns_config {
             Some(d) => write(resolv.clone(), resolv_conf(&d.servers, &d.searches, &d.options)?).await?,
