@@ -29,13 +29,13 @@ use std::{
 
 use containerd_client::services::v1::{
     container::Runtime as ContainerRuntime,
-    snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest, UsageRequest, UsageResponse},
+    snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, UsageRequest, UsageResponse},
     Container, CreateContainerRequest, CreateTaskRequest, CreateTaskResponse, DeleteContainerRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, GetResponse, KillRequest,
     ListContainersRequest, ListContainersResponse, MetricsRequest, MetricsResponse, StartRequest, StartResponse,
     UpdateContainerRequest, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
-use crated_plugin_api::{Code, ErrorKind, Host, Status};
+use crated_plugin_api::{Code, Host, Status};
 use k8s_cri::v1::{
     ContainerAttributes, ContainerConfig, ContainerFilter, ContainerResources, ContainerState, ContainerStats,
     ContainerStatsFilter, CpuUsage, FilesystemIdentifier, FilesystemUsage, LinuxContainerResources, MemoryUsage,
@@ -48,11 +48,12 @@ use shim_protocol::cgroups::{v1, v2, V1_TYPE_URL, V2_TYPE_URL};
 use tokio::sync::{watch, OnceCell};
 
 use crate::{
+    calls::{self, CONTAINERS, SNAPSHOTS, SPEC_TYPE_URL},
     config::Config,
     container_io::{spawn_reader, AttachIo, ContainerIo, FifoSet},
     container_spec::{container_spec, linux_resources, resolve_user, Rootfs, SpecInput},
     images::ImageStore,
-    sandbox::{Sandboxes, KIND_LABEL, TASKS_PLUGIN},
+    sandbox::{Sandboxes, KIND_LABEL},
     service::NAMESPACE,
 };
 
@@ -61,14 +62,8 @@ pub const KIND_CONTAINER: &str = "container";
 pub const METADATA_EXTENSION: &str = "io.cri-containerd.container.metadata";
 /// The type URL containerd registers the metadata under (JSON payload).
 pub const METADATA_TYPE_URL: &str = "github.com/containerd/containerd/pkg/cri/store/container/Metadata";
-const METADATA_VERSION: &str = "v1";
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-
-const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
-const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
-const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
 const SIGKILL: u32 = 9;
 const SIGTERM: u32 = 15;
@@ -106,14 +101,6 @@ pub struct Metadata {
     pub process_label: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Versioned<T> {
-    #[serde(rename = "Version")]
-    version: String,
-    #[serde(rename = "Metadata")]
-    body: T,
-}
-
 /// The status file's shape (containerd's `versionedStatus`).
 #[derive(Serialize, Deserialize)]
 struct VersionedStatus {
@@ -125,16 +112,11 @@ struct VersionedStatus {
 
 impl Metadata {
     fn to_any(&self) -> prost_types::Any {
-        let v = Versioned { version: METADATA_VERSION.into(), body: self.clone() };
-        prost_types::Any {
-            type_url: METADATA_TYPE_URL.into(),
-            value: serde_json::to_vec(&v).expect("container metadata serialises"),
-        }
+        calls::extension(METADATA_TYPE_URL, self)
     }
 
     fn from_container(c: &Container) -> Option<Metadata> {
-        let any = c.extensions.get(METADATA_EXTENSION)?;
-        serde_json::from_slice::<Versioned<Metadata>>(&any.value).ok().map(|v| v.body)
+        calls::from_extension(c, METADATA_EXTENSION)
     }
 
     fn config(&self) -> ContainerConfig {
@@ -185,11 +167,6 @@ impl State {
 
 fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
-
-/// A 64-hex id (containerd's `util.GenerateID`).
-fn generate_id() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// containerd's `makeContainerName`.
@@ -276,7 +253,7 @@ impl Entry {
 }
 
 fn write_state(path: &Path, state: &State) -> Result<(), Status> {
-    let v = VersionedStatus { version: METADATA_VERSION.into(), body: state.clone() };
+    let v = VersionedStatus { version: calls::METADATA_VERSION.into(), body: state.clone() };
     let data = serde_json::to_vec(&v).map_err(|e| Status::internal(e.to_string()))?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)
@@ -307,10 +284,6 @@ pub struct Containers {
     recovered: Arc<OnceCell<()>>,
 }
 
-fn not_found(kind: ErrorKind) -> bool {
-    kind == ErrorKind::NotFound
-}
-
 impl Containers {
     pub fn new(
         host: Host,
@@ -333,22 +306,6 @@ impl Containers {
         }
     }
 
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: String,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.host.unary(&Host::call(&method, Some(NAMESPACE)), req).await
-    }
-
-    async fn tasks<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
-    }
-
     /// Rebuilds the store once (see the module doc); every method waits
     /// for it first.
     pub async fn recover(&self) -> Result<(), Status> {
@@ -357,7 +314,7 @@ impl Containers {
 
     async fn recover_inner(&self) -> Result<(), Status> {
         let resp: ListContainersResponse =
-            self.call(format!("{CONTAINERS}/List"), &ListContainersRequest { filters: vec![] }).await?;
+            calls::unary(&self.host, format!("{CONTAINERS}/List"), &ListContainersRequest { filters: vec![] }).await?;
         for c in resp.containers {
             if c.labels.get(KIND_LABEL).map(String::as_str) != Some(KIND_CONTAINER) {
                 continue;
@@ -370,11 +327,14 @@ impl Containers {
                 created_at: c.created_at.as_ref().map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos)).unwrap_or(0),
                 ..Default::default()
             });
-            let task = self
-                .tasks::<_, GetResponse>("Get", &GetRequest { container_id: c.id.clone(), exec_id: String::new() })
-                .await
-                .ok()
-                .and_then(|r| r.process);
+            let task = calls::tasks::<_, GetResponse>(
+                &self.host,
+                "Get",
+                &GetRequest { container_id: c.id.clone(), exec_id: String::new() },
+            )
+            .await
+            .ok()
+            .and_then(|r| r.process);
             let monitor = match (&task, state.state()) {
                 (Some(p), _) if p.status == TASK_RUNNING => {
                     state.pid = p.pid;
@@ -387,7 +347,9 @@ impl Containers {
                 // Exited while we were away: the monitor collects it.
                 (Some(_), ContainerState::ContainerRunning) => true,
                 (Some(_), _) => {
-                    let _ = self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: c.id.clone() }).await;
+                    let _ =
+                        calls::tasks::<_, ()>(&self.host, "Delete", &DeleteTaskRequest { container_id: c.id.clone() })
+                            .await;
                     false
                 }
                 (None, ContainerState::ContainerRunning) => {
@@ -513,7 +475,7 @@ impl Containers {
                 )));
             }
         }
-        let id = generate_id();
+        let id = calls::generate_id();
         let mut made = Made::default();
         let result = self
             .create_inner(&id, &name, &sandbox, &smeta.runtime_handler, &sandbox_config, sandbox_pid, config, &mut made)
@@ -568,8 +530,7 @@ impl Containers {
             parent: image.chain_id.clone(),
             labels,
         };
-        let mounts = self
-            .call::<_, PrepareSnapshotResponse>(format!("{SNAPSHOTS}/Prepare"), &prepare)
+        let mounts = calls::unary::<_, PrepareSnapshotResponse>(&self.host, format!("{SNAPSHOTS}/Prepare"), &prepare)
             .await
             .map_err(|s| s.context("failed to prepare the container snapshot"))?
             .mounts;
@@ -634,9 +595,13 @@ impl Containers {
             extensions: HashMap::from([(METADATA_EXTENSION.to_string(), meta.to_any())]),
             ..Default::default()
         };
-        self.call::<_, ()>(format!("{CONTAINERS}/Create"), &CreateContainerRequest { container: Some(record.clone()) })
-            .await
-            .map_err(|s| s.context("failed to create containerd container"))?;
+        calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Create"),
+            &CreateContainerRequest { container: Some(record.clone()) },
+        )
+        .await
+        .map_err(|s| s.context("failed to create containerd container"))?;
         made.record = true;
 
         let status_path = dir.join("status");
@@ -663,22 +628,18 @@ impl Containers {
 
     async fn undo(&self, id: &str, made: Made) {
         if made.record {
-            let _ = self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: id.into() }).await;
+            let _ = calls::unary::<_, ()>(
+                &self.host,
+                format!("{CONTAINERS}/Delete"),
+                &DeleteContainerRequest { id: id.into() },
+            )
+            .await;
         }
         if made.snapshot {
-            self.remove_snapshot(id).await;
+            calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, id, "container").await;
         }
         for d in made.dirs {
             let _ = std::fs::remove_dir_all(d);
-        }
-    }
-
-    async fn remove_snapshot(&self, id: &str) {
-        let req = RemoveSnapshotRequest { snapshotter: self.config.containerd.snapshotter.clone(), key: id.into() };
-        if let Err(s) = self.call::<_, ()>(format!("{SNAPSHOTS}/Remove"), &req).await {
-            if !not_found(s.kind()) {
-                crated_plugin_api::tracing::warn!("failed to remove the snapshot of container {id:?}: {}", s.message);
-            }
         }
     }
 
@@ -701,7 +662,8 @@ impl Containers {
             if let Some(io) = e.io.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 io.close();
             }
-            let _ = self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: e.meta.id.clone() }).await;
+            let _ = calls::tasks::<_, ()>(&self.host, "Delete", &DeleteTaskRequest { container_id: e.meta.id.clone() })
+                .await;
             let message = s.message.clone();
             e.update(|st| {
                 st.finished_at = now_nanos();
@@ -737,13 +699,16 @@ impl Containers {
             terminal: config.tty,
             ..Default::default()
         };
-        self.tasks::<_, CreateTaskResponse>("Create", &create)
+        calls::tasks::<_, CreateTaskResponse>(&self.host, "Create", &create)
             .await
             .map_err(|s| s.context("failed to create containerd task"))?;
         e.exited.send_replace(false);
-        let pid = match self
-            .tasks::<_, StartResponse>("Start", &StartRequest { container_id: id.clone(), exec_id: String::new() })
-            .await
+        let pid = match calls::tasks::<_, StartResponse>(
+            &self.host,
+            "Start",
+            &StartRequest { container_id: id.clone(), exec_id: String::new() },
+        )
+        .await
         {
             Ok(r) => r.pid,
             Err(s) => {
@@ -764,9 +729,12 @@ impl Containers {
         let this = self.clone();
         tokio::spawn(async move {
             let id = e.meta.id.clone();
-            let wait = this
-                .tasks::<_, WaitResponse>("Wait", &WaitRequest { container_id: id.clone(), exec_id: String::new() })
-                .await;
+            let wait = calls::tasks::<_, WaitResponse>(
+                &this.host,
+                "Wait",
+                &WaitRequest { container_id: id.clone(), exec_id: String::new() },
+            )
+            .await;
             let (code, at) = match wait {
                 Ok(w) => (
                     w.exit_status as i32,
@@ -782,8 +750,10 @@ impl Containers {
                 io.drained(DRAIN).await;
             }
             let oom = this.oom_killed(&e);
-            if let Err(s) = this.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: id.clone() }).await {
-                if !not_found(s.kind()) {
+            if let Err(s) =
+                calls::tasks::<_, ()>(&this.host, "Delete", &DeleteTaskRequest { container_id: id.clone() }).await
+            {
+                if !calls::not_found(s.kind()) {
                     crated_plugin_api::tracing::warn!("failed to delete the task of container {id:?}: {}", s.message);
                 }
             }
@@ -849,8 +819,8 @@ impl Containers {
         if timeout > 0 {
             let signal = parse_signal(&e.meta.stop_signal).unwrap_or(SIGTERM);
             let kill = KillRequest { container_id: id.clone(), exec_id: String::new(), signal, all: false };
-            match self.tasks::<_, ()>("Kill", &kill).await {
-                Err(s) if !not_found(s.kind()) => {
+            match calls::tasks::<_, ()>(&self.host, "Kill", &kill).await {
+                Err(s) if !calls::not_found(s.kind()) => {
                     return Err(s.context(format!("failed to stop container {id:?}")));
                 }
                 _ => {}
@@ -860,8 +830,8 @@ impl Containers {
             }
         }
         let kill = KillRequest { container_id: id.clone(), exec_id: String::new(), signal: SIGKILL, all: true };
-        if let Err(s) = self.tasks::<_, ()>("Kill", &kill).await {
-            if !not_found(s.kind()) {
+        if let Err(s) = calls::tasks::<_, ()>(&self.host, "Kill", &kill).await {
+            if !calls::not_found(s.kind()) {
                 crated_plugin_api::tracing::debug!("kill of container {id:?}: {}", s.message);
             }
         }
@@ -883,19 +853,25 @@ impl Containers {
         self.stop_entry(&e, 0).await?;
         e.update(|st| st.removing = true)?;
         let id = e.meta.id.clone();
-        match self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: id.clone() }).await {
-            Err(s) if !not_found(s.kind()) && s.code != Code::FailedPrecondition => {
+        match calls::tasks::<_, ()>(&self.host, "Delete", &DeleteTaskRequest { container_id: id.clone() }).await {
+            Err(s) if !calls::not_found(s.kind()) && s.code != Code::FailedPrecondition => {
                 crated_plugin_api::tracing::debug!("delete of the task of {id:?}: {}", s.message)
             }
             _ => {}
         }
-        match self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: id.clone() }).await {
-            Err(s) if !not_found(s.kind()) => {
+        match calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Delete"),
+            &DeleteContainerRequest { id: id.clone() },
+        )
+        .await
+        {
+            Err(s) if !calls::not_found(s.kind()) => {
                 return Err(s.context(format!("failed to delete containerd container {id:?}")));
             }
             _ => {}
         }
-        self.remove_snapshot(&id).await;
+        calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, &id, "container").await;
         // The log file stays: it is the kubelet's (containerd leaves it).
         let _ = std::fs::remove_dir_all(self.root.join(&id));
         let _ = std::fs::remove_dir_all(self.state.join(&id));
@@ -1027,7 +1003,7 @@ impl Containers {
             }),
             update_mask: Some(prost_types::FieldMask { paths: vec!["spec".into()] }),
         };
-        self.call::<_, ()>(format!("{CONTAINERS}/Update"), &update)
+        calls::unary::<_, ()>(&self.host, format!("{CONTAINERS}/Update"), &update)
             .await
             .map_err(|s| s.context("failed to update container spec"))?;
         if e.state().state() == ContainerState::ContainerRunning {
@@ -1039,7 +1015,9 @@ impl Containers {
                 }),
                 annotations: HashMap::new(),
             };
-            self.tasks::<_, ()>("Update", &req).await.map_err(|s| s.context("failed to update resources"))?;
+            calls::tasks::<_, ()>(&self.host, "Update", &req)
+                .await
+                .map_err(|s| s.context("failed to update resources"))?;
         }
         e.update(|st| st.resources = Some(ContainerResources { linux: Some(resources), windows: None }))
     }
@@ -1059,7 +1037,7 @@ impl Containers {
         let mut process = e.spec().get("process").cloned().unwrap_or_else(|| json!({}));
         process["args"] = json!(cmd);
         process["terminal"] = json!(false);
-        let exec_id = generate_id();
+        let exec_id = calls::generate_id();
         let dir = self.state.join(&e.meta.id).join(format!("exec-{}", &exec_id[..16]));
         std::fs::create_dir_all(&dir).map_err(|err| Status::internal(format!("{dir:?}: {err}")))?;
         let result = self.exec_in(&e.meta.id, &exec_id, &dir, process, timeout).await;
@@ -1105,28 +1083,31 @@ impl Containers {
             spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.into(), value: process.to_string().into_bytes() }),
             exec_id: exec_id.into(),
         };
-        if let Err(s) = self.tasks::<_, ()>("Exec", &req).await {
+        if let Err(s) = calls::tasks::<_, ()>(&self.host, "Exec", &req).await {
             fifos.remove();
             return Err(s.context("failed to create exec process"));
         }
         let delete = || async {
-            let _ = self
-                .tasks::<_, ()>(
-                    "DeleteProcess",
-                    &DeleteProcessRequest { container_id: id.into(), exec_id: exec_id.into() },
-                )
-                .await;
+            let _ = calls::tasks::<_, ()>(
+                &self.host,
+                "DeleteProcess",
+                &DeleteProcessRequest { container_id: id.into(), exec_id: exec_id.into() },
+            )
+            .await;
         };
-        if let Err(s) = self
-            .tasks::<_, StartResponse>("Start", &StartRequest { container_id: id.into(), exec_id: exec_id.into() })
-            .await
+        if let Err(s) = calls::tasks::<_, StartResponse>(
+            &self.host,
+            "Start",
+            &StartRequest { container_id: id.into(), exec_id: exec_id.into() },
+        )
+        .await
         {
             delete().await;
             fifos.remove();
             return Err(s.context("failed to start exec process"));
         }
         let wait_req = WaitRequest { container_id: id.into(), exec_id: exec_id.into() };
-        let wait = self.tasks::<_, WaitResponse>("Wait", &wait_req);
+        let wait = calls::tasks::<_, WaitResponse>(&self.host, "Wait", &wait_req);
         let waited = if timeout > 0 {
             tokio::time::timeout(Duration::from_secs(timeout as u64), wait).await
         } else {
@@ -1142,10 +1123,13 @@ impl Containers {
             Err(_) => {
                 let kill =
                     KillRequest { container_id: id.into(), exec_id: exec_id.into(), signal: SIGKILL, all: false };
-                let _ = self.tasks::<_, ()>("Kill", &kill).await;
-                let _ = self
-                    .tasks::<_, WaitResponse>("Wait", &WaitRequest { container_id: id.into(), exec_id: exec_id.into() })
-                    .await;
+                let _ = calls::tasks::<_, ()>(&self.host, "Kill", &kill).await;
+                let _ = calls::tasks::<_, WaitResponse>(
+                    &self.host,
+                    "Wait",
+                    &WaitRequest { container_id: id.into(), exec_id: exec_id.into() },
+                )
+                .await;
                 delete().await;
                 fifos.remove();
                 return Err(Status::new(Code::DeadlineExceeded, format!("timeout {timeout}s exceeded")));
@@ -1164,7 +1148,8 @@ impl Containers {
 
     /// Every task's cgroup metrics, by container id.
     pub async fn metrics(&self) -> HashMap<String, (i64, prost_types::Any)> {
-        let resp: Result<MetricsResponse, _> = self.tasks("Metrics", &MetricsRequest { filters: vec![] }).await;
+        let resp: Result<MetricsResponse, _> =
+            calls::tasks(&self.host, "Metrics", &MetricsRequest { filters: vec![] }).await;
         resp.map(|r| {
             r.metrics
                 .into_iter()
@@ -1206,7 +1191,7 @@ impl Containers {
             stats.memory = memory;
         }
         let usage = UsageRequest { snapshotter: e.record.snapshotter.clone(), key: e.record.snapshot_key.clone() };
-        if let Ok(u) = self.call::<_, UsageResponse>(format!("{SNAPSHOTS}/Usage"), &usage).await {
+        if let Ok(u) = calls::unary::<_, UsageResponse>(&self.host, format!("{SNAPSHOTS}/Usage"), &usage).await {
             stats.writable_layer = Some(FilesystemUsage {
                 timestamp: now_nanos(),
                 fs_id: Some(FilesystemIdentifier { mountpoint: self.image_fs.display().to_string() }),

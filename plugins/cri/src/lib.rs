@@ -16,6 +16,7 @@
 //! credentials on a stream of the streaming plugin, tasks through the
 //! internal Tasks service (`io.containerd.service.v1.tasks-service`).
 
+pub mod calls;
 pub mod config;
 pub mod container;
 pub mod container_io;

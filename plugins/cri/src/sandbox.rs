@@ -20,7 +20,7 @@ use std::{
 use containerd_client::{
     services::v1::{
         container::Runtime as ContainerRuntime,
-        snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest},
+        snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse},
         Container, CreateContainerRequest, CreateTaskRequest, CreateTaskResponse, DeleteContainerRequest,
         DeleteTaskRequest, GetRequest, GetResponse, KillRequest, ListContainersRequest, ListContainersResponse,
         StartRequest, StartResponse, UpdateContainerRequest, WaitRequest,
@@ -28,7 +28,7 @@ use containerd_client::{
     types::Mount,
 };
 use crated_cni::{Cni, DnsCapability, NetNs, PodNetworkArgs, PortMapping};
-use crated_plugin_api::{Code, ErrorKind, Host, Status};
+use crated_plugin_api::{Code, Host, Status};
 use k8s_cri::v1::{
     LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig,
     PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus, Protocol,
@@ -38,6 +38,7 @@ use serde_json::{json, Value};
 use shim_protocol::oci::DEFAULT_CAPS;
 
 use crate::{
+    calls::{self, CONTAINERS, SNAPSHOTS, SPEC_TYPE_URL},
     config::Config,
     container_spec::{default_mounts, mount, MASKED_PATHS, READONLY_PATHS},
     images::ImageStore,
@@ -51,14 +52,6 @@ pub const KIND_SANDBOX: &str = "sandbox";
 pub const METADATA_EXTENSION: &str = "io.cri-containerd.sandbox.metadata";
 /// The type URL containerd registers the metadata under (JSON payload).
 pub const METADATA_TYPE_URL: &str = "github.com/containerd/containerd/pkg/cri/store/sandbox/Metadata";
-const METADATA_VERSION: &str = "v1";
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-/// The plugin serving the Tasks service to dependents (see lib.rs).
-pub const TASKS_PLUGIN: &str = "io.containerd.service.v1.tasks-service";
-
-const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
-const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
-const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
 /// containerd's `defaultSandboxOOMAdj`.
 const SANDBOX_OOM_ADJ: i32 = -998;
@@ -102,26 +95,13 @@ pub struct Metadata {
     pub cni_result: Option<Value>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Versioned {
-    #[serde(rename = "Version")]
-    version: String,
-    #[serde(rename = "Metadata")]
-    metadata: Metadata,
-}
-
 impl Metadata {
     fn to_any(&self) -> prost_types::Any {
-        let v = Versioned { version: METADATA_VERSION.into(), metadata: self.clone() };
-        prost_types::Any {
-            type_url: METADATA_TYPE_URL.into(),
-            value: serde_json::to_vec(&v).expect("sandbox metadata serialises"),
-        }
+        calls::extension(METADATA_TYPE_URL, self)
     }
 
     fn from_container(c: &Container) -> Option<Metadata> {
-        let any = c.extensions.get(METADATA_EXTENSION)?;
-        serde_json::from_slice::<Versioned>(&any.value).ok().map(|v| v.metadata)
+        calls::from_extension(c, METADATA_EXTENSION)
     }
 
     fn host_network(&self) -> bool {
@@ -135,11 +115,6 @@ fn namespace_options(config: Option<&PodSandboxConfig>) -> Option<NamespaceOptio
 
 fn host_network(config: Option<&PodSandboxConfig>) -> bool {
     namespace_options(config).is_some_and(|n| n.network == NamespaceMode::Node as i32)
-}
-
-/// A 64-hex sandbox id (containerd's `util.GenerateID`).
-fn generate_id() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
 }
 
 /// containerd's `makeSandboxName`.
@@ -331,10 +306,6 @@ struct Made {
     task: bool,
 }
 
-fn not_found(kind: ErrorKind) -> bool {
-    kind == ErrorKind::NotFound
-}
-
 impl Sandboxes {
     pub fn new(host: Host, config: Arc<Config>, cni: Arc<Cni>, root: &Path, state: &Path) -> Sandboxes {
         Sandboxes {
@@ -347,22 +318,6 @@ impl Sandboxes {
         }
     }
 
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: String,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.host.unary(&Host::call(&method, Some(NAMESPACE)), req).await
-    }
-
-    async fn tasks<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
-    }
-
     /// The sandbox's directory: `hostname`, `hosts`, `resolv.conf`.
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
@@ -371,7 +326,7 @@ impl Sandboxes {
     /// Every sandbox record of `k8s.io`.
     async fn records(&self) -> Result<Vec<(Container, Metadata)>, Status> {
         let req = ListContainersRequest { filters: vec![] };
-        let resp: ListContainersResponse = self.call(format!("{CONTAINERS}/List"), &req).await?;
+        let resp: ListContainersResponse = calls::unary(&self.host, format!("{CONTAINERS}/List"), &req).await?;
         Ok(resp
             .containers
             .into_iter()
@@ -396,7 +351,7 @@ impl Sandboxes {
     /// The sandbox's task: its pid and whether it runs.
     pub async fn task_state(&self, id: &str) -> (u32, bool) {
         let req = GetRequest { container_id: id.into(), exec_id: String::new() };
-        match self.tasks::<_, GetResponse>("Get", &req).await {
+        match calls::tasks::<_, GetResponse>(&self.host, "Get", &req).await {
             Ok(r) => r.process.map(|p| (p.pid, p.status == TASK_RUNNING)).unwrap_or((0, false)),
             Err(_) => (0, false),
         }
@@ -406,7 +361,7 @@ impl Sandboxes {
         let config = config.ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
         let meta =
             config.metadata.clone().ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
-        let id = generate_id();
+        let id = calls::generate_id();
         let name = sandbox_name(&meta);
         {
             let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
@@ -510,11 +465,11 @@ impl Sandboxes {
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         };
-        let mounts: Vec<Mount> = self
-            .call::<_, PrepareSnapshotResponse>(format!("{SNAPSHOTS}/Prepare"), &prepare)
-            .await
-            .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
-            .mounts;
+        let mounts: Vec<Mount> =
+            calls::unary::<_, PrepareSnapshotResponse>(&self.host, format!("{SNAPSHOTS}/Prepare"), &prepare)
+                .await
+                .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
+                .mounts;
         made.snapshot = true;
 
         let mut labels: HashMap<String, String> = image
@@ -544,9 +499,13 @@ impl Sandboxes {
             extensions: HashMap::from([(METADATA_EXTENSION.to_string(), metadata.to_any())]),
             ..Default::default()
         };
-        self.call::<_, ()>(format!("{CONTAINERS}/Create"), &CreateContainerRequest { container: Some(container) })
-            .await
-            .map_err(|s| s.context("failed to create containerd container"))?;
+        calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Create"),
+            &CreateContainerRequest { container: Some(container) },
+        )
+        .await
+        .map_err(|s| s.context("failed to create containerd container"))?;
         made.container = true;
 
         if let Some(ns) = &made.netns {
@@ -576,19 +535,23 @@ impl Sandboxes {
                 }),
                 update_mask: Some(prost_types::FieldMask { paths: vec![format!("extensions.{METADATA_EXTENSION}")] }),
             };
-            self.call::<_, ()>(format!("{CONTAINERS}/Update"), &update)
+            calls::unary::<_, ()>(&self.host, format!("{CONTAINERS}/Update"), &update)
                 .await
                 .map_err(|s| s.context("failed to update the sandbox metadata"))?;
         }
 
         let create = CreateTaskRequest { container_id: id.into(), rootfs: mounts, ..Default::default() };
-        self.tasks::<_, CreateTaskResponse>("Create", &create)
+        calls::tasks::<_, CreateTaskResponse>(&self.host, "Create", &create)
             .await
             .map_err(|s| s.context("failed to create containerd task"))?;
         made.task = true;
-        self.tasks::<_, StartResponse>("Start", &StartRequest { container_id: id.into(), exec_id: String::new() })
-            .await
-            .map_err(|s| s.context(format!("failed to start sandbox container task {id:?}")))?;
+        calls::tasks::<_, StartResponse>(
+            &self.host,
+            "Start",
+            &StartRequest { container_id: id.into(), exec_id: String::new() },
+        )
+        .await
+        .map_err(|s| s.context(format!("failed to start sandbox container task {id:?}")))?;
         // The files and namespace belong to the sandbox now.
         made.netns = None;
         made.dir = None;
@@ -611,38 +574,36 @@ impl Sandboxes {
             }
         }
         if made.container {
-            let _ = self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: id.into() }).await;
+            let _ = calls::unary::<_, ()>(
+                &self.host,
+                format!("{CONTAINERS}/Delete"),
+                &DeleteContainerRequest { id: id.into() },
+            )
+            .await;
         }
         if made.snapshot {
-            self.remove_snapshot(id).await;
+            calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, id, "sandbox").await;
         }
         if let Some(dir) = made.dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
     }
 
-    async fn remove_snapshot(&self, id: &str) {
-        let req = RemoveSnapshotRequest { snapshotter: self.config.containerd.snapshotter.clone(), key: id.into() };
-        if let Err(s) = self.call::<_, ()>(format!("{SNAPSHOTS}/Remove"), &req).await {
-            if !not_found(s.kind()) {
-                crated_plugin_api::tracing::warn!("failed to remove the snapshot of sandbox {id:?}: {}", s.message);
-            }
-        }
-    }
-
     /// Kills the task, waits for it and deletes it; a missing task is fine.
     async fn stop_task(&self, id: &str) -> Option<Status> {
         let kill = KillRequest { container_id: id.into(), exec_id: String::new(), signal: SIGKILL, all: true };
-        if let Err(s) = self.tasks::<_, ()>("Kill", &kill).await {
-            if not_found(s.kind()) {
+        if let Err(s) = calls::tasks::<_, ()>(&self.host, "Kill", &kill).await {
+            if calls::not_found(s.kind()) {
                 return None;
             }
             // An exited task refuses the signal; it still has to go.
             crated_plugin_api::tracing::debug!("kill of sandbox {id:?}: {}", s.message);
         }
-        let _ = self.tasks::<_, ()>("Wait", &WaitRequest { container_id: id.into(), exec_id: String::new() }).await;
-        match self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: id.into() }).await {
-            Err(s) if !not_found(s.kind()) => Some(s.context(format!("failed to delete sandbox task {id:?}"))),
+        let _ =
+            calls::tasks::<_, ()>(&self.host, "Wait", &WaitRequest { container_id: id.into(), exec_id: String::new() })
+                .await;
+        match calls::tasks::<_, ()>(&self.host, "Delete", &DeleteTaskRequest { container_id: id.into() }).await {
+            Err(s) if !calls::not_found(s.kind()) => Some(s.context(format!("failed to delete sandbox task {id:?}"))),
             _ => None,
         }
     }
@@ -681,13 +642,19 @@ impl Sandboxes {
         };
         // A sandbox still running is stopped first, as containerd forces it.
         self.stop_found(&c, &meta).await?;
-        match self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: c.id.clone() }).await {
-            Err(s) if !not_found(s.kind()) => {
+        match calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Delete"),
+            &DeleteContainerRequest { id: c.id.clone() },
+        )
+        .await
+        {
+            Err(s) if !calls::not_found(s.kind()) => {
                 return Err(s.context(format!("failed to delete sandbox container {:?}", c.id)))
             }
             _ => {}
         }
-        self.remove_snapshot(&c.id).await;
+        calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, &c.id, "sandbox").await;
         let dir = self.root.join(&c.id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -839,7 +806,7 @@ mod tests {
 
     #[test]
     fn ids_are_64_hex_and_metadata_round_trips() {
-        let id = generate_id();
+        let id = calls::generate_id();
         assert_eq!(id.len(), 64);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
         let m = Metadata { id: id.clone(), name: "n".into(), netns_path: "/x".into(), ..Default::default() };
