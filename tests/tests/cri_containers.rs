@@ -7,8 +7,10 @@
 //! a running container surviving a daemon restart with its exit monitor
 //! back, stop escalating to SIGKILL for a process ignoring SIGTERM,
 //! ExecSync (output, exit code, timeout), the security context observed
-//! from inside (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs),
-//! stats, and bad input that leaves nothing behind.
+//! from inside (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs), a
+//! read-only host mount, the pod's shared `/dev/shm`, stats,
+//! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
+//! rotation, and bad input that leaves nothing behind.
 //!
 //! The world (registry, daemon, CNI) and its guard, which removes every
 //! container and sandbox even when an assertion failed, are
@@ -29,9 +31,10 @@ use crated_tests::transfer_client::with_ns;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, Capability, ContainerConfig, ContainerFilter, ContainerMetadata,
     ContainerState, ContainerStateValue, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
-    ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext,
-    ListContainerStatsRequest, ListContainersRequest, PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest,
-    RemoveContainerRequest, StartContainerRequest, StopContainerRequest,
+    ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, ListContainerStatsRequest, ListContainersRequest, Mount, MountPropagation,
+    PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest, RemoveContainerRequest, ReopenContainerLogRequest,
+    StartContainerRequest, StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
@@ -166,6 +169,17 @@ fn log_entries(path: &Path) -> Vec<(String, String, String)> {
             (stream, tag, f.next().unwrap_or_default().to_string())
         })
         .collect()
+}
+
+/// Polls until the CRI log at `path` has an entry with `content`.
+async fn wait_for_line(path: &Path, content: &str) {
+    for _ in 0..100 {
+        if path.exists() && log_entries(path).iter().any(|e| e.2 == content) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{content:?} never reached {path:?}");
 }
 
 async fn container_records(ch: &Channel) -> Vec<String> {
@@ -332,7 +346,17 @@ async fn exec_security_stats_and_bad_input() {
 
     // A non-root user from the image's passwd, a read-only rootfs, no new
     // privileges.
+    let data = pods.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("note"), "from the host\n").unwrap();
     let mut cfg = config("secure", &image, forever);
+    cfg.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: data.display().to_string(),
+        readonly: true,
+        propagation: MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    }];
     cfg.linux = security(LinuxContainerSecurityContext {
         run_as_username: "alice".into(),
         supplemental_groups: vec![5000],
@@ -355,6 +379,11 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "1"]);
     let (out, _, _) = exec(&ch, &secure, "cat /etc/hostname", 10).await.unwrap();
     assert_eq!(out.trim(), "app-host");
+    // A host directory, read-only.
+    let (out, _, _) = exec(&ch, &secure, "cat /data/note", 10).await.unwrap();
+    assert_eq!(out, "from the host\n");
+    let (_, _, code) = exec(&ch, &secure, "touch /data/other", 10).await.unwrap();
+    assert_ne!(code, 0, "a read-only mount took a write");
 
     // Capabilities: all dropped, one added, as root.
     let mut cfg = config("caps", &image, forever);
@@ -376,6 +405,12 @@ async fn exec_security_stats_and_bad_input() {
     assert!(out.contains('1'));
     let (out, _, _) = exec(&ch, &caps, "grep NoNewPrivs /proc/self/status", 10).await.unwrap();
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "0"]);
+
+    // The pod's containers share its /dev/shm.
+    let (_, _, code) = exec(&ch, &caps, "echo shared > /dev/shm/note", 10).await.unwrap();
+    assert_eq!(code, 0);
+    let (out, _, _) = exec(&ch, &secure, "cat /dev/shm/note", 10).await.unwrap();
+    assert_eq!(out, "shared\n");
 
     // ExecSync: both streams and the exit code; a timeout kills the
     // process and fails the call.
@@ -417,6 +452,43 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(linux.containers.len(), 2);
     assert!(linux.cpu.and_then(|c| c.usage_core_nano_seconds).unwrap().value > 0);
 
+    // UpdateContainerResources reaches the cgroup and the status.
+    let limit = 64 * 1024 * 1024;
+    Pods::rt(&ch)
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: caps.clone(),
+            linux: Some(LinuxContainerResources { memory_limit_in_bytes: limit, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("update resources");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(&caps).join("memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup").join(&caps).join("memory.max");
+    let set = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).expect("the container's cgroup");
+    assert_eq!(set.trim(), limit.to_string());
+    let (st, _) = status(&ch, &caps).await;
+    assert_eq!(st.resources.and_then(|r| r.linux).unwrap().memory_limit_in_bytes, limit);
+
+    // ReopenContainerLog: after a rotation, new output goes to a new file.
+    let ticker = create(
+        &ch,
+        &sandbox,
+        &sandbox_config,
+        config("ticker", &image, "while true; do if [ -f /tmp/go ]; then echo tick; rm /tmp/go; fi; sleep 0.1; done"),
+    )
+    .await
+    .unwrap();
+    start(&ch, &ticker).await;
+    let log = pods.dir.path().join("logs/app/ticker.log");
+    let rotated = pods.dir.path().join("logs/app/ticker.log.1");
+    exec(&ch, &ticker, "touch /tmp/go", 10).await.unwrap();
+    wait_for_line(&log, "tick").await;
+    std::fs::rename(&log, &rotated).unwrap();
+    Pods::rt(&ch).reopen_container_log(ReopenContainerLogRequest { container_id: ticker.clone() }).await.unwrap();
+    exec(&ch, &ticker, "touch /tmp/go", 10).await.unwrap();
+    wait_for_line(&log, "tick").await;
+    assert_eq!(log_entries(&rotated).len(), 1);
+
     // Bad input leaves nothing behind.
     let records = container_records(&ch).await;
     let snapshots = || async {
@@ -445,6 +517,6 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(container_records(&ch).await, records);
     assert_eq!(snapshots().await, before, "a failed create left a snapshot");
-    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 3);
     drop(pods);
 }

@@ -553,6 +553,7 @@ impl Containers {
             sandbox_pid,
             sandbox: sandbox_config,
             sandbox_dir: &sandbox_dir,
+            sandbox_shm: &self.sandboxes.shm(&sandbox.id),
             config: &config,
             image_config: &image.spec,
             image_name: &image_name,

@@ -388,6 +388,8 @@ pub struct SpecInput<'a> {
     pub sandbox: &'a PodSandboxConfig,
     /// The sandbox's directory: `hosts`, `hostname`, `resolv.conf`.
     pub sandbox_dir: &'a Path,
+    /// The pod's `/dev/shm` (see [`crate::sandbox::Sandboxes::shm`]).
+    pub sandbox_shm: &'a Path,
     pub config: &'a ContainerConfig,
     /// The image's config (`config` of the OCI image config).
     pub image_config: &'a Value,
@@ -498,6 +500,16 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
         let src = input.sandbox_dir.join(file);
         if !cri_dests.contains(&dest) && src.exists() {
             extra.push(mount(dest, "bind", &src.display().to_string(), file_opts));
+        }
+    }
+    // The pod's /dev/shm, or the host's for a pod in the host's IPC
+    // namespace (containerd's `containerMounts`).
+    if !cri_dests.contains(&"/dev/shm") {
+        if sandbox_ns.ipc == NamespaceMode::Node as i32 {
+            extra.push(mount("/dev/shm", "bind", "/dev/shm", &["rbind", "rprivate", "rw"]));
+        } else if input.sandbox_shm.exists() {
+            let src = input.sandbox_shm.display().to_string();
+            extra.push(mount("/dev/shm", "bind", &src, &["rbind", "rprivate", "rw"]));
         }
     }
     let mut rootfs_propagation = None;

@@ -113,6 +113,27 @@ fn namespace_options(config: Option<&PodSandboxConfig>) -> Option<NamespaceOptio
     config?.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
 }
 
+/// Mounts the pod's `/dev/shm` tmpfs (containerd's options and size).
+fn mount_shm(path: &Path) -> std::io::Result<()> {
+    use rustix::mount::{mount, MountFlags};
+    std::fs::create_dir_all(path)?;
+    mount("shm", path, "tmpfs", MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID, c"mode=1777,size=65536k")?;
+    Ok(())
+}
+
+/// Unmounts the pod's `/dev/shm`; one that is not mounted is fine.
+fn unmount_shm(path: &Path) {
+    if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        if !matches!(e, rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) {
+            crated_plugin_api::tracing::warn!("failed to unmount sandbox shm {path:?}: {e}");
+        }
+    }
+}
+
+pub fn host_ipc(config: Option<&PodSandboxConfig>) -> bool {
+    namespace_options(config).is_some_and(|n| n.ipc == NamespaceMode::Node as i32)
+}
+
 fn host_network(config: Option<&PodSandboxConfig>) -> bool {
     namespace_options(config).is_some_and(|n| n.network == NamespaceMode::Node as i32)
 }
@@ -140,6 +161,13 @@ pub fn resolv_conf(servers: &[String], searches: &[String], options: &[String]) 
     Ok(out)
 }
 
+/// The sandbox's files its spec mounts.
+pub struct SandboxFiles<'a> {
+    pub resolv: &'a Path,
+    /// The pod's `/dev/shm` tmpfs, none in the host's IPC namespace.
+    pub shm: Option<&'a Path>,
+}
+
 /// The pause container's OCI runtime spec: containerd's default spec
 /// with the image's process, the pod's hostname and namespaces (the
 /// network one at `netns`), `/etc/resolv.conf` from the sandbox
@@ -150,7 +178,7 @@ pub fn sandbox_spec(
     config: &PodSandboxConfig,
     image_config: &Value,
     netns: Option<&Path>,
-    resolv: &Path,
+    files: &SandboxFiles,
     oom_score_adj: i32,
 ) -> Result<Vec<u8>, Status> {
     let img = image_config.get("config").cloned().unwrap_or(Value::Null);
@@ -210,7 +238,16 @@ pub fn sandbox_spec(
     annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name.clone());
     annotations.insert("io.kubernetes.cri.sandbox-log-directory".into(), config.log_directory.clone());
     let mut mounts = default_mounts(false);
-    mounts.push(mount("/etc/resolv.conf", "bind", &resolv.display().to_string(), &["rbind", "ro"]));
+    mounts.push(mount("/etc/resolv.conf", "bind", &files.resolv.display().to_string(), &["rbind", "ro"]));
+    if let Some(shm) = files.shm {
+        mounts.retain(|m| m["destination"] != "/dev/shm");
+        mounts.push(mount(
+            "/dev/shm",
+            "bind",
+            &shm.display().to_string(),
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        ));
+    }
     let mut doc = json!({
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
@@ -291,6 +328,8 @@ pub struct Sandboxes {
     root: PathBuf,
     /// `<state>/netns`: the pods' network namespaces.
     netns_dir: PathBuf,
+    /// `<state>/sandboxes/<id>`: the pod's `/dev/shm` (a tmpfs).
+    state: PathBuf,
     /// Names being run now (containerd's name index for runs in flight).
     reserved: Arc<Mutex<HashSet<String>>>,
 }
@@ -299,6 +338,7 @@ pub struct Sandboxes {
 #[derive(Default)]
 struct Made {
     dir: Option<PathBuf>,
+    shm: Option<PathBuf>,
     netns: Option<NetNs>,
     snapshot: bool,
     container: bool,
@@ -314,8 +354,15 @@ impl Sandboxes {
             cni,
             root: root.join("sandboxes"),
             netns_dir: state.join("netns"),
+            state: state.join("sandboxes"),
             reserved: Arc::default(),
         }
+    }
+
+    /// The pod's shared `/dev/shm`, a tmpfs mounted while the sandbox
+    /// runs (none for a pod in the host's IPC namespace).
+    pub fn shm(&self, id: &str) -> PathBuf {
+        self.state.join(id).join("shm")
     }
 
     /// The sandbox's directory: `hostname`, `hosts`, `resolv.conf`.
@@ -447,6 +494,11 @@ impl Sandboxes {
             }
         }
 
+        if !host_ipc(Some(config)) {
+            let shm = self.shm(id);
+            made.shm = Some(shm.clone());
+            mount_shm(&shm).map_err(|e| Status::internal(format!("failed to mount sandbox shm {shm:?}: {e}")))?;
+        }
         let host_net = host_network(Some(config));
         if !host_net {
             let ns = NetNs::create_unique(&self.netns_dir)
@@ -456,7 +508,8 @@ impl Sandboxes {
         }
         let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
         let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
-        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &resolv, oom)?;
+        let files = SandboxFiles { resolv: &resolv, shm: made.shm.as_deref() };
+        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom)?;
 
         let snapshotter = self.config.containerd.snapshotter.clone();
         let prepare = PrepareSnapshotRequest {
@@ -555,6 +608,7 @@ impl Sandboxes {
         // The files and namespace belong to the sandbox now.
         made.netns = None;
         made.dir = None;
+        made.shm = None;
         Ok(())
     }
 
@@ -587,6 +641,10 @@ impl Sandboxes {
         if let Some(dir) = made.dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
+        if let Some(shm) = made.shm {
+            unmount_shm(&shm);
+            let _ = std::fs::remove_dir_all(self.state.join(id));
+        }
     }
 
     /// Kills the task, waits for it and deletes it; a missing task is fine.
@@ -617,6 +675,7 @@ impl Sandboxes {
         if let Some(s) = self.stop_task(&c.id).await {
             return Err(s.context(format!("failed to stop sandbox container {:?}", c.id)));
         }
+        unmount_shm(&self.shm(&c.id));
         if !meta.netns_path.is_empty() {
             let path = Path::new(&meta.netns_path);
             if path.exists() {
@@ -655,6 +714,7 @@ impl Sandboxes {
             _ => {}
         }
         calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, &c.id, "sandbox").await;
+        let _ = tokio::fs::remove_dir_all(self.state.join(&c.id)).await;
         let dir = self.root.join(&c.id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -774,9 +834,9 @@ mod tests {
     fn the_spec_joins_the_netns_or_shares_the_hosts() {
         let image = json!({"config": {"Entrypoint": ["/bin/sleep"], "Cmd": ["inf"], "Env": ["PATH=/bin"]}});
         let config = PodSandboxConfig { hostname: "pod".into(), ..Default::default() };
+        let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: Some(Path::new("/s/shm")) };
         let spec: Value = serde_json::from_slice(
-            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), Path::new("/r/resolv.conf"), -998)
-                .unwrap(),
+            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), &files, -998).unwrap(),
         )
         .unwrap();
         assert_eq!(spec["process"]["args"], json!(["/bin/sleep", "inf"]));
@@ -786,7 +846,9 @@ mod tests {
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/ns1"), "{ns:?}");
         assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], "abc");
-        assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/resolv.conf"));
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/dev/shm" && m["source"] == "/s/shm"), "{mounts:?}");
 
         let mut host = config.clone();
         host.linux = Some(k8s_cri::v1::LinuxPodSandboxConfig {
@@ -797,8 +859,7 @@ mod tests {
             ..Default::default()
         });
         let spec: Value =
-            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, Path::new("/r/resolv.conf"), 0).unwrap())
-                .unwrap();
+            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, &files, 0).unwrap()).unwrap();
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
         assert!(spec.get("hostname").is_none());

@@ -160,14 +160,23 @@ impl Drop for Pods {
                 });
             });
         }
+        // Whatever shm mount is still under the daemon's directory (only
+        // after a failure) goes before the directory does.
+        if let Some(d) = &self.daemon {
+            unmount_under(&d.setup.path().display().to_string());
+        }
         self.daemon.take();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         // Whatever namespace mount is still there (only after a failure).
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)) {
-            let _ = Command::new("umount").arg(m).output();
-        }
+        unmount_under(&self.dir.path().display().to_string());
+    }
+}
+
+/// Unmounts every mount below `dir`.
+fn unmount_under(dir: &str) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(dir)) {
+        let _ = Command::new("umount").arg(m).output();
     }
 }
 
