@@ -76,7 +76,7 @@ const START_ERROR_REASON: &str = "StartError";
 const UNKNOWN_EXIT_CODE: i32 = 255;
 /// ExecSync keeps at most this much of each stream (containerd's
 /// `maxStreamSize`).
-const EXEC_MAX_OUTPUT: usize = 16 * 1024 * 1024;
+pub const EXEC_MAX_OUTPUT: usize = 16 * 1024 * 1024;
 /// How long the output of an exited process may take to drain.
 const DRAIN: Duration = Duration::from_secs(2);
 

@@ -426,6 +426,43 @@ mod tests {
         assert_eq!(rfc3339_nano(951_782_400, 1), "2000-02-29T00:00:00.000000001Z");
     }
 
+    /// The shim's side played by the test: output written to the stdout
+    /// FIFO reaches an attached client and the log; what the client writes
+    /// reaches the stdin FIFO; with stdin_once its close is the end.
+    #[tokio::test]
+    async fn attached_clients_see_output_and_feed_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifos = FifoSet::create(dir.path(), "c", true, false).unwrap();
+        let log = dir.path().join("logs/c.log");
+        let io = ContainerIo::start(fifos.clone(), false, true, &log.display().to_string(), 0).unwrap();
+        let mut attached = io.attach();
+        assert!(attached.stderr.is_some() && !attached.tty);
+
+        let mut stdout = std::fs::OpenOptions::new().write(true).open(&fifos.stdout).unwrap();
+        let stderr = std::fs::OpenOptions::new().write(true).open(&fifos.stderr).unwrap();
+        stdout.write_all(b"hello\nwor").unwrap();
+        let chunk = attached.stdout.recv().await.unwrap().expect("a chunk");
+        assert_eq!(chunk.as_slice(), b"hello\nwor");
+        drop((stdout, stderr));
+        assert!(attached.stdout.recv().await.unwrap().is_none(), "the end of the stream");
+        io.drained(std::time::Duration::from_secs(5)).await;
+        let text = std::fs::read_to_string(&log).unwrap();
+        let entries: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(4, ' ').skip(1).collect()).collect();
+        assert_eq!(entries, vec![vec!["stdout", "F", "hello"], vec!["stdout", "P", "wor"]]);
+
+        let mut shim_stdin =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(&fifos.stdin).unwrap();
+        let stdin = attached.stdin.take().expect("stdin was asked for");
+        stdin.write(b"typed".to_vec()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = shim_stdin.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"typed");
+        stdin.close();
+        assert!(io.attach().stdin.is_none(), "stdin_once: closed for good");
+        io.close();
+        assert!(!Path::new(&fifos.stdout).exists());
+    }
+
     #[test]
     fn lines_split_at_the_limit_and_at_the_end() {
         let mut s = LineSplitter::new(4);

@@ -1,14 +1,21 @@
 //! `io.containerd.grpc.v1.cri`: the Kubernetes Container Runtime Interface
 //! (`runtime.v1`) on the daemon's socket, as containerd 1.6's CRI plugin.
 //!
-//! It serves the image side, the runtime's identity and pod sandboxes:
-//! [`config`] (containerd's keys and defaults), [`service`] (Version,
-//! Status with CNI's readiness, UpdateRuntimeConfig, the ImageService and
-//! the pod sandbox methods; the container methods answer `Unimplemented`
-//! by name), [`pull`] (PullImage through the transfer plugin), [`images`]
-//! (the CRI's view of the `k8s.io` image records), [`reference`] (Docker
-//! reference normalisation) and [`sandbox`] (pause containers, their
-//! network namespaces and CNI, their records).
+//! It serves the image side, the runtime's identity, pod sandboxes and
+//! containers: [`config`] (containerd's keys and defaults), [`service`]
+//! (Version, Status with CNI's readiness, UpdateRuntimeConfig, the
+//! ImageService, the pod sandbox and container methods and stats; the
+//! streaming methods and the rest answer `Unimplemented` by name),
+//! [`pull`] (PullImage through the transfer plugin), [`images`] (the CRI's
+//! view of the `k8s.io` image records), [`reference`] (Docker reference
+//! normalisation), [`sandbox`] (pause containers, their network
+//! namespaces, CNI and `/dev/shm`, their records), [`container`] (container
+//! records, status files, lifecycle, exit monitor, recovery after a
+//! restart, ExecSync, stats), [`container_spec`] (a container's OCI spec
+//! and security context), [`container_io`] (stdio FIFOs, the CRI log
+//! format, and the attach API the streaming server uses:
+//! [`container::Containers::attach`]) and [`calls`] (the calls sandboxes
+//! and containers make to dependencies).
 //!
 //! Everything goes through the plugin's dependencies in process: image
 //! records and snapshots through the metadata plugin, blobs through its
