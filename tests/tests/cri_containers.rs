@@ -4,8 +4,8 @@
 //! by Debian's shim and runc: the create/start/status/list/stop/remove
 //! lifecycle with exit codes and reasons, the CRI log on disk (a long line
 //! split into `P` and `F` entries), the records containerd's CRI leaves,
-//! a running container surviving a daemon restart with its exit monitor
-//! back, stop escalating to SIGKILL for a process ignoring SIGTERM,
+//! a running container surviving a daemon restart with its log and exit
+//! monitor back, one exiting while the daemon is down found exited, stop escalating to SIGKILL for a process ignoring SIGTERM,
 //! ExecSync (output, exit code, timeout), the security context observed
 //! from inside (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs), a
 //! read-only host mount, the pod's shared `/dev/shm`, stats,
@@ -28,13 +28,14 @@ use containerd_client::services::v1::{
 };
 use crated_tests::images::{oci_archive_of, rootfs_layer, ImageOptions};
 use crated_tests::transfer_client::with_ns;
+use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, Capability, ContainerConfig, ContainerFilter, ContainerMetadata,
     ContainerState, ContainerStateValue, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, ListContainerStatsRequest, ListContainersRequest, Mount, MountPropagation,
     PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest, RemoveContainerRequest, ReopenContainerLogRequest,
-    StartContainerRequest, StopContainerRequest, UpdateContainerResourcesRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
@@ -271,7 +272,11 @@ async fn containers_run_log_restart_stop_remove() {
         &ch,
         &sandbox,
         &sandbox_config,
-        config("stubborn", &image, "trap '' TERM; echo up; while true; do sleep 1; done"),
+        config(
+            "stubborn",
+            &image,
+            "trap '' TERM; echo up; while true; do [ -f /dev/shm/ping ] && echo pong && rm /dev/shm/ping; sleep 0.1; done",
+        ),
     )
     .await
     .unwrap();
@@ -301,17 +306,45 @@ async fn containers_run_log_restart_stop_remove() {
         ContainerFilter { label_selector: HashMap::from([("name".into(), "ok".into())]), ..Default::default() };
     assert_eq!(list(&ch, by_label).await, vec![ok.clone()]);
 
-    // A restarted daemon lists the same containers, the same states.
+    // One that exits while the daemon is down, told to by a file in the
+    // pod's /dev/shm (a tmpfs the host sees too).
+    let brief = create(
+        &ch,
+        &sandbox,
+        &sandbox_config,
+        config("brief", &image, "while [ ! -f /dev/shm/stop ]; do sleep 0.1; done; echo bye; exit 5"),
+    )
+    .await
+    .unwrap();
+    start(&ch, &brief).await;
+    let (_, info) = status(&ch, &brief).await;
+    let brief_pid = info["pid"].as_u64().unwrap() as u32;
+    let shm = pods.d().setup.state().join(common::cri::CRI).join("sandboxes").join(&sandbox).join("shm");
+
+    // A restarted daemon lists the same containers, the same states; the
+    // one that exited meanwhile has its exit recorded.
     {
         let d = pods.daemon.as_mut().unwrap();
         d.stop();
+        std::fs::write(shm.join("stop"), "").unwrap();
+        assert!(common::wait_process_gone(brief_pid, Duration::from_secs(30)), "brief did not exit");
         d.restart();
     }
     let ch = pods.channel().await;
+    all.push(brief.clone());
+    all.sort();
     assert_eq!(list(&ch, ContainerFilter::default()).await, all);
+    // The exit monitor, back, collects the exit.
+    let st = exited(&ch, &brief).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (5, "Error"), "{st:?}");
     assert_eq!(list(&ch, state_is(ContainerState::ContainerRunning)).await, vec![stubborn.clone()]);
     let (st, _) = status(&ch, &echo).await;
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+
+    // Its output still reaches its log: the FIFOs were opened again.
+    std::fs::write(shm.join("ping"), "").unwrap();
+    let stubborn_log = pods.dir.path().join("logs/app/stubborn.log");
+    wait_for_line(&stubborn_log, "pong").await;
 
     // Stop: SIGTERM is ignored, SIGKILL after the timeout ends it, and the
     // exit monitor re-attached after the restart records it.
@@ -321,8 +354,9 @@ async fn containers_run_log_restart_stop_remove() {
         .expect("stop");
     let st = exited(&ch, &stubborn).await;
     assert_eq!(st.exit_code, 137, "killed by SIGKILL: {st:?}");
-    let entries = log_entries(&pods.dir.path().join("logs/app/stubborn.log"));
-    assert_eq!(entries, vec![("stdout".into(), "F".into(), "up".into())]);
+    let entries = log_entries(&stubborn_log);
+    let lines: Vec<&str> = entries.iter().map(|e| e.2.as_str()).collect();
+    assert_eq!(lines, ["up", "pong"]);
 
     // Remove: record, snapshot and status gone; the log stays (the
     // kubelet's); removing again is fine.
@@ -489,6 +523,28 @@ async fn exec_security_stats_and_bad_input() {
     wait_for_line(&log, "tick").await;
     assert_eq!(log_entries(&rotated).len(), 1);
 
+    // Seccomp runtime/default refuses mount(2) even with CAP_SYS_ADMIN,
+    // which succeeds unconfined.
+    for (name, profile, allowed) in
+        [("confined", ProfileType::RuntimeDefault, false), ("free", ProfileType::Unconfined, true)]
+    {
+        let mut cfg = config(name, &image, forever);
+        cfg.linux = security(LinuxContainerSecurityContext {
+            capabilities: Some(Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() }),
+            seccomp: Some(SecurityProfile { profile_type: profile as i32, localhost_ref: String::new() }),
+            ..Default::default()
+        });
+        let id = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create");
+        start(&ch, &id).await;
+        let (_, err, code) = exec(&ch, &id, "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m", 10).await.unwrap();
+        assert_eq!(code == 0, allowed, "{name}: {err}");
+        if !allowed {
+            assert!(err.contains("Operation not permitted") || err.contains("permission denied"), "{err}");
+        }
+        let (_, info) = status(&ch, &id).await;
+        assert_eq!(info["runtimeSpec"]["linux"].get("seccomp").is_some(), !allowed, "{name}");
+    }
+
     // Bad input leaves nothing behind.
     let records = container_records(&ch).await;
     let snapshots = || async {
@@ -517,6 +573,6 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(container_records(&ch).await, records);
     assert_eq!(snapshots().await, before, "a failed create left a snapshot");
-    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 5);
     drop(pods);
 }

@@ -374,7 +374,10 @@ impl Containers {
             if monitor {
                 let config = meta.config();
                 let fifos = self.fifos_of(&c.id, &config);
-                if std::path::Path::new(&fifos.stdout).exists() {
+                // Only a running task still writes: the FIFOs of one that
+                // exited have no writer left to open them against.
+                let running = task.as_ref().is_some_and(|p| p.status == TASK_RUNNING);
+                if running && std::path::Path::new(&fifos.stdout).exists() {
                     match ContainerIo::start(
                         fifos,
                         config.tty,
