@@ -5,9 +5,11 @@
 //! lifecycle with exit codes and reasons, the CRI log on disk (a long line
 //! split into `P` and `F` entries), the records containerd's CRI leaves,
 //! a running container surviving a daemon restart with its log and exit
-//! monitor back, one exiting while the daemon is down found exited, stop escalating to SIGKILL for a process ignoring SIGTERM,
-//! ExecSync (output, exit code, timeout), the security context observed
-//! from inside (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs), a
+//! monitor back, one exiting while the daemon is down found exited, stop
+//! escalating to SIGKILL for a process ignoring SIGTERM, ExecSync (output,
+//! exit code, timeout), the security context observed from inside
+//! (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs, seccomp
+//! `runtime/default` refusing mount(2) that succeeds unconfined), a
 //! read-only host mount, the pod's shared `/dev/shm`, stats,
 //! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
 //! rotation, and bad input that leaves nothing behind.
