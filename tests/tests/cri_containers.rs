@@ -12,7 +12,8 @@
 //! `runtime/default` refusing mount(2) that succeeds unconfined), a
 //! read-only host mount, the pod's shared `/dev/shm`, stats,
 //! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
-//! rotation, and bad input that leaves nothing behind.
+//! rotation, a start failing with StartError, and bad input that leaves
+//! nothing behind.
 //!
 //! The world (registry, daemon, CNI) and its guard, which removes every
 //! container and sandbox even when an assertion failed, are
@@ -547,6 +548,18 @@ async fn exec_security_stats_and_bad_input() {
         assert_eq!(info["runtimeSpec"]["linux"].get("seccomp").is_some(), !allowed, "{name}");
     }
 
+    // A command that does not exist fails the start, and the container
+    // is exited with containerd's StartError (128).
+    let mut cfg = config("missing", &image, "");
+    cfg.command = vec!["/bin/no-such-command".into()];
+    let missing = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create missing");
+    let err = Pods::rt(&ch).start_container(StartContainerRequest { container_id: missing.clone() }).await.unwrap_err();
+    assert!(err.message().contains("no-such-command"), "{err:?}");
+    let (st, _) = status(&ch, &missing).await;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (128, "StartError"), "{st:?}");
+    assert!(st.message.contains("no-such-command"), "{st:?}");
+
     // Bad input leaves nothing behind.
     let records = container_records(&ch).await;
     let snapshots = || async {
@@ -575,6 +588,6 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(container_records(&ch).await, records);
     assert_eq!(snapshots().await, before, "a failed create left a snapshot");
-    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 5);
+    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 6);
     drop(pods);
 }

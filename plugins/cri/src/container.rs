@@ -824,7 +824,9 @@ impl Containers {
             let signal = parse_signal(&e.meta.stop_signal).unwrap_or(SIGTERM);
             let kill = KillRequest { container_id: id.clone(), exec_id: String::new(), signal, all: false };
             match calls::tasks::<_, ()>(&self.host, "Kill", &kill).await {
-                Err(s) if !calls::not_found(s.kind()) => {
+                // A process that exited just now refuses the signal: the
+                // exit monitor is about to record it.
+                Err(s) if !calls::not_found(s.kind()) && !Self::wait_exited(e, DRAIN).await => {
                     return Err(s.context(format!("failed to stop container {id:?}")));
                 }
                 _ => {}
