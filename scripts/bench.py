@@ -47,6 +47,9 @@ REGISTRY = "/usr/bin/docker-registry"
 BUSYBOX = "/bin/busybox"
 BUSYBOX_LINKS = ("sh", "echo", "sleep", "true")
 BUSYBOX_REF = "docker.io/library/busybox:latest"
+# The CRI scenario's image: busybox sleeping forever, as sandbox and container image.
+PAUSE_REF = "docker.io/crated-bench/pause:1"
+CRI = "io.containerd.grpc.v1.cri"
 DEBIAN_REF = "docker.io/library/debian:bookworm-minbase"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # The bench's own namespaces: one per daemon, because cgroups
@@ -199,7 +202,9 @@ class Daemon:
     """A crated or a containerd on its own directory under the bench's
     temporary directory, driven by the stock ctr (or ours)."""
 
-    def __init__(self, bench, kind, name, log_level="warn"):
+    def __init__(self, bench, kind, name, log_level="warn", cri=None):
+        """`cri`: a function of the daemon giving the CRI plugin's config
+        tables; containerd's CRI plugin is disabled unless it is given."""
         self.bench, self.kind, self.name = bench, kind, name
         self.dir = bench.tmp / name
         self.log_level = log_level
@@ -217,6 +222,7 @@ class Daemon:
                 f'plugin_dir = "{bench.plugin_dir}"\n'
                 f'[grpc]\naddress = "{self.socket}"\n'
                 f'[debug]\nlevel = "{log_level}"\n'
+                + (cri(self) if cri else "")
             )
             self.cmd = [bench.bin("crated"), "-c", self.config]
         else:
@@ -224,7 +230,10 @@ class Daemon:
             # state and sockets under the directory, CRI disabled.
             self.socket = self.dir / "c.sock"
             self.config = self.dir / "config.toml"
-            self.config.write_text(run([bench.bin("examples/stock_config"), self.dir]).stdout)
+            text = run([bench.bin("examples/stock_config"), self.dir]).stdout
+            if cri:
+                text = text.replace(f'disabled_plugins = ["{CRI}"]', "disabled_plugins = []") + cri(self)
+            self.config.write_text(text)
             self.cmd = [CONTAINERD, "-c", self.config, "--log-level", log_level]
         self.log = self.dir / "daemon.log"
         bench.daemons.append(self)
@@ -451,6 +460,16 @@ class Bench:
             info = run([self.bin("examples/rootfs_image"), rootfs, tar, BUSYBOX_REF]).stdout
             self._busybox = (tar, BUSYBOX_REF, parse_info(info))
         return self._busybox
+
+    def pause_image(self):
+        """The busybox root filesystem as an image whose command sleeps
+        forever: the CRI scenario's sandbox image and container image."""
+        tar = self.tmp / "pause-image.tar"
+        if not tar.exists():
+            self.busybox_image()
+            run([self.bin("examples/rootfs_image"), self.tmp / "busybox-rootfs", tar, PAUSE_REF,
+                 "/bin/sleep", "1000000000"])
+        return tar, PAUSE_REF
 
     def debian_image(self):
         """The Debian bookworm minbase root filesystem (debootstrap, cached)
@@ -996,6 +1015,59 @@ def scenario_gc(bench):
     return [whole, pause, fill], {"blobs": blobs, "snapshots": snapshots}
 
 
+def cri_tables(d):
+    """The CRI plugin's config, the same for both daemons: the pause image,
+    runc's root under the daemon's directory (the bench's cleanup deletes
+    what is left there), OOM score adjustments not lowered (the harness may
+    run where that is refused), and an empty CNI conf dir: the pods use the
+    host's network, so the row measures the runtimes and not the bridge."""
+    base = f'[plugins."{CRI}"'
+    (d.dir / "cni-conf").mkdir(exist_ok=True)
+    return (
+        f'{base}]\nsandbox_image = "{PAUSE_REF}"\nrestrict_oom_score_adj = true\n'
+        f'{base}.cni]\nconf_dir = "{d.dir / "cni-conf"}"\n'
+        f'{base}.containerd.runtimes.runc]\nruntime_type = "io.containerd.runc.v2"\n'
+        f'{base}.containerd.runtimes.runc.options]\nRoot = "{d.runc_root}"\n'
+    )
+
+
+def scenario_cri(bench):
+    """RunPodSandbox + CreateContainer + StartContainer through the CRI
+    (k8s-cri's client, `examples/cri_bench`), then stop and remove, on both
+    daemons with their CRI plugins."""
+    tar, ref = bench.pause_image()
+    client = bench.bin("examples/cri_bench")
+    if not client.exists():
+        raise BenchError(f"missing {client} (cargo build --release --examples)")
+    row = Row("RunPodSandbox + CreateContainer + StartContainer", "ms", VARIANTS,
+              ratios=(("crated", "containerd", 1.0, "lower"),), short="CRI pod + container")
+    parts = {
+        k: Row(f"of which {k}", "ms", VARIANTS, ratios=(("crated", "containerd", None, "lower"),))
+        for k in ("run_pod_sandbox", "create_container", "start_container")
+    }
+    teardown = Row("StopContainer + RemoveContainer + StopPodSandbox + RemovePodSandbox", "ms", VARIANTS,
+                   ratios=(("crated", "containerd", None, "lower"),))
+    pair = {k: Daemon(bench, k, f"{k}-cri", cri=cri_tables) for k in VARIANTS}
+    try:
+        for d in pair.values():
+            d.start()
+            d.ctr("images", "import", tar, ns="k8s.io")
+
+        def one(kind, i):
+            d = pair[kind]
+            p = run([client, d.socket, ref, "1", d.dir / "pod-logs", f"/{NS_PREFIX}cri-{kind}"])
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            row.add(kind, r["total_ms"])
+            for k, part in parts.items():
+                part.add(kind, r[f"{k}_ms"])
+            teardown.add(kind, r["teardown_ms"])
+
+        alternate(bench, bench.runs, VARIANTS, one)
+    finally:
+        bench.stop(pair.values())
+    return [row, *parts.values(), teardown], {}
+
+
 # name, title, in the default set, in the smoke run, function
 SCENARIOS = [
     ("cold_start", "1. cold start until the first answer", True, True, scenario_cold_start),
@@ -1007,6 +1079,7 @@ SCENARIOS = [
     ("containers", "7. concurrent containers", True, True, scenario_containers),
     ("pull", "8. pull from a local registry", True, True, scenario_pull),
     ("gc", "9. garbage collection on a large store", False, True, scenario_gc),
+    ("cri", "10. a CRI pod with one container", False, False, scenario_cri),
 ]
 
 

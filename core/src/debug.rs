@@ -44,7 +44,7 @@ async fn handle(req: Request<Incoming>) -> HttpResponse {
         "goroutine" => goroutine().await,
         "profile" => match seconds(&req, 30) {
             Ok(d) => cpu_profile(d).await,
-            Err(bad) => bad,
+            Err(reason) => text(StatusCode::BAD_REQUEST, reason),
         },
         "heap" | "allocs" => unsupported(name, "crated uses the system allocator, which keeps no allocation profile"),
         "block" | "mutex" => unsupported(name, "blocking and lock contention are profiled by Go's scheduler; Rust threads and tokio keep no such record (use `profile` for where time goes)"),
@@ -81,7 +81,8 @@ fn threadcreate() -> HttpResponse {
     text(StatusCode::OK, body)
 }
 
-fn seconds(req: &Request<Incoming>, default: u64) -> Result<Duration, HttpResponse> {
+/// The `seconds` query parameter, or why it is refused.
+fn seconds(req: &Request<Incoming>, default: u64) -> Result<Duration, String> {
     match query_param(req, "seconds") {
         None | Some("") => Ok(Duration::from_secs(default)),
         Some(s) => s
@@ -89,9 +90,7 @@ fn seconds(req: &Request<Incoming>, default: u64) -> Result<Duration, HttpRespon
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
             .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                text(StatusCode::BAD_REQUEST, format!("bad seconds {s:?}: want a number of seconds in (0, 3600]\n"))
-            }),
+            .ok_or_else(|| format!("bad seconds {s:?}: want a number of seconds in (0, 3600]\n")),
     }
 }
 

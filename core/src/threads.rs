@@ -51,10 +51,11 @@ fn dump_signal() -> i32 {
 }
 
 extern "C" fn on_dump_signal(_: i32) {
-    // SAFETY: gettid has no preconditions; errno is saved and restored
-    // around everything the handler does so the interrupted code never sees
-    // it change.
+    // SAFETY: __errno_location returns this thread's errno slot, always
+    // valid to read; errno is saved and restored around everything the
+    // handler does so the interrupted code never sees it change.
     let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: gettid has no preconditions and is async-signal-safe.
     let tid = unsafe { libc::gettid() };
     if TARGET.compare_exchange(tid, -tid, Ordering::AcqRel, Ordering::Acquire).is_ok() {
         let mut depth = 0;

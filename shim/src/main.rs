@@ -254,7 +254,10 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         tokio::spawn(shim.clone().handle_exits(exits));
         let server = Server::new().register(TASK_SERVICE, serve_task(shim));
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let serving = tokio::spawn(async move { server.serve(listener).await });
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move { server.serve(listener).await }
+        });
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         log!("serving the task API");
@@ -266,8 +269,14 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         if tokio::time::timeout(Duration::from_secs(5), publisher.flush()).await.is_err() {
             log!("publisher not closed");
         }
-        // Let the answer to `Shutdown` reach the daemon before the process ends.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The answer to `Shutdown` must reach the daemon before the process
+        // ends, and the daemon's `Delete` waits for this process to hang up:
+        // exit as soon as every answer is written. A call that never
+        // answers (a client's `Wait` on a process that cannot end) holds the
+        // exit back for at most a second.
+        if tokio::time::timeout(Duration::from_secs(1), server.answered()).await.is_err() {
+            log!("calls still unanswered at exit");
+        }
         serving.abort();
         anyhow::Ok(())
     })?;

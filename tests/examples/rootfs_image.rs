@@ -4,7 +4,8 @@
 //! `layer_compressed_bytes`, `layer_bytes`, `entries`, `archive_bytes`,
 //! `target`, `diff_id` (`key=value` lines).
 //!
-//! Usage: rootfs_image <rootfs dir> <out.tar> <ref name>
+//! Usage: rootfs_image <rootfs dir> <out.tar> <ref name> [cmd arg...]
+//! (the config's `Cmd`, `/bin/sh` when none is given).
 
 use std::path::Path;
 
@@ -12,8 +13,8 @@ use crated_tests::images::{oci_archive_of, Compression, ImageOptions, Layers, Pl
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, rootfs, out, ref_name] = args.as_slice() else {
-        return Err("usage: rootfs_image <rootfs dir> <out.tar> <ref name>".into());
+    let [_, rootfs, out, ref_name, cmd @ ..] = args.as_slice() else {
+        return Err("usage: rootfs_image <rootfs dir> <out.tar> <ref name> [cmd arg...]".into());
     };
     let mut builder = tar::Builder::new(Vec::new());
     // Symlinks stay symlinks; owners, modes and mtimes are kept.
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compression: Compression::Gzip,
         layers: Layers::Rootfs,
         platforms: Platforms::Amd64,
-        cmd: None,
+        cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
     };
     let layer_bytes = layer.len();
     let archive = oci_archive_of(&options, vec![layer])?;

@@ -5,6 +5,11 @@
 //! Calls of one connection run concurrently (a `Wait` must not hold up a
 //! `Kill`), and their responses go back through one writer task in the order
 //! they finish.
+//!
+//! The server counts the calls whose answer is not yet written, so that a
+//! shim that was asked to shut down can exit as soon as its answer to
+//! `Shutdown` has left ([`Server::answered`]) rather than after a guessed
+//! delay: the daemon's `Delete` waits for the shim's connection to close.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::frame::{self, MessageType};
 use super::{Code, Request, Response, Status, NAMESPACE_KEY};
@@ -46,6 +51,26 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Server {
     services: Arc<HashMap<String, Arc<dyn Handler>>>,
+    /// Calls received whose answer is not written yet, on every connection.
+    unanswered: Arc<watch::Sender<usize>>,
+}
+
+/// One call's place in [`Server::unanswered`]: taken when its request is
+/// read, given back when its answer is written or can no longer be (the
+/// frame dropped with a dead connection), whichever way it goes.
+struct Unanswered(Arc<watch::Sender<usize>>);
+
+impl Unanswered {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Unanswered {
+        count.send_modify(|n| *n += 1);
+        Unanswered(count.clone())
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Server {
@@ -57,6 +82,18 @@ impl Server {
     pub fn register(mut self, service: &str, handler: Arc<dyn Handler>) -> Server {
         Arc::make_mut(&mut self.services).insert(service.to_string(), handler);
         self
+    }
+
+    /// How many calls received have no answer written yet.
+    pub fn unanswered(&self) -> usize {
+        *self.unanswered.borrow()
+    }
+
+    /// Resolves once every call received so far has had its answer written
+    /// to its connection (at once when there are none).
+    pub async fn answered(&self) {
+        let mut rx = self.unanswered.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Accepts connections until the listener fails; each is served on its
@@ -72,9 +109,9 @@ impl Server {
     /// Serves one connection until the peer hangs up.
     pub async fn serve_connection(&self, stream: UnixStream) {
         let (mut read, mut write) = stream.into_split();
-        let (frames, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (frames, mut outgoing) = mpsc::unbounded_channel::<(Vec<u8>, Unanswered)>();
         let writer = tokio::spawn(async move {
-            while let Some(buf) = outgoing.recv().await {
+            while let Some((buf, _answered_when_dropped)) = outgoing.recv().await {
                 if frame::write_all(&mut write, &buf).await.is_err() {
                     return;
                 }
@@ -89,7 +126,7 @@ impl Server {
                         Code::ResourceExhausted,
                         format!("ttrpc: request of {len} bytes exceeds the limit"),
                     );
-                    let _ = frames.send(response_frame(stream_id, Err(status)));
+                    let _ = frames.send((response_frame(stream_id, Err(status)), Unanswered::new(&self.unanswered)));
                     continue;
                 }
                 Err(_) => break,
@@ -101,13 +138,13 @@ impl Server {
                 Ok(r) => r,
                 Err(e) => {
                     let status = Status::invalid_argument(format!("ttrpc: bad request: {e}"));
-                    let _ = frames.send(response_frame(f.stream_id, Err(status)));
+                    let _ = frames.send((response_frame(f.stream_id, Err(status)), Unanswered::new(&self.unanswered)));
                     continue;
                 }
             };
             let Some(handler) = self.services.get(&request.service).cloned() else {
                 let status = Status::unimplemented(format!("service {}", request.service));
-                let _ = frames.send(response_frame(f.stream_id, Err(status)));
+                let _ = frames.send((response_frame(f.stream_id, Err(status)), Unanswered::new(&self.unanswered)));
                 continue;
             };
             let ctx = RequestContext {
@@ -116,9 +153,10 @@ impl Server {
             };
             let frames = frames.clone();
             let stream_id = f.stream_id;
+            let pending = Unanswered::new(&self.unanswered);
             tokio::spawn(async move {
                 let answer = handler.call(ctx, &request.method, request.payload).await;
-                let _ = frames.send(response_frame(stream_id, answer));
+                let _ = frames.send((response_frame(stream_id, answer), pending));
             });
         }
         // Calls still running finish on their own tasks; their answers go

@@ -146,3 +146,48 @@ async fn closed_resolves_when_the_peer_hangs_up_without_a_call() {
     // Once ended, it resolves at once.
     client.closed().await;
 }
+
+#[tokio::test]
+async fn answered_waits_for_every_answer_to_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = Server::new().register(TASK_SERVICE, serve_task(Arc::new(Fake::default())));
+    let serving = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _ = server.serve(listener).await;
+        })
+    };
+    // Nothing received: answered at once.
+    tokio::time::timeout(Duration::from_secs(5), server.answered()).await.expect("idle server is answered");
+
+    let address = format!("unix://{}", path.display());
+    let client = TaskClient::new(Client::connect(&address).await.unwrap(), "ns1", Some(Duration::from_secs(10)));
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.wait(&WaitRequest { id: "c1".into(), exec_id: String::new() }).await })
+    };
+    // The Wait is received and unanswered: `answered` does not resolve.
+    let mut pending = Box::pin(server.answered());
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if futures_poll_once(pending.as_mut()).await {
+            panic!("answered while a Wait was still in flight");
+        }
+        if server.unanswered() > 0 {
+            break;
+        }
+    }
+    assert_eq!(server.unanswered(), 1, "the Wait is counted");
+    client.kill(&KillRequest { id: "c1".into(), signal: 9, ..Default::default() }).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap().exit_status, 137);
+    tokio::time::timeout(Duration::from_secs(5), pending).await.expect("answered once both answers were written");
+    serving.abort();
+}
+
+/// Polls `f` once; true if it completed.
+async fn futures_poll_once<F: std::future::Future + ?Sized>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut f = Some(f);
+    std::future::poll_fn(move |cx| std::task::Poll::Ready(f.take().unwrap().poll(cx).is_ready())).await
+}
