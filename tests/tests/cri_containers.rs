@@ -23,7 +23,7 @@ mod common;
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use common::cri::{metadata, run, Pods, NS, PAUSE};
+use common::cri::{host_network, metadata, run, Pods, NS, PAUSE};
 use containerd_client::services::v1::{
     containers_client::ContainersClient,
     snapshots::{snapshots_client::SnapshotsClient, ListSnapshotsRequest, StatSnapshotRequest},
@@ -173,6 +173,21 @@ fn log_entries(path: &Path) -> Vec<(String, String, String)> {
             (stream, tag, f.next().unwrap_or_default().to_string())
         })
         .collect()
+}
+
+/// A cgroup parent of the test's own, removed from every hierarchy when
+/// dropped (runc leaves a pod's parent behind, as under containerd).
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        for h in hierarchies.iter().map(|h| h.join(&self.0)).chain([Path::new("/sys/fs/cgroup").join(&self.0)]) {
+            let _ = std::fs::remove_dir(h);
+        }
+    }
 }
 
 /// Polls until the CRI log at `path` has an entry with `content`.
@@ -378,6 +393,8 @@ async fn containers_run_log_restart_stop_remove() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_security_stats_and_bad_input() {
+    // Declared first, dropped last: after the world removed the pods.
+    let cgroup_parent = CgroupParent(format!("crated-test-cri-{}", std::process::id()));
     let (pods, ch, image, sandbox, sandbox_config) = world(4).await;
     let forever = "while true; do sleep 1; done";
 
@@ -589,5 +606,24 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(container_records(&ch).await, records);
     assert_eq!(snapshots().await, before, "a failed create left a snapshot");
     assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 6);
+
+    // A container of a host-network pod under a cgroup parent: the host's
+    // network namespace, the parent in its cgroups path.
+    let mut host_pod = sandbox_config.clone();
+    host_pod.metadata = metadata("hostnet");
+    host_pod.linux = host_network();
+    host_pod.linux.as_mut().unwrap().cgroup_parent = format!("/{}", cgroup_parent.0);
+    let host_sandbox = run(&ch, host_pod.clone()).await.expect("run the host-network pod");
+    let on_host = create(&ch, &host_sandbox, &host_pod, config("onhost", &image, forever)).await.unwrap();
+    start(&ch, &on_host).await;
+    let (_, info) = status(&ch, &on_host).await;
+    let spec = &info["runtimeSpec"];
+    assert_eq!(spec["linux"]["cgroupsPath"], format!("/{}/{on_host}", cgroup_parent.0));
+    let ns = spec["linux"]["namespaces"].as_array().unwrap();
+    assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
+    let (out, _, code) = exec(&ch, &on_host, "echo ok", 10).await.unwrap();
+    assert_eq!((out.as_str(), code), ("ok\n", 0));
+    Pods::rt(&ch).stop_container(StopContainerRequest { container_id: on_host.clone(), timeout: 0 }).await.unwrap();
+    assert_eq!(exited(&ch, &on_host).await.exit_code, 137);
     drop(pods);
 }
