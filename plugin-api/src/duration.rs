@@ -1,6 +1,32 @@
 //! Durations written as Go writes them (`"1m30s"`, `"1.5s"`), as
 //! containerd's config takes them: the `[timeouts]` table, the GC
-//! scheduler's delays. One parser for the core and every plugin.
+//! scheduler's delays. One parser for the core and every plugin. And
+//! instants written as Go's `time.RFC3339Nano` writes UTC ones
+//! ([`rfc3339_nano`]), for labels and logs.
+
+/// Go's `time.RFC3339Nano` of a UTC instant (`secs`, `nanos` since the
+/// epoch): `2006-01-02T15:04:05.999999999Z`, the fraction's trailing zeros
+/// dropped and no fraction at all for whole seconds.
+pub fn rfc3339_nano(secs: i64, nanos: u32) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    if nanos > 0 {
+        out.push('.');
+        out.push_str(format!("{nanos:09}").trim_end_matches('0'));
+    }
+    out.push('Z');
+    out
+}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("time: invalid duration \"{0}\"")]

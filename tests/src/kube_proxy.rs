@@ -58,7 +58,9 @@ impl KubeProxy {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": pod, "namespace": namespace, "uid": "uid-1"},
-            "spec": {"containers": [{"name": container, "image": "busybox"}]},
+            // stdin: kubectl attach -i only sends stdin to a container
+            // whose spec asks for one.
+            "spec": {"containers": [{"name": container, "image": "busybox", "stdin": true}]},
             "status": {"phase": "Running"},
         })
         .to_string();

@@ -22,7 +22,7 @@ use crated_tests::registry::Registry;
 use crated_tests::transfer_client::{plain_http_hosts_toml, push_image, with_ns};
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, AuthConfig,
-    CreateContainerRequest, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest as CriListImages,
+    CheckpointContainerRequest, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest as CriListImages,
     NetworkConfig, PullImageRequest, RemoveImageRequest, RuntimeConfig, StatusRequest, UpdateRuntimeConfigRequest,
     VersionRequest,
 };
@@ -114,9 +114,9 @@ async fn runtime_identity_status_and_unbuilt_methods() {
     };
     rt.update_runtime_config(cidr).await.expect("update runtime config");
 
-    let err = rt.create_container(CreateContainerRequest::default()).await.unwrap_err();
+    let err = rt.checkpoint_container(CheckpointContainerRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("CreateContainer"), "{err:?}");
+    assert!(err.message().contains("CheckpointContainer"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,179 +13,25 @@
 //! `restrict_oom_score_adj` is on: the test may run where lowering the
 //! OOM score is not allowed (containerd's knob for exactly that).
 //!
-//! A guard stops and removes every sandbox the daemon still lists, even
-//! when an assertion failed, then deletes the bridge; netns mounts left
-//! under the test's directory are unmounted last. Needs root.
+//! The world and its guard are `common::cri`'s. Needs root.
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::HashMap, path::Path, process::Command};
 
-use common::{Daemon, Setup};
+use common::cri::{host_network, metadata, run, Pods, NS, PAUSE};
 use containerd_client::services::v1::{
     containers_client::ContainersClient, snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
     tasks_client::TasksClient, GetContainerRequest, GetRequest,
 };
-use crated_tests::images::{oci_archive, ImageOptions};
-use crated_tests::registry::Registry;
-use crated_tests::transfer_client::{plain_http_hosts_toml, push_image, with_ns};
+use crated_tests::transfer_client::with_ns;
 use k8s_cri::v1::{
-    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, DnsConfig, ImageSpec,
-    ImageStatusRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata, PodSandboxState, PodSandboxStateValue,
-    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
-    StopPodSandboxRequest,
+    image_service_client::ImageServiceClient, DnsConfig, ImageSpec, ImageStatusRequest, ListPodSandboxRequest,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest, PortMapping,
+    Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
 };
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
-
-const NS: &str = "k8s.io";
-const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
-const CNI_BIN: &str = "/usr/lib/cni";
-const CRI: &str = "io.containerd.grpc.v1.cri";
-const TASK_STATE: &str = "io.containerd.runtime.v2.task";
-/// The sandbox image's command: busybox-static sleeping forever.
-const PAUSE: &[&str] = &["/bin/busybox", "sleep", "1000000000"];
-
-/// One test's world: registry, daemon, conf dir, bridge. Dropping it
-/// stops and removes every sandbox, then the daemon, then the bridge.
-struct Pods {
-    daemon: Option<Daemon>,
-    _registry: Registry,
-    dir: tempfile::TempDir,
-    bridge: String,
-    subnet_prefix: String,
-    sandbox_image: String,
-}
-
-impl Pods {
-    /// `n` makes the bridge and subnet unique among this file's tests, the
-    /// pid among concurrent runs. The conf dir starts empty.
-    async fn start(n: u8, cmd: &[&str]) -> Pods {
-        let registry = Registry::start().expect("registry fixture");
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        plain_http_hosts_toml(&certs, &registry.host());
-        let conf_dir = dir.path().join("net.d");
-        std::fs::create_dir_all(&conf_dir).unwrap();
-        let pid = std::process::id();
-        let bridge = format!("crp{:x}x{n}", pid % 0xfffff);
-        let subnet_prefix = format!("10.{}.{}", 220 + n, pid % 250);
-        let sandbox_image = format!("{}/test/pause:1", registry.host());
-        let setup = Setup::new(&[])
-            .with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer", "runtime", "cri"])
-            .extra(&format!(
-                "[plugins.\"{CRI}\"]\nsandbox_image = {sandbox_image:?}\nrestrict_oom_score_adj = true\n\
-                 [plugins.\"{CRI}\".registry]\nconfig_path = {:?}\n\
-                 [plugins.\"{CRI}\".cni]\nbin_dir = {CNI_BIN:?}\nconf_dir = {:?}\n\
-                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\"]\nruntime_path = {GO_SHIM:?}\n\
-                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\".options]\nRoot = {:?}\n",
-                certs.display().to_string(),
-                conf_dir.display().to_string(),
-                dir.path().join("runc").display().to_string(),
-            ));
-        let pods = Pods { daemon: Some(setup.start()), _registry: registry, dir, bridge, subnet_prefix, sandbox_image };
-        let ch = pods.channel().await;
-        let cmd = Some(cmd.iter().map(|s| s.to_string()).collect());
-        let archive = oci_archive(&ImageOptions { cmd, ..Default::default() }).unwrap();
-        push_image(&ch, &archive, &pods.sandbox_image, None).await;
-        pods
-    }
-
-    fn d(&self) -> &Daemon {
-        self.daemon.as_ref().expect("daemon")
-    }
-
-    async fn channel(&self) -> Channel {
-        self.d().channel().await
-    }
-
-    fn rt(ch: &Channel) -> RuntimeServiceClient<Channel> {
-        RuntimeServiceClient::new(ch.clone())
-    }
-
-    /// Writes the bridge + host-local + portmap conflist.
-    fn write_conflist(&self) {
-        let conf = format!(
-            r#"{{"cniVersion":"1.0.0","name":"crated-pods-{bridge}","plugins":[
-              {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{p}.0/24"}}]],"dataDir":"{data}"}}}},
-              {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
-            bridge = self.bridge,
-            p = self.subnet_prefix,
-            data = self.dir.path().join("ipam").display(),
-        );
-        std::fs::write(self.dir.path().join("net.d/10-pods.conflist"), conf).unwrap();
-    }
-
-    fn cri_root(&self) -> PathBuf {
-        self.d().setup.root().join(CRI)
-    }
-
-    fn netns_dir(&self) -> PathBuf {
-        self.d().setup.state().join(CRI).join("netns")
-    }
-
-    /// Stops and removes every sandbox the daemon lists.
-    async fn clean(&self) {
-        let ch = self.channel().await;
-        let items = match Pods::rt(&ch).list_pod_sandbox(ListPodSandboxRequest::default()).await {
-            Ok(r) => r.into_inner().items,
-            Err(_) => return,
-        };
-        for s in items {
-            let id = s.id;
-            let _ = Pods::rt(&ch).stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await;
-            let _ = Pods::rt(&ch).remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }).await;
-        }
-    }
-}
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        if self.daemon.as_ref().is_some_and(|d| d.setup.socket().exists()) {
-            // The guard runs outside the test's runtime (which may be
-            // unwinding): a runtime of its own on a thread of its own.
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                    rt.block_on(self.clean());
-                });
-            });
-        }
-        self.daemon.take();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        // Whatever namespace mount is still there (only after a failure).
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)) {
-            let _ = Command::new("umount").arg(m).output();
-        }
-    }
-}
-
-fn metadata(name: &str) -> Option<PodSandboxMetadata> {
-    Some(PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 })
-}
-
-fn host_network() -> Option<LinuxPodSandboxConfig> {
-    Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption { network: NamespaceMode::Node as i32, ..Default::default() }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-}
-
-async fn run(ch: &Channel, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    let req = RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
-    Pods::rt(ch).run_pod_sandbox(req).await.map(|r| r.into_inner().pod_sandbox_id)
-}
 
 async fn status(ch: &Channel, id: &str) -> (k8s_cri::v1::PodSandboxStatus, Value) {
     let req = PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };

@@ -7,12 +7,12 @@
 //! plugins, as tests/cri_pods.rs): stdout and stderr, a non-zero exit code
 //! as kubectl's exit status, stdin echoed through `cat`, a terminal,
 //! port-forward to a busybox `nc` in the pod, spent and unknown tokens
-//! refused, garbage answered while the server keeps serving, and the RPCs'
-//! own checks (Attach answers what it lacks until the container side
-//! provides its IO).
+//! refused, garbage answered while the server keeps serving, `kubectl
+//! attach -i` to a container reading its stdin, and the RPCs' own checks.
 //!
-//! A guard stops and removes every sandbox, the daemon, the bridge and
-//! leftover namespace mounts, even when an assertion failed. Needs root.
+//! `common::cri`'s guard stops and removes every container and sandbox,
+//! the daemon, the bridge and leftover mounts, even when an assertion
+//! failed. Needs root.
 
 mod common;
 
@@ -24,106 +24,25 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Setup};
-use crated_tests::images::{oci_archive, ImageOptions};
+use common::cri::{Pods, CRI, PAUSE};
 use crated_tests::kube_proxy::{KubeProxy, KUBECTL};
-use crated_tests::registry::Registry;
-use crated_tests::transfer_client::{plain_http_hosts_toml, push_image};
 use k8s_cri::v1::{
-    runtime_service_client::RuntimeServiceClient, AttachRequest, ExecRequest, ListPodSandboxRequest, PodSandboxConfig,
-    PodSandboxMetadata, PortForwardRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    runtime_service_client::RuntimeServiceClient, AttachRequest, ContainerConfig, ContainerMetadata,
+    CreateContainerRequest, ExecRequest, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PortForwardRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::{transport::Channel, Code};
 
-const GO_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
-const CNI_BIN: &str = "/usr/lib/cni";
-const CRI: &str = "io.containerd.grpc.v1.cri";
-const TASK_STATE: &str = "io.containerd.runtime.v2.task";
-const PAUSE: &[&str] = &["/bin/busybox", "sleep", "1000000000"];
 /// The pod and the container name kubectl is told about.
 const POD: &str = "web";
 const CONTAINER: &str = "pause";
 
-/// Registry, daemon, conf dir, bridge; dropping it removes every sandbox,
-/// stops the daemon, deletes the bridge and unmounts leftovers.
-struct World {
-    daemon: Option<Daemon>,
-    _registry: Registry,
-    dir: tempfile::TempDir,
-    bridge: String,
-}
-
-impl World {
-    async fn start() -> World {
-        let registry = Registry::start().expect("registry fixture");
-        let dir = tempfile::tempdir().unwrap();
-        let certs = dir.path().join("certs");
-        plain_http_hosts_toml(&certs, &registry.host());
-        let conf_dir = dir.path().join("net.d");
-        std::fs::create_dir_all(&conf_dir).unwrap();
-        let pid = std::process::id();
-        let bridge = format!("crs{:x}", pid % 0xfffff);
-        let sandbox_image = format!("{}/test/pause:1", registry.host());
-        let conf = format!(
-            r#"{{"cniVersion":"1.0.0","name":"crated-streaming-{bridge}","plugins":[
-              {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-                "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.219.{n}.0/24"}}]],"dataDir":"{data}"}}}}]}}"#,
-            n = pid % 250,
-            data = dir.path().join("ipam").display(),
-        );
-        std::fs::write(conf_dir.join("10-pods.conflist"), conf).unwrap();
-        let setup = Setup::new(&[])
-            .with_real_plugins(&["content", "metadata", "events", "snapshots", "diff", "transfer", "runtime", "cri"])
-            .extra(&format!(
-                "[plugins.\"{CRI}\"]\nsandbox_image = {sandbox_image:?}\nrestrict_oom_score_adj = true\n\
-                 [plugins.\"{CRI}\".registry]\nconfig_path = {:?}\n\
-                 [plugins.\"{CRI}\".cni]\nbin_dir = {CNI_BIN:?}\nconf_dir = {:?}\n\
-                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\"]\nruntime_path = {GO_SHIM:?}\n\
-                 [plugins.\"{TASK_STATE}\".runtimes.\"io.containerd.runc.v2\".options]\nRoot = {:?}\n",
-                certs.display().to_string(),
-                conf_dir.display().to_string(),
-                dir.path().join("runc").display().to_string(),
-            ));
-        let world = World { daemon: Some(setup.start()), _registry: registry, dir, bridge };
-        let ch = world.channel().await;
-        let cmd = Some(PAUSE.iter().map(|s| s.to_string()).collect());
-        let archive = oci_archive(&ImageOptions { cmd, ..Default::default() }).unwrap();
-        push_image(&ch, &archive, &sandbox_image, None).await;
-        world
-    }
-
-    async fn channel(&self) -> Channel {
-        self.daemon.as_ref().expect("daemon").channel().await
-    }
-
-    async fn clean(&self) {
-        let ch = self.channel().await;
-        let Ok(r) = rt(&ch).list_pod_sandbox(ListPodSandboxRequest::default()).await else { return };
-        for s in r.into_inner().items {
-            let _ = rt(&ch).stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: s.id.clone() }).await;
-            let _ = rt(&ch).remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: s.id }).await;
-        }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        if self.daemon.as_ref().is_some_and(|d| d.setup.socket().exists()) {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                    rt.block_on(self.clean());
-                });
-            });
-        }
-        self.daemon.take();
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        let dir = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for m in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)) {
-            let _ = Command::new("umount").arg(m).output();
-        }
-    }
+/// The CRI world of `common::cri` (registry, daemon, CNI bridge, guard),
+/// with its conflist written; `n` is the test's own bridge and subnet.
+async fn world(n: u8) -> Pods {
+    let pods = Pods::start(n, PAUSE).await;
+    pods.write_conflist();
+    pods
 }
 
 /// A child process killed (by its pid) when dropped.
@@ -138,9 +57,7 @@ impl Drop for Child {
 
 /// A pod sandbox named `name` on the bridge; its id.
 async fn run_pod(ch: &Channel, name: &str) -> String {
-    let metadata =
-        PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 };
-    let config = PodSandboxConfig { metadata: Some(metadata), ..Default::default() };
+    let config = pod_config(name);
     rt(ch)
         .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
         .await
@@ -239,7 +156,7 @@ fn upgrade_request() -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_port_forward_with_kubectl() {
     assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
-    let world = World::start().await;
+    let world = world(11).await;
     let ch = world.channel().await;
     let id = run_pod(&ch, POD).await;
     let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
@@ -381,7 +298,7 @@ async fn exec_and_port_forward_with_kubectl() {
 /// The RPCs' own checks, without a client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_checked() {
-    let world = World::start().await;
+    let world = world(12).await;
     let ch = world.channel().await;
     let id = run_pod(&ch, "chk").await;
     let exec = |r: ExecRequest| {
@@ -407,12 +324,12 @@ async fn requests_are_checked() {
     assert!(url.starts_with("http://127.0.0.1:") && url.contains("/exec/"), "{url}");
     assert_eq!(url.rsplit('/').next().unwrap().len(), 8, "{url}");
 
+    // Attach joins a CRI container's stdio: a sandbox is not one.
     let e = rt(&ch)
         .attach(AttachRequest { container_id: id.clone(), stdout: true, ..Default::default() })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
-    assert!(e.message().contains("AttachTarget"), "{e:?}");
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     let e =
         rt(&ch).port_forward(PortForwardRequest { pod_sandbox_id: "nope".into(), port: vec![80] }).await.unwrap_err();
@@ -454,7 +371,7 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_kills_its_exec() {
     assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
-    let world = World::start().await;
+    let world = world(13).await;
     let ch = world.channel().await;
     let id = run_pod(&ch, POD).await;
     let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
@@ -472,10 +389,82 @@ async fn a_client_gone_kills_its_exec() {
             .unwrap(),
     );
     assert!(eventually(|| running(&cmd)).await, "the exec never ran");
-    let io_dir = world.daemon.as_ref().unwrap().setup.state().join(CRI).join("io");
+    let io_dir = world.d().setup.state().join(CRI).join("io");
     assert_eq!(std::fs::read_dir(&io_dir).unwrap().count(), 1, "one exec's FIFO directory");
     kubectl.0.kill().unwrap();
     kubectl.0.wait().unwrap();
     assert!(eventually(|| !running(&cmd)).await, "the exec outlived its client");
     assert!(eventually(|| std::fs::read_dir(&io_dir).unwrap().count() == 0).await, "the FIFOs are left");
+}
+
+/// `kubectl attach -i` to a CRI container whose shell echoes its stdin:
+/// what the client types reaches the container, what the container prints
+/// reaches the client (and the container's log), and the client closing
+/// its stdin ends the container's (`stdin_once`), which ends the attach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_kubectl() {
+    assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
+    let world = world(14).await;
+    let ch = world.channel().await;
+    let sandbox = run_pod(&ch, POD).await;
+    let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
+    let script = "echo started; while read line; do echo got:$line; done; echo stdin-closed";
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: CONTAINER.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: world.sandbox_image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        stdin: true,
+        stdin_once: true,
+        log_path: "attached.log".into(),
+        ..Default::default()
+    };
+    let log_dir = world.dir.path().join("pod-logs");
+    let mut sandbox_config = pod_config(POD);
+    sandbox_config.log_directory = log_dir.display().to_string();
+    let id = rt(&ch)
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: sandbox,
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await
+        .expect("create the container")
+        .into_inner()
+        .container_id;
+    rt(&ch).start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+
+    let url = rt(&ch)
+        .attach(AttachRequest { container_id: id.clone(), stdin: true, stdout: true, stderr: true, tty: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.contains("/attach/"), "{url}");
+    proxy.route_next("attach", &url);
+    let mut c = proxy.kubectl();
+    c.args(["attach", POD, "-c", CONTAINER, "-i"]);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The attach is up once kubectl has read the first answer; what is
+        // typed before that waits in kubectl's pipe.
+        stdin.write_all(b"hello\nworld\n").unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed = text(&out.stdout);
+    assert!(printed.contains("got:hello\ngot:world\n"), "{out:?}");
+    assert!(printed.contains("stdin-closed"), "the container's stdin was not closed: {out:?}");
+    let log = std::fs::read_to_string(log_dir.join("attached.log")).unwrap();
+    assert!(log.contains(" stdout F got:world"), "{log}");
+}
+
+/// The sandbox config `run_pod` runs with.
+fn pod_config(name: &str) -> PodSandboxConfig {
+    let metadata =
+        PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 };
+    PodSandboxConfig { metadata: Some(metadata), ..Default::default() }
 }

@@ -86,9 +86,7 @@ async fn publish_forwards_a_shims_event_to_subscribers() {
     let mut sub = EventsClient::new(d.channel().await).subscribe(req).await.unwrap().into_inner();
 
     let event = NamespaceCreate { name: "from-a-shim".into(), ..Default::default() };
-    let mut any = prost_types::Any::default();
-    any.type_url = "containerd.events.NamespaceCreate".into();
-    any.value = event.encode_to_vec();
+    let any = prost_types::Any { type_url: "containerd.events.NamespaceCreate".into(), value: event.encode_to_vec() };
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
     // The argument order containerd's Go shims use.
     let out = crated_publish(

@@ -2,18 +2,24 @@
 //! (`runtime.v1`) on the daemon's socket, as containerd 1.6's CRI plugin.
 //!
 //! It serves the image side, the runtime's identity, pod sandboxes and
-//! the stream server: [`config`] (containerd's keys and defaults),
-//! [`service`] (Version, Status with CNI's readiness, UpdateRuntimeConfig,
-//! the ImageService, the pod sandbox methods, Exec, Attach and
-//! PortForward; the container methods answer `Unimplemented` by name),
-//! [`pull`] (PullImage through the transfer plugin), [`images`] (the CRI's
-//! view of the `k8s.io` image records), [`reference`] (Docker reference
-//! normalisation), [`sandbox`] (pause containers, their network
-//! namespaces and CNI, their records) and [`streaming`] (the URLs Exec,
-//! Attach and PortForward answer, served over SPDY/3.1 by the
-//! `crated-spdy` library: exec runs through the Tasks service,
-//! port-forward dials inside the pod's network namespace, attach waits
-//! for the container side's [`streaming::backend::AttachTarget`]).
+//! containers and the stream server: [`config`] (containerd's keys and
+//! defaults), [`service`] (Version, Status with CNI's readiness,
+//! UpdateRuntimeConfig, the ImageService, the pod sandbox and container
+//! methods and stats, Exec, Attach and PortForward; the rest answer
+//! `Unimplemented` by name), [`pull`] (PullImage through the transfer
+//! plugin), [`images`] (the CRI's view of the `k8s.io` image records),
+//! [`reference`] (Docker reference normalisation), [`sandbox`] (pause
+//! containers, their network namespaces, CNI and `/dev/shm`, their
+//! records), [`container`] (container records, status files, lifecycle,
+//! exit monitor, recovery after a restart, ExecSync, stats),
+//! [`container_spec`] (a container's OCI spec and security context),
+//! [`container_io`] (stdio FIFOs, the CRI log format, and the attach API
+//! the stream server uses: [`container::Containers::attach`]), [`calls`]
+//! (the calls sandboxes and containers make to dependencies) and
+//! [`streaming`] (the URLs Exec, Attach and PortForward answer, served over
+//! SPDY/3.1 by the `crated-spdy` library: exec runs through the Tasks
+//! service, attach joins the container's stdio, port-forward dials inside
+//! the pod's network namespace).
 //!
 //! Everything goes through the plugin's dependencies in process: image
 //! records and snapshots through the metadata plugin, blobs through its
@@ -21,7 +27,11 @@
 //! credentials on a stream of the streaming plugin, tasks through the
 //! internal Tasks service (`io.containerd.service.v1.tasks-service`).
 
+pub mod calls;
 pub mod config;
+pub mod container;
+pub mod container_io;
+pub mod container_spec;
 pub mod images;
 pub mod pull;
 pub mod reference;
@@ -80,9 +90,20 @@ impl Plugin for Cri {
         let (address, port) = (parsed.config.stream_server_address.clone(), parsed.config.stream_server_port.clone());
         let idle = parsed.config.stream_idle_timeout.clone();
         let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state);
-        // Bound before init returns: Exec answers URLs on it. The container
-        // side's attach target is wired here once it exists.
-        let attach = None;
+        // Containers come back from their records and live tasks in the
+        // background (every container call waits for it), so that exit
+        // monitors and logs resume without waiting for a first call.
+        let containers = svc.containers().clone();
+        crated_plugin_api::runtime::runtime().spawn({
+            let containers = containers.clone();
+            async move {
+                if let Err(s) = containers.recover().await {
+                    crated_plugin_api::tracing::warn!("failed to recover CRI containers: {}", s.message);
+                }
+            }
+        });
+        // Bound before init returns: Exec answers URLs on it.
+        let attach: Option<Arc<dyn streaming::backend::AttachTarget>> = Some(Arc::new(containers));
         let runtime =
             streaming::backend::CriRuntime::new(ctx.host.clone(), svc.sandboxes().clone(), &ctx.state, attach.clone());
         let idle = streaming::parse_go_duration(&idle).map_err(PluginError::failed)?;

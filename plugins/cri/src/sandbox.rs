@@ -20,7 +20,7 @@ use std::{
 use containerd_client::{
     services::v1::{
         container::Runtime as ContainerRuntime,
-        snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, RemoveSnapshotRequest},
+        snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse},
         Container, CreateContainerRequest, CreateTaskRequest, CreateTaskResponse, DeleteContainerRequest,
         DeleteTaskRequest, GetRequest, GetResponse, KillRequest, ListContainersRequest, ListContainersResponse,
         StartRequest, StartResponse, UpdateContainerRequest, WaitRequest,
@@ -28,7 +28,7 @@ use containerd_client::{
     types::Mount,
 };
 use crated_cni::{Cni, DnsCapability, NetNs, PodNetworkArgs, PortMapping};
-use crated_plugin_api::{Code, ErrorKind, Host, Status};
+use crated_plugin_api::{Code, Host, Status};
 use k8s_cri::v1::{
     LinuxPodSandboxStatus, Namespace, NamespaceMode, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig,
     PodSandboxFilter, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus, Protocol,
@@ -37,7 +37,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shim_protocol::oci::DEFAULT_CAPS;
 
-use crate::{config::Config, images::ImageStore, service::NAMESPACE};
+use crate::{
+    calls::{self, CONTAINERS, SNAPSHOTS, SPEC_TYPE_URL},
+    config::Config,
+    container_spec::{default_mounts, mount, MASKED_PATHS, READONLY_PATHS},
+    images::ImageStore,
+    service::NAMESPACE,
+};
 
 /// The label containerd's CRI puts on its containers, and its values.
 pub const KIND_LABEL: &str = "io.cri-containerd.kind";
@@ -46,14 +52,6 @@ pub const KIND_SANDBOX: &str = "sandbox";
 pub const METADATA_EXTENSION: &str = "io.cri-containerd.sandbox.metadata";
 /// The type URL containerd registers the metadata under (JSON payload).
 pub const METADATA_TYPE_URL: &str = "github.com/containerd/containerd/pkg/cri/store/sandbox/Metadata";
-const METADATA_VERSION: &str = "v1";
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-/// The plugin serving the Tasks service to dependents (see lib.rs).
-pub const TASKS_PLUGIN: &str = "io.containerd.service.v1.tasks-service";
-
-const CONTAINERS: &str = "/containerd.services.containers.v1.Containers";
-const TASKS: &str = "/containerd.services.tasks.v1.Tasks";
-const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
 /// containerd's `defaultSandboxOOMAdj`.
 const SANDBOX_OOM_ADJ: i32 = -998;
@@ -97,26 +95,13 @@ pub struct Metadata {
     pub cni_result: Option<Value>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Versioned {
-    #[serde(rename = "Version")]
-    version: String,
-    #[serde(rename = "Metadata")]
-    metadata: Metadata,
-}
-
 impl Metadata {
     fn to_any(&self) -> prost_types::Any {
-        let v = Versioned { version: METADATA_VERSION.into(), metadata: self.clone() };
-        prost_types::Any {
-            type_url: METADATA_TYPE_URL.into(),
-            value: serde_json::to_vec(&v).expect("sandbox metadata serialises"),
-        }
+        calls::extension(METADATA_TYPE_URL, self)
     }
 
     fn from_container(c: &Container) -> Option<Metadata> {
-        let any = c.extensions.get(METADATA_EXTENSION)?;
-        serde_json::from_slice::<Versioned>(&any.value).ok().map(|v| v.metadata)
+        calls::from_extension(c, METADATA_EXTENSION)
     }
 
     fn host_network(&self) -> bool {
@@ -128,13 +113,29 @@ fn namespace_options(config: Option<&PodSandboxConfig>) -> Option<NamespaceOptio
     config?.linux.as_ref()?.security_context.as_ref()?.namespace_options.clone()
 }
 
-fn host_network(config: Option<&PodSandboxConfig>) -> bool {
-    namespace_options(config).is_some_and(|n| n.network == NamespaceMode::Node as i32)
+/// Mounts the pod's `/dev/shm` tmpfs (containerd's options and size).
+fn mount_shm(path: &Path) -> std::io::Result<()> {
+    use rustix::mount::{mount, MountFlags};
+    std::fs::create_dir_all(path)?;
+    mount("shm", path, "tmpfs", MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::NOSUID, c"mode=1777,size=65536k")?;
+    Ok(())
 }
 
-/// A 64-hex sandbox id (containerd's `util.GenerateID`).
-fn generate_id() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+/// Unmounts the pod's `/dev/shm`; one that is not mounted is fine.
+fn unmount_shm(path: &Path) {
+    if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        if !matches!(e, rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) {
+            crated_plugin_api::tracing::warn!("failed to unmount sandbox shm {path:?}: {e}");
+        }
+    }
+}
+
+pub fn host_ipc(config: Option<&PodSandboxConfig>) -> bool {
+    namespace_options(config).is_some_and(|n| n.ipc == NamespaceMode::Node as i32)
+}
+
+fn host_network(config: Option<&PodSandboxConfig>) -> bool {
+    namespace_options(config).is_some_and(|n| n.network == NamespaceMode::Node as i32)
 }
 
 /// containerd's `makeSandboxName`.
@@ -160,6 +161,13 @@ pub fn resolv_conf(servers: &[String], searches: &[String], options: &[String]) 
     Ok(out)
 }
 
+/// The sandbox's files its spec mounts.
+pub struct SandboxFiles<'a> {
+    pub resolv: &'a Path,
+    /// The pod's `/dev/shm` tmpfs, none in the host's IPC namespace.
+    pub shm: Option<&'a Path>,
+}
+
 /// The pause container's OCI runtime spec: containerd's default spec
 /// with the image's process, the pod's hostname and namespaces (the
 /// network one at `netns`), `/etc/resolv.conf` from the sandbox
@@ -170,7 +178,7 @@ pub fn sandbox_spec(
     config: &PodSandboxConfig,
     image_config: &Value,
     netns: Option<&Path>,
-    resolv: &Path,
+    files: &SandboxFiles,
     oom_score_adj: i32,
 ) -> Result<Vec<u8>, Status> {
     let img = image_config.get("config").cloned().unwrap_or(Value::Null);
@@ -229,7 +237,17 @@ pub fn sandbox_spec(
     annotations.insert("io.kubernetes.cri.sandbox-uid".into(), meta.uid.clone());
     annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name.clone());
     annotations.insert("io.kubernetes.cri.sandbox-log-directory".into(), config.log_directory.clone());
-    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| json!({"destination": dest, "type": typ, "source": src, "options": opts});
+    let mut mounts = default_mounts(false);
+    mounts.push(mount("/etc/resolv.conf", "bind", &files.resolv.display().to_string(), &["rbind", "ro"]));
+    if let Some(shm) = files.shm {
+        mounts.retain(|m| m["destination"] != "/dev/shm");
+        mounts.push(mount(
+            "/dev/shm",
+            "bind",
+            &shm.display().to_string(),
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        ));
+    }
     let mut doc = json!({
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs", "readonly": sec.readonly_rootfs},
@@ -242,24 +260,13 @@ pub fn sandbox_spec(
             "noNewPrivileges": true,
             "oomScoreAdj": oom_score_adj,
         },
-        "mounts": [
-            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-            mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-            mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-            mount("/etc/resolv.conf", "bind", &resolv.display().to_string(), &["rbind", "ro"]),
-        ],
+        "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-            ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
             "sysctl": linux.sysctls,
         },
         "annotations": annotations,
@@ -311,15 +318,6 @@ fn network_args(config: &PodSandboxConfig) -> PodNetworkArgs {
     }
 }
 
-/// A Tasks service method in `k8s.io`, through the internal service.
-pub(crate) async fn tasks_call<Req: prost::Message, Resp: prost::Message + Default>(
-    host: &Host,
-    method: &str,
-    req: &Req,
-) -> Result<Resp, Status> {
-    host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
-}
-
 /// The pod sandboxes of the CRI, over the plugin's dependencies.
 #[derive(Clone)]
 pub struct Sandboxes {
@@ -330,6 +328,8 @@ pub struct Sandboxes {
     root: PathBuf,
     /// `<state>/netns`: the pods' network namespaces.
     netns_dir: PathBuf,
+    /// `<state>/sandboxes/<id>`: the pod's `/dev/shm` (a tmpfs).
+    state: PathBuf,
     /// Names being run now (containerd's name index for runs in flight).
     reserved: Arc<Mutex<HashSet<String>>>,
 }
@@ -338,15 +338,12 @@ pub struct Sandboxes {
 #[derive(Default)]
 struct Made {
     dir: Option<PathBuf>,
+    shm: Option<PathBuf>,
     netns: Option<NetNs>,
     snapshot: bool,
     container: bool,
     network: bool,
     task: bool,
-}
-
-fn not_found(kind: ErrorKind) -> bool {
-    kind == ErrorKind::NotFound
 }
 
 impl Sandboxes {
@@ -357,30 +354,26 @@ impl Sandboxes {
             cni,
             root: root.join("sandboxes"),
             netns_dir: state.join("netns"),
+            state: state.join("sandboxes"),
             reserved: Arc::default(),
         }
     }
 
-    async fn call<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: String,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        self.host.unary(&Host::call(&method, Some(NAMESPACE)), req).await
+    /// The pod's shared `/dev/shm`, a tmpfs mounted while the sandbox
+    /// runs (none for a pod in the host's IPC namespace).
+    pub fn shm(&self, id: &str) -> PathBuf {
+        self.state.join(id).join("shm")
     }
 
-    async fn tasks<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<Resp, Status> {
-        tasks_call(&self.host, method, req).await
+    /// The sandbox's directory: `hostname`, `hosts`, `resolv.conf`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
     }
 
     /// Every sandbox record of `k8s.io`.
     async fn records(&self) -> Result<Vec<(Container, Metadata)>, Status> {
         let req = ListContainersRequest { filters: vec![] };
-        let resp: ListContainersResponse = self.call(format!("{CONTAINERS}/List"), &req).await?;
+        let resp: ListContainersResponse = calls::unary(&self.host, format!("{CONTAINERS}/List"), &req).await?;
         Ok(resp
             .containers
             .into_iter()
@@ -390,7 +383,7 @@ impl Sandboxes {
     }
 
     /// The sandbox a full or unique truncated id names.
-    async fn find(&self, id: &str) -> Result<(Container, Metadata), Status> {
+    pub async fn find(&self, id: &str) -> Result<(Container, Metadata), Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument("sandbox id is empty"));
         }
@@ -403,9 +396,9 @@ impl Sandboxes {
     }
 
     /// The sandbox's task: its pid and whether it runs.
-    async fn task_state(&self, id: &str) -> (u32, bool) {
+    pub async fn task_state(&self, id: &str) -> (u32, bool) {
         let req = GetRequest { container_id: id.into(), exec_id: String::new() };
-        match self.tasks::<_, GetResponse>("Get", &req).await {
+        match calls::tasks::<_, GetResponse>(&self.host, "Get", &req).await {
             Ok(r) => r.process.map(|p| (p.pid, p.status == TASK_RUNNING)).unwrap_or((0, false)),
             Err(_) => (0, false),
         }
@@ -426,7 +419,7 @@ impl Sandboxes {
         let config = config.ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
         let meta =
             config.metadata.clone().ok_or_else(|| Status::invalid_argument("sandbox config must include metadata"))?;
-        let id = generate_id();
+        let id = calls::generate_id();
         let name = sandbox_name(&meta);
         {
             let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
@@ -500,6 +493,9 @@ impl Sandboxes {
             tokio::fs::write(&p, s).await.map_err(|e| Status::internal(format!("failed to write {p:?}: {e}")))
         };
         write(dir.join("hostname"), format!("{hostname}\n")).await?;
+        // The containers' /etc/hosts: the host's, as containerd copies it.
+        let hosts = tokio::fs::read_to_string("/etc/hosts").await.unwrap_or_default();
+        write(dir.join("hosts"), hosts).await?;
         let resolv = dir.join("resolv.conf");
         match &config.dns_config {
             Some(d) => write(resolv.clone(), resolv_conf(&d.servers, &d.searches, &d.options)?).await?,
@@ -509,6 +505,11 @@ impl Sandboxes {
             }
         }
 
+        if !host_ipc(Some(config)) {
+            let shm = self.shm(id);
+            made.shm = Some(shm.clone());
+            mount_shm(&shm).map_err(|e| Status::internal(format!("failed to mount sandbox shm {shm:?}: {e}")))?;
+        }
         let host_net = host_network(Some(config));
         if !host_net {
             let ns = NetNs::create_unique(&self.netns_dir)
@@ -518,7 +519,8 @@ impl Sandboxes {
         }
         let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
         let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
-        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &resolv, oom)?;
+        let files = SandboxFiles { resolv: &resolv, shm: made.shm.as_deref() };
+        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom)?;
 
         let snapshotter = self.config.containerd.snapshotter.clone();
         let prepare = PrepareSnapshotRequest {
@@ -527,11 +529,11 @@ impl Sandboxes {
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         };
-        let mounts: Vec<Mount> = self
-            .call::<_, PrepareSnapshotResponse>(format!("{SNAPSHOTS}/Prepare"), &prepare)
-            .await
-            .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
-            .mounts;
+        let mounts: Vec<Mount> =
+            calls::unary::<_, PrepareSnapshotResponse>(&self.host, format!("{SNAPSHOTS}/Prepare"), &prepare)
+                .await
+                .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
+                .mounts;
         made.snapshot = true;
 
         let mut labels: HashMap<String, String> = image
@@ -561,9 +563,13 @@ impl Sandboxes {
             extensions: HashMap::from([(METADATA_EXTENSION.to_string(), metadata.to_any())]),
             ..Default::default()
         };
-        self.call::<_, ()>(format!("{CONTAINERS}/Create"), &CreateContainerRequest { container: Some(container) })
-            .await
-            .map_err(|s| s.context("failed to create containerd container"))?;
+        calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Create"),
+            &CreateContainerRequest { container: Some(container) },
+        )
+        .await
+        .map_err(|s| s.context("failed to create containerd container"))?;
         made.container = true;
 
         if let Some(ns) = &made.netns {
@@ -593,22 +599,27 @@ impl Sandboxes {
                 }),
                 update_mask: Some(prost_types::FieldMask { paths: vec![format!("extensions.{METADATA_EXTENSION}")] }),
             };
-            self.call::<_, ()>(format!("{CONTAINERS}/Update"), &update)
+            calls::unary::<_, ()>(&self.host, format!("{CONTAINERS}/Update"), &update)
                 .await
                 .map_err(|s| s.context("failed to update the sandbox metadata"))?;
         }
 
         let create = CreateTaskRequest { container_id: id.into(), rootfs: mounts, ..Default::default() };
-        self.tasks::<_, CreateTaskResponse>("Create", &create)
+        calls::tasks::<_, CreateTaskResponse>(&self.host, "Create", &create)
             .await
             .map_err(|s| s.context("failed to create containerd task"))?;
         made.task = true;
-        self.tasks::<_, StartResponse>("Start", &StartRequest { container_id: id.into(), exec_id: String::new() })
-            .await
-            .map_err(|s| s.context(format!("failed to start sandbox container task {id:?}")))?;
+        calls::tasks::<_, StartResponse>(
+            &self.host,
+            "Start",
+            &StartRequest { container_id: id.into(), exec_id: String::new() },
+        )
+        .await
+        .map_err(|s| s.context(format!("failed to start sandbox container task {id:?}")))?;
         // The files and namespace belong to the sandbox now.
         made.netns = None;
         made.dir = None;
+        made.shm = None;
         Ok(())
     }
 
@@ -628,38 +639,40 @@ impl Sandboxes {
             }
         }
         if made.container {
-            let _ = self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: id.into() }).await;
+            let _ = calls::unary::<_, ()>(
+                &self.host,
+                format!("{CONTAINERS}/Delete"),
+                &DeleteContainerRequest { id: id.into() },
+            )
+            .await;
         }
         if made.snapshot {
-            self.remove_snapshot(id).await;
+            calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, id, "sandbox").await;
         }
         if let Some(dir) = made.dir {
             let _ = tokio::fs::remove_dir_all(dir).await;
         }
-    }
-
-    async fn remove_snapshot(&self, id: &str) {
-        let req = RemoveSnapshotRequest { snapshotter: self.config.containerd.snapshotter.clone(), key: id.into() };
-        if let Err(s) = self.call::<_, ()>(format!("{SNAPSHOTS}/Remove"), &req).await {
-            if !not_found(s.kind()) {
-                crated_plugin_api::tracing::warn!("failed to remove the snapshot of sandbox {id:?}: {}", s.message);
-            }
+        if let Some(shm) = made.shm {
+            unmount_shm(&shm);
+            let _ = std::fs::remove_dir_all(self.state.join(id));
         }
     }
 
     /// Kills the task, waits for it and deletes it; a missing task is fine.
     async fn stop_task(&self, id: &str) -> Option<Status> {
         let kill = KillRequest { container_id: id.into(), exec_id: String::new(), signal: SIGKILL, all: true };
-        if let Err(s) = self.tasks::<_, ()>("Kill", &kill).await {
-            if not_found(s.kind()) {
+        if let Err(s) = calls::tasks::<_, ()>(&self.host, "Kill", &kill).await {
+            if calls::not_found(s.kind()) {
                 return None;
             }
             // An exited task refuses the signal; it still has to go.
             crated_plugin_api::tracing::debug!("kill of sandbox {id:?}: {}", s.message);
         }
-        let _ = self.tasks::<_, ()>("Wait", &WaitRequest { container_id: id.into(), exec_id: String::new() }).await;
-        match self.tasks::<_, ()>("Delete", &DeleteTaskRequest { container_id: id.into() }).await {
-            Err(s) if !not_found(s.kind()) => Some(s.context(format!("failed to delete sandbox task {id:?}"))),
+        let _ =
+            calls::tasks::<_, ()>(&self.host, "Wait", &WaitRequest { container_id: id.into(), exec_id: String::new() })
+                .await;
+        match calls::tasks::<_, ()>(&self.host, "Delete", &DeleteTaskRequest { container_id: id.into() }).await {
+            Err(s) if !calls::not_found(s.kind()) => Some(s.context(format!("failed to delete sandbox task {id:?}"))),
             _ => None,
         }
     }
@@ -673,6 +686,7 @@ impl Sandboxes {
         if let Some(s) = self.stop_task(&c.id).await {
             return Err(s.context(format!("failed to stop sandbox container {:?}", c.id)));
         }
+        unmount_shm(&self.shm(&c.id));
         if !meta.netns_path.is_empty() {
             let path = Path::new(&meta.netns_path);
             if path.exists() {
@@ -698,13 +712,20 @@ impl Sandboxes {
         };
         // A sandbox still running is stopped first, as containerd forces it.
         self.stop_found(&c, &meta).await?;
-        match self.call::<_, ()>(format!("{CONTAINERS}/Delete"), &DeleteContainerRequest { id: c.id.clone() }).await {
-            Err(s) if !not_found(s.kind()) => {
+        match calls::unary::<_, ()>(
+            &self.host,
+            format!("{CONTAINERS}/Delete"),
+            &DeleteContainerRequest { id: c.id.clone() },
+        )
+        .await
+        {
+            Err(s) if !calls::not_found(s.kind()) => {
                 return Err(s.context(format!("failed to delete sandbox container {:?}", c.id)))
             }
             _ => {}
         }
-        self.remove_snapshot(&c.id).await;
+        calls::remove_snapshot(&self.host, &self.config.containerd.snapshotter, &c.id, "sandbox").await;
+        let _ = tokio::fs::remove_dir_all(self.state.join(&c.id)).await;
         let dir = self.root.join(&c.id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -824,9 +845,9 @@ mod tests {
     fn the_spec_joins_the_netns_or_shares_the_hosts() {
         let image = json!({"config": {"Entrypoint": ["/bin/sleep"], "Cmd": ["inf"], "Env": ["PATH=/bin"]}});
         let config = PodSandboxConfig { hostname: "pod".into(), ..Default::default() };
+        let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: Some(Path::new("/s/shm")) };
         let spec: Value = serde_json::from_slice(
-            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), Path::new("/r/resolv.conf"), -998)
-                .unwrap(),
+            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), &files, -998).unwrap(),
         )
         .unwrap();
         assert_eq!(spec["process"]["args"], json!(["/bin/sleep", "inf"]));
@@ -836,7 +857,9 @@ mod tests {
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/ns1"), "{ns:?}");
         assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], "abc");
-        assert!(spec["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/resolv.conf"));
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf"));
+        assert!(mounts.iter().any(|m| m["destination"] == "/dev/shm" && m["source"] == "/s/shm"), "{mounts:?}");
 
         let mut host = config.clone();
         host.linux = Some(k8s_cri::v1::LinuxPodSandboxConfig {
@@ -847,8 +870,7 @@ mod tests {
             ..Default::default()
         });
         let spec: Value =
-            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, Path::new("/r/resolv.conf"), 0).unwrap())
-                .unwrap();
+            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, &files, 0).unwrap()).unwrap();
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
         assert!(spec.get("hostname").is_none());
@@ -856,7 +878,7 @@ mod tests {
 
     #[test]
     fn ids_are_64_hex_and_metadata_round_trips() {
-        let id = generate_id();
+        let id = calls::generate_id();
         assert_eq!(id.len(), 64);
         assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
         let m = Metadata { id: id.clone(), name: "n".into(), netns_path: "/x".into(), ..Default::default() };

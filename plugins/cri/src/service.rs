@@ -1,7 +1,8 @@
 //! The CRI's two gRPC services on the daemon's socket, `runtime.v1`
 //! `RuntimeService` and `ImageService`, as handlers of the SDK's router.
 //! What is served: Version, Status, UpdateRuntimeConfig, the pod sandbox
-//! methods ([`crate::sandbox`]), Exec, Attach and PortForward (URLs on
+//! methods ([`crate::sandbox`]), the container methods and stats
+//! ([`crate::container`]), Exec, Attach and PortForward (URLs on
 //! [`crate::streaming`]'s server) and the whole ImageService. Every other method is registered explicitly and
 //! answers `Unimplemented` naming itself, so a kubelet or crictl sees
 //! which call crated lacks rather than a generic "unknown method".
@@ -27,6 +28,15 @@ use k8s_cri::v1::{
 
 use crated_cni::Cni;
 use k8s_cri::v1::{
+    ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest, ContainerStatusResponse,
+    CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, LinuxPodSandboxStats,
+    ListContainerStatsRequest, ListContainerStatsResponse, ListContainersRequest, ListContainersResponse,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandboxAttributes, PodSandboxFilter, PodSandboxStats,
+    PodSandboxStatsRequest, PodSandboxStatsResponse, RemoveContainerRequest, RemoveContainerResponse,
+    ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest, StartContainerResponse,
+    StopContainerRequest, StopContainerResponse, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+};
+use k8s_cri::v1::{
     ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
     RemovePodSandboxRequest, RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse,
     StopPodSandboxRequest, StopPodSandboxResponse,
@@ -36,6 +46,7 @@ use k8s_cri::v1::{AttachRequest, AttachResponse, ExecRequest, ExecResponse, Port
 
 use crate::{
     config::Config,
+    container::Containers,
     images::{CriImage, ImageStore},
     sandbox::Sandboxes,
     streaming::{backend::AttachTarget, Request, StreamServer},
@@ -58,25 +69,8 @@ const NO_DEPRECATIONS: &str = "ContainerdHasNoDeprecationWarnings";
 const SNAPSHOTS: &str = "/containerd.services.snapshots.v1.Snapshots";
 
 /// The RuntimeService methods not built yet: unary, then server-streaming.
-const RUNTIME_TODO: &[&str] = &[
-    "CreateContainer",
-    "StartContainer",
-    "StopContainer",
-    "RemoveContainer",
-    "ListContainers",
-    "ContainerStatus",
-    "UpdateContainerResources",
-    "ReopenContainerLog",
-    "ExecSync",
-    "ContainerStats",
-    "ListContainerStats",
-    "PodSandboxStats",
-    "ListPodSandboxStats",
-    "CheckpointContainer",
-    "ListMetricDescriptors",
-    "ListPodSandboxMetrics",
-    "RuntimeConfig",
-];
+const RUNTIME_TODO: &[&str] =
+    &["CheckpointContainer", "ListMetricDescriptors", "ListPodSandboxMetrics", "RuntimeConfig"];
 const RUNTIME_TODO_STREAMING: &[&str] = &["GetContainerEvents"];
 
 #[derive(Clone)]
@@ -90,9 +84,10 @@ pub struct CriService {
     pod_cidr: Arc<Mutex<String>>,
     cni: Arc<Cni>,
     sandboxes: Sandboxes,
+    containers: Containers,
     /// The stream server Exec, Attach and PortForward answer URLs of.
     streams: Option<StreamServer>,
-    /// The container side's IO for Attach (the containers slice provides it).
+    /// The containers' IO, for Attach.
     attach: Option<Arc<dyn AttachTarget>>,
 }
 
@@ -104,7 +99,19 @@ impl CriService {
     pub fn new(host: Host, config: Config, image_fs: PathBuf, cni: Arc<Cni>, root: &Path, state: &Path) -> CriService {
         let config = Arc::new(config);
         let sandboxes = Sandboxes::new(host.clone(), config.clone(), cni.clone(), root, state);
-        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes, streams: None, attach: None }
+        let containers =
+            Containers::new(host.clone(), config.clone(), sandboxes.clone(), root, state, image_fs.clone());
+        CriService {
+            host,
+            config,
+            image_fs,
+            pod_cidr: Arc::default(),
+            cni,
+            sandboxes,
+            containers,
+            streams: None,
+            attach: None,
+        }
     }
 
     pub fn sandboxes(&self) -> &Sandboxes {
@@ -135,7 +142,7 @@ impl CriService {
     /// included).
     async fn running_task(&self, id: &str) -> Result<(), Status> {
         let req = containerd_client::services::v1::GetRequest { container_id: id.into(), exec_id: String::new() };
-        let resp: containerd_client::services::v1::GetResponse = crate::sandbox::tasks_call(&self.host, "Get", &req)
+        let resp: containerd_client::services::v1::GetResponse = crate::calls::tasks(&self.host, "Get", &req)
             .await
             .map_err(|s| s.context(format!("failed to find container {id:?} in store")))?;
         // containerd's `types.Status` RUNNING.
@@ -155,10 +162,11 @@ impl CriService {
     async fn attach(self, _c: Call, r: AttachRequest) -> Result<AttachResponse, Status> {
         validate_stdio(&r.container_id, r.tty, r.stdin, r.stdout, r.stderr)?;
         self.stream_server()?;
-        self.running_task(&r.container_id).await?;
         if self.attach.is_none() {
             return Err(Status::unimplemented(crate::streaming::backend::ATTACH_MISSING));
         }
+        // A CRI container (not a sandbox), running, with its IO.
+        self.containers.attach(&r.container_id).await?;
         Ok(AttachResponse { url: self.stream_url(Request::Attach(r))? })
     }
 
@@ -178,6 +186,11 @@ impl CriService {
             let _ = self.cni.reload().await;
         }
         self.cni.status().map_err(|e| e.to_string())
+    }
+
+    /// The containers, for recovering them at init.
+    pub fn containers(&self) -> &Containers {
+        &self.containers
     }
 
     fn images(&self) -> ImageStore {
@@ -241,6 +254,11 @@ impl CriService {
     }
 
     async fn stop_pod_sandbox(self, _c: Call, r: StopPodSandboxRequest) -> Result<StopPodSandboxResponse, Status> {
+        // Its containers stop first, forcibly (containerd's StopPodSandbox).
+        let (sandbox, _) = self.sandboxes.find(&r.pod_sandbox_id).await?;
+        for id in self.containers.of_sandbox(&sandbox.id).await? {
+            self.containers.stop(&id, 0).await?;
+        }
         self.sandboxes.stop(&r.pod_sandbox_id).await?;
         Ok(StopPodSandboxResponse {})
     }
@@ -250,6 +268,16 @@ impl CriService {
         _c: Call,
         r: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, Status> {
+        // Its containers go first (containerd's RemovePodSandbox).
+        match self.sandboxes.find(&r.pod_sandbox_id).await {
+            Ok((sandbox, _)) => {
+                for id in self.containers.of_sandbox(&sandbox.id).await? {
+                    self.containers.remove(&id).await?;
+                }
+            }
+            Err(s) if s.code == crated_plugin_api::Code::NotFound => return Ok(RemovePodSandboxResponse {}),
+            Err(s) => return Err(s),
+        }
         self.sandboxes.remove(&r.pod_sandbox_id).await?;
         Ok(RemovePodSandboxResponse {})
     }
@@ -265,6 +293,115 @@ impl CriService {
 
     async fn list_pod_sandbox(self, _c: Call, r: ListPodSandboxRequest) -> Result<ListPodSandboxResponse, Status> {
         Ok(ListPodSandboxResponse { items: self.sandboxes.list(r.filter).await? })
+    }
+
+    async fn create_container(self, _c: Call, r: CreateContainerRequest) -> Result<CreateContainerResponse, Status> {
+        let container_id = self.containers.create(&r.pod_sandbox_id, r.config, r.sandbox_config).await?;
+        Ok(CreateContainerResponse { container_id })
+    }
+
+    async fn start_container(self, _c: Call, r: StartContainerRequest) -> Result<StartContainerResponse, Status> {
+        self.containers.start(&r.container_id).await?;
+        Ok(StartContainerResponse {})
+    }
+
+    async fn stop_container(self, _c: Call, r: StopContainerRequest) -> Result<StopContainerResponse, Status> {
+        self.containers.stop(&r.container_id, r.timeout).await?;
+        Ok(StopContainerResponse {})
+    }
+
+    async fn remove_container(self, _c: Call, r: RemoveContainerRequest) -> Result<RemoveContainerResponse, Status> {
+        self.containers.remove(&r.container_id).await?;
+        Ok(RemoveContainerResponse {})
+    }
+
+    async fn list_containers(self, _c: Call, r: ListContainersRequest) -> Result<ListContainersResponse, Status> {
+        Ok(ListContainersResponse { containers: self.containers.list(r.filter).await? })
+    }
+
+    async fn container_status(self, _c: Call, r: ContainerStatusRequest) -> Result<ContainerStatusResponse, Status> {
+        let (status, info) = self.containers.status(&r.container_id, r.verbose).await?;
+        Ok(ContainerStatusResponse { status: Some(status), info })
+    }
+
+    async fn update_container_resources(
+        self,
+        _c: Call,
+        r: UpdateContainerResourcesRequest,
+    ) -> Result<UpdateContainerResourcesResponse, Status> {
+        self.containers.update_resources(&r.container_id, r.linux).await?;
+        Ok(UpdateContainerResourcesResponse {})
+    }
+
+    async fn reopen_container_log(
+        self,
+        _c: Call,
+        r: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, Status> {
+        self.containers.reopen_log(&r.container_id).await?;
+        Ok(ReopenContainerLogResponse {})
+    }
+
+    async fn exec_sync(self, _c: Call, r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
+        let (stdout, stderr, exit_code) = self.containers.exec_sync(&r.container_id, r.cmd, r.timeout).await?;
+        Ok(ExecSyncResponse { stdout, stderr, exit_code })
+    }
+
+    async fn container_stats(self, _c: Call, r: ContainerStatsRequest) -> Result<ContainerStatsResponse, Status> {
+        Ok(ContainerStatsResponse { stats: Some(self.containers.stats(&r.container_id).await?) })
+    }
+
+    async fn list_container_stats(
+        self,
+        _c: Call,
+        r: ListContainerStatsRequest,
+    ) -> Result<ListContainerStatsResponse, Status> {
+        Ok(ListContainerStatsResponse { stats: self.containers.list_stats(r.filter).await? })
+    }
+
+    /// A sandbox's stats: its task's cgroup CPU and memory, and its
+    /// running containers'.
+    async fn sandbox_stats(&self, id: &str) -> Result<PodSandboxStats, Status> {
+        let (status, _) = self.sandboxes.status(id, false).await?;
+        let metrics = self.containers.metrics().await;
+        let (cpu, memory) = match metrics.get(&status.id) {
+            Some((ts, any)) => crate::container::cgroup_usage(*ts, any),
+            None => (None, None),
+        };
+        let containers = self.containers.sandbox_container_stats(&status.id, &metrics).await;
+        Ok(PodSandboxStats {
+            attributes: Some(PodSandboxAttributes {
+                id: status.id.clone(),
+                metadata: status.metadata.clone(),
+                labels: status.labels.clone(),
+                annotations: status.annotations.clone(),
+            }),
+            linux: Some(LinuxPodSandboxStats { cpu, memory, network: None, process: None, containers }),
+            windows: None,
+        })
+    }
+
+    async fn pod_sandbox_stats(self, _c: Call, r: PodSandboxStatsRequest) -> Result<PodSandboxStatsResponse, Status> {
+        Ok(PodSandboxStatsResponse { stats: Some(self.sandbox_stats(&r.pod_sandbox_id).await?) })
+    }
+
+    async fn list_pod_sandbox_stats(
+        self,
+        _c: Call,
+        r: ListPodSandboxStatsRequest,
+    ) -> Result<ListPodSandboxStatsResponse, Status> {
+        let f = r.filter.unwrap_or_default();
+        let filter = PodSandboxFilter {
+            id: f.id,
+            label_selector: f.label_selector,
+            // Only ready sandboxes have stats (containerd's).
+            state: Some(k8s_cri::v1::PodSandboxStateValue { state: k8s_cri::v1::PodSandboxState::SandboxReady as i32 }),
+        };
+        let mut stats = Vec::new();
+        for s in self.sandboxes.list(Some(filter)).await? {
+            stats.push(self.sandbox_stats(&s.id).await?);
+        }
+        Ok(ListPodSandboxStatsResponse { stats })
     }
 
     async fn pull_image(self, _c: Call, r: PullImageRequest) -> Result<PullImageResponse, Status> {
@@ -388,6 +525,19 @@ pub fn router(svc: CriService) -> ServiceRouter {
         .unary_with(&rt("RemovePodSandbox"), &svc, CriService::remove_pod_sandbox)
         .unary_with(&rt("PodSandboxStatus"), &svc, CriService::pod_sandbox_status)
         .unary_with(&rt("ListPodSandbox"), &svc, CriService::list_pod_sandbox)
+        .unary_with(&rt("CreateContainer"), &svc, CriService::create_container)
+        .unary_with(&rt("StartContainer"), &svc, CriService::start_container)
+        .unary_with(&rt("StopContainer"), &svc, CriService::stop_container)
+        .unary_with(&rt("RemoveContainer"), &svc, CriService::remove_container)
+        .unary_with(&rt("ListContainers"), &svc, CriService::list_containers)
+        .unary_with(&rt("ContainerStatus"), &svc, CriService::container_status)
+        .unary_with(&rt("UpdateContainerResources"), &svc, CriService::update_container_resources)
+        .unary_with(&rt("ReopenContainerLog"), &svc, CriService::reopen_container_log)
+        .unary_with(&rt("ExecSync"), &svc, CriService::exec_sync)
+        .unary_with(&rt("ContainerStats"), &svc, CriService::container_stats)
+        .unary_with(&rt("ListContainerStats"), &svc, CriService::list_container_stats)
+        .unary_with(&rt("PodSandboxStats"), &svc, CriService::pod_sandbox_stats)
+        .unary_with(&rt("ListPodSandboxStats"), &svc, CriService::list_pod_sandbox_stats)
         .unary_with(&rt("Exec"), &svc, CriService::exec)
         .unary_with(&rt("Attach"), &svc, CriService::attach)
         .unary_with(&rt("PortForward"), &svc, CriService::port_forward)

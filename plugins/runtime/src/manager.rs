@@ -304,7 +304,9 @@ impl ShimManager {
         if let Err(e) = client.create(&request).await {
             let err = RuntimeError::from(e).context("failed to create shim task");
             let _ = client.delete(&DeleteRequest { id: id.to_string(), exec_id: String::new() }).await;
-            shut_down(&client, id, shim_pid).await;
+            if !self.shim_shared(shim_pid) {
+                shut_down(&client, id, shim_pid).await;
+            }
             abort(log);
             remove_bundle(&bundle).await;
             return Err(err);
@@ -425,9 +427,20 @@ impl ShimManager {
             return Err(Error::not_found(format!("task {id}")).into());
         }
         task.stop_watching(true);
-        shut_down(&task.client, &id, task.shim_pid).await;
+        if !self.shim_shared(task.shim_pid) {
+            shut_down(&task.client, &id, task.shim_pid).await;
+        }
         remove_bundle(&task.bundle).await;
         Ok(Exit { pid: response.pid, status: response.exit_status, exited_at: response.exited_at })
+    }
+
+    /// Whether a registered task is served by the shim of pid `shim_pid`:
+    /// the Go shim serves all the containers of a pod in one process
+    /// (grouped by the `io.kubernetes.cri.sandbox-id` annotation), and
+    /// such a shim must stay, neither shut down nor killed, while it has
+    /// tasks left (it exits by itself on the last one's Shutdown).
+    fn shim_shared(&self, shim_pid: u32) -> bool {
+        shim_pid > 1 && self.all().iter().any(|t| t.shim_pid == shim_pid)
     }
 
     /// Reconnects to the shims of the bundles an earlier daemon left, and

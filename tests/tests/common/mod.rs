@@ -14,6 +14,8 @@ use std::{
 
 use tonic::transport::{Channel, Endpoint};
 
+pub mod cri;
+
 /// `target/<profile>`, found from the test binary's own path.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -78,7 +78,7 @@ impl Calls {
         method: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        crate::sandbox::tasks_call(&self.host, method, req).await
+        crate::calls::tasks(&self.host, method, req).await
     }
 
     /// The container's OCI process with `cmd` and the terminal setting.
@@ -130,6 +130,41 @@ fn libc_o_nonblock() -> i32 {
 }
 
 /// Copies an output FIFO to a client stream, then half-closes it.
+/// Sends the client's terminal sizes to the pty of the task's process
+/// `exec_id` (`""`: its init) until the client stops sending them.
+pub(crate) fn forward_resizes(
+    host: Host,
+    id: &str,
+    exec_id: &str,
+    mut sizes: tokio::sync::mpsc::Receiver<(u16, u16)>,
+) -> JoinHandle<()> {
+    let (id, exec_id) = (id.to_string(), exec_id.to_string());
+    tokio::spawn(async move {
+        while let Some((width, height)) = sizes.recv().await {
+            let r = ResizePtyRequest {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+                width: u32::from(width),
+                height: u32::from(height),
+            };
+            let _ = crate::calls::tasks::<_, ()>(&host, "ResizePty", &r).await;
+        }
+    })
+}
+
+/// Waits until every output copy has ended, or the client is gone; then
+/// stops what is left of them.
+pub(crate) async fn finish_copies<T>(mut copies: Vec<JoinHandle<T>>, gone: &mut super::Gone) {
+    let outputs_done = futures::future::join_all(copies.iter_mut());
+    tokio::select! {
+        _ = outputs_done => {}
+        _ = gone => {}
+    }
+    for c in copies {
+        c.abort();
+    }
+}
+
 async fn copy_out(opened: JoinHandle<io::Result<std::fs::File>>, to: crated_spdy::StreamWriter) {
     let Ok(Ok(file)) = opened.await else {
         let _ = to.close().await;
@@ -257,21 +292,7 @@ impl CriRuntime {
             }
             _ => None,
         };
-        let resize_task = io.resize.take().map(|mut sizes| {
-            let calls = calls.clone();
-            let (id, exec_id) = (id.to_string(), exec_id.to_string());
-            tokio::spawn(async move {
-                while let Some((width, height)) = sizes.recv().await {
-                    let r = ResizePtyRequest {
-                        container_id: id.clone(),
-                        exec_id: exec_id.clone(),
-                        width: u32::from(width),
-                        height: u32::from(height),
-                    };
-                    let _ = calls.tasks::<_, ()>("ResizePty", &r).await;
-                }
-            })
-        });
+        let resize_task = io.resize.take().map(|sizes| forward_resizes(calls.host.clone(), id, exec_id, sizes));
 
         let wait = WaitRequest { container_id: id.into(), exec_id: exec_id.into() };
         let waited = {
@@ -289,14 +310,7 @@ impl CriRuntime {
         };
         // All output reaches the client before the status does; a client
         // gone meanwhile ends the wait.
-        let outputs_done = futures::future::join_all(copies.iter_mut());
-        tokio::select! {
-            _ = outputs_done => {}
-            _ = &mut io.gone => {}
-        }
-        for c in copies {
-            c.abort();
-        }
+        finish_copies(copies, &mut io.gone).await;
         if let Some(t) = stdin_task {
             t.abort();
         }

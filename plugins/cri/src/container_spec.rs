@@ -1,0 +1,683 @@
+//! The OCI runtime spec of a CRI container, as containerd 1.6's
+//! `containerSpec` (`pkg/cri/server/container_create_linux.go`,
+//! `pkg/cri/opts/spec_linux.go`): the image's process merged with the
+//! ContainerConfig, the sandbox's namespaces and cgroup parent, the
+//! sandbox's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, the
+//! CRI's mounts and devices, and the security context.
+//!
+//! Security: users and groups are resolved from the rootfs's `/etc/passwd`
+//! and `/etc/group` ([`Rootfs`]); capabilities start from containerd's
+//! defaults; masked and read-only paths are containerd's defaults unless
+//! the config names its own, none when privileged. Seccomp:
+//! `runtime/default` is [`default_seccomp`] (a deny-list of our own, see
+//! there), `localhost/<path>` a profile file in the runtime spec's JSON.
+//! AppArmor and SELinux are not applied: the kernels crated runs on here
+//! have neither enabled, and containerd skips both in that case too.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use crated_plugin_api::Status;
+use k8s_cri::v1::{
+    ContainerConfig, LinuxContainerResources, MountPropagation, NamespaceMode, PodSandboxConfig, SecurityProfile,
+};
+use serde_json::{json, Value};
+use shim_protocol::oci::{DEFAULT_CAPS, KNOWN_CAPS as ALL_CAPS};
+
+/// containerd's default masked paths (`oci.populateDefaultUnixSpec`).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+/// containerd's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The system calls [`default_seccomp`] refuses with EPERM: those that
+/// reach outside the container (modules, reboot, clocks, swap, keyrings,
+/// kexec, accounting), change namespaces or mounts, or inspect other
+/// processes (ptrace, process_vm_*), the same families Docker's and
+/// containerd's default profiles keep from a container without the
+/// matching capability. Everything else is allowed.
+pub const SECCOMP_DENIED: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "move_mount",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "open_tree",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "_sysctl",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+];
+
+/// The `runtime/default` seccomp profile: allow by default, EPERM for
+/// [`SECCOMP_DENIED`]. A deny-list rather than containerd's allow-list of
+/// several hundred calls: shorter to audit, and what it blocks is named.
+pub fn default_seccomp() -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "syscalls": [{"names": SECCOMP_DENIED, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    })
+}
+
+/// containerd's default mounts of a spec; sysfs is writable when privileged.
+pub fn default_mounts(privileged: bool) -> Vec<Value> {
+    let sys_opts: &[&str] =
+        if privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+        mount("/sys", "sysfs", "sysfs", sys_opts),
+    ]
+}
+
+pub fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Value {
+    json!({"destination": dest, "type": typ, "source": src, "options": opts})
+}
+
+/// The files of a container's root filesystem before it runs, read through
+/// its snapshot's mounts without mounting them: an overlay's upper, then
+/// lower directories, or a bind mount's source.
+pub struct Rootfs {
+    layers: Vec<PathBuf>,
+}
+
+impl Rootfs {
+    pub fn from_mounts(mounts: &[containerd_client::types::Mount]) -> Rootfs {
+        let mut layers = Vec::new();
+        for m in mounts {
+            if m.r#type == "bind" || m.r#type.is_empty() {
+                layers.push(PathBuf::from(&m.source));
+                continue;
+            }
+            let opt = |k: &str| m.options.iter().find_map(|o| o.strip_prefix(k).map(str::to_string));
+            if let Some(upper) = opt("upperdir=") {
+                layers.push(upper.into());
+            }
+            if let Some(lower) = opt("lowerdir=") {
+                layers.extend(lower.split(':').map(PathBuf::from));
+            }
+        }
+        Rootfs { layers }
+    }
+
+    /// A file's content from the topmost layer that has it (a whiteout, a
+    /// character device, hides it).
+    pub fn read(&self, path: &str) -> Option<String> {
+        use std::os::unix::fs::FileTypeExt;
+        let rel = path.trim_start_matches('/');
+        for layer in &self.layers {
+            let p = layer.join(rel);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_char_device() => return None,
+                Ok(_) => return std::fs::read_to_string(&p).ok(),
+                Err(_) => continue,
+            }
+        }
+        None
+    }
+}
+
+/// The process's user as runc takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub username: String,
+}
+
+fn passwd_entries(text: &str) -> impl Iterator<Item = (String, u32, u32)> + '_ {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+    })
+}
+
+fn group_entries(text: &str) -> impl Iterator<Item = (String, u32, Vec<String>)> + '_ {
+    text.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        let members = f.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect());
+        Some((f.first()?.to_string(), f.get(2)?.parse().ok()?, members.unwrap_or_default()))
+    })
+}
+
+/// containerd's user resolution: `run_as_user` (gid from passwd when the
+/// uid is listed), else `run_as_username` (must be in passwd), else the
+/// image's `User` (`uid`, `name`, with `:gid`/`:group`); `run_as_group`
+/// overrides the gid; the groups of `/etc/group` naming the user, then
+/// the supplemental groups, are the additional gids.
+pub fn resolve_user(
+    rootfs: &Rootfs,
+    image_user: &str,
+    run_as_user: Option<i64>,
+    run_as_username: &str,
+    run_as_group: Option<i64>,
+    supplemental: &[i64],
+) -> Result<User, Status> {
+    let passwd = rootfs.read("/etc/passwd").unwrap_or_default();
+    let groups = rootfs.read("/etc/group").unwrap_or_default();
+    let by_uid = |uid: u32| passwd_entries(&passwd).find(|(_, u, _)| *u == uid);
+    let by_name = |name: &str| passwd_entries(&passwd).find(|(n, _, _)| n == name);
+    let mut user = User::default();
+    let mut group_spec = String::new();
+    if let Some(uid) = run_as_user {
+        user.uid = u32::try_from(uid).map_err(|_| Status::invalid_argument(format!("invalid run_as_user {uid}")))?;
+        if let Some((name, _, gid)) = by_uid(user.uid) {
+            user.gid = gid;
+            user.username = name;
+        }
+    } else if !run_as_username.is_empty() {
+        let (name, uid, gid) = by_name(run_as_username).ok_or_else(|| {
+            Status::invalid_argument(format!("no users found for {run_as_username:?} in the image's /etc/passwd"))
+        })?;
+        (user.uid, user.gid, user.username) = (uid, gid, name);
+    } else if !image_user.is_empty() {
+        let (u, g) = image_user.split_once(':').unwrap_or((image_user, ""));
+        group_spec = g.to_string();
+        if let Ok(uid) = u.parse::<u32>() {
+            user.uid = uid;
+            if let Some((name, _, gid)) = by_uid(uid) {
+                user.gid = gid;
+                user.username = name;
+            }
+        } else {
+            let (name, uid, gid) = by_name(u).ok_or_else(|| {
+                Status::invalid_argument(format!("no users found for image user {u:?} in /etc/passwd"))
+            })?;
+            (user.uid, user.gid, user.username) = (uid, gid, name);
+        }
+    } else if let Some((name, _, gid)) = by_uid(0) {
+        user.gid = gid;
+        user.username = name;
+    }
+    if !group_spec.is_empty() {
+        user.gid = match group_spec.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_entries(&groups)
+                .find(|(n, _, _)| *n == group_spec)
+                .map(|(_, gid, _)| gid)
+                .ok_or_else(|| Status::invalid_argument(format!("no groups found for {group_spec:?}")))?,
+        };
+    }
+    if let Some(gid) = run_as_group {
+        user.gid = u32::try_from(gid).map_err(|_| Status::invalid_argument(format!("invalid run_as_group {gid}")))?;
+    }
+    if !user.username.is_empty() {
+        for (_, gid, members) in group_entries(&groups) {
+            if members.contains(&user.username) && gid != user.gid && !user.additional_gids.contains(&gid) {
+                user.additional_gids.push(gid);
+            }
+        }
+    }
+    for g in supplemental {
+        let g = u32::try_from(*g).map_err(|_| Status::invalid_argument(format!("invalid supplemental group {g}")))?;
+        if !user.additional_gids.contains(&g) {
+            user.additional_gids.push(g);
+        }
+    }
+    Ok(user)
+}
+
+/// `add` and `drop` applied to the defaults (names with or without `CAP_`,
+/// any case; `ALL` in either).
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let norm = |c: &String| {
+        let c = c.to_ascii_uppercase();
+        if c == "ALL" || c.starts_with("CAP_") {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    let add: Vec<String> = add.iter().map(norm).collect();
+    let drop: Vec<String> = drop.iter().map(norm).collect();
+    let mut caps: Vec<String> = if add.iter().any(|c| c == "ALL") {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
+    };
+    if drop.iter().any(|c| c == "ALL") {
+        caps.clear();
+    } else {
+        caps.retain(|c| !drop.contains(c));
+    }
+    for c in add.into_iter().filter(|c| c != "ALL") {
+        if !caps.contains(&c) {
+            caps.push(c);
+        }
+    }
+    caps
+}
+
+/// A seccomp profile from the CRI's security profile: `None` unconfined.
+pub fn seccomp(profile: Option<&SecurityProfile>, legacy: &str) -> Result<Option<Value>, Status> {
+    use k8s_cri::v1::security_profile::ProfileType;
+    let localhost = |path: &str| -> Result<Option<Value>, Status> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Status::invalid_argument(format!("failed to load seccomp profile {path:?}: {e}")))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Status::invalid_argument(format!("failed to parse seccomp profile {path:?}: {e}")))?;
+        Ok(Some(v))
+    };
+    match profile {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(Some(default_seccomp())),
+            Ok(ProfileType::Localhost) => localhost(&p.localhost_ref),
+            _ => Ok(None),
+        },
+        None => match legacy {
+            "" | "unconfined" => Ok(None),
+            "runtime/default" | "docker/default" => Ok(Some(default_seccomp())),
+            other => match other.strip_prefix("localhost/") {
+                Some(path) => localhost(path),
+                None => Err(Status::invalid_argument(format!("unsupported seccomp profile {other:?}"))),
+            },
+        },
+    }
+}
+
+/// The spec's `linux.resources` from the CRI's (absent fields left out).
+pub fn linux_resources(r: &LinuxContainerResources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_period != 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_shares != 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut memory = serde_json::Map::new();
+    if r.memory_limit_in_bytes != 0 {
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    if r.memory_swap_limit_in_bytes != 0 {
+        memory.insert("swap".into(), json!(r.memory_swap_limit_in_bytes));
+    }
+    let mut out = json!({});
+    if !cpu.is_empty() {
+        out["cpu"] = Value::Object(cpu);
+    }
+    if !memory.is_empty() {
+        out["memory"] = Value::Object(memory);
+    }
+    if !r.hugepage_limits.is_empty() {
+        out["hugepageLimits"] = json!(r
+            .hugepage_limits
+            .iter()
+            .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+            .collect::<Vec<_>>());
+    }
+    if !r.unified.is_empty() {
+        out["unified"] = json!(r.unified);
+    }
+    out
+}
+
+/// What the spec is built from besides the container's config.
+pub struct SpecInput<'a> {
+    pub id: &'a str,
+    pub sandbox_id: &'a str,
+    pub sandbox_pid: u32,
+    pub sandbox: &'a PodSandboxConfig,
+    /// The sandbox's directory: `hosts`, `hostname`, `resolv.conf`.
+    pub sandbox_dir: &'a Path,
+    /// The pod's `/dev/shm` (see [`crate::sandbox::Sandboxes::shm`]).
+    pub sandbox_shm: &'a Path,
+    pub config: &'a ContainerConfig,
+    /// The image's config (`config` of the OCI image config).
+    pub image_config: &'a Value,
+    pub image_name: &'a str,
+    pub user: &'a User,
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn propagation(p: i32) -> &'static str {
+    match MountPropagation::try_from(p) {
+        Ok(MountPropagation::PropagationHostToContainer) => "rslave",
+        Ok(MountPropagation::PropagationBidirectional) => "rshared",
+        _ => "rprivate",
+    }
+}
+
+/// A device node's type and numbers, for `linux.devices`.
+fn device_of(host: &str) -> Result<(&'static str, i64, i64, u32), Status> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = std::fs::metadata(host)
+        .map_err(|e| Status::invalid_argument(format!("failed to stat device {host:?}: {e}")))?;
+    let t = if m.file_type().is_char_device() {
+        "c"
+    } else if m.file_type().is_block_device() {
+        "b"
+    } else {
+        return Err(Status::invalid_argument(format!("{host:?} is not a device node")));
+    };
+    let rdev = m.rdev();
+    Ok((t, rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64, m.mode() & 0o7777))
+}
+
+/// The container's spec (JSON, checked against oci-spec's types).
+pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
+    let config = input.config;
+    let img = input.image_config.get("config").cloned().unwrap_or(Value::Null);
+    let (mut command, mut args) = (config.command.clone(), config.args.clone());
+    if command.is_empty() {
+        if args.is_empty() {
+            args = strings(img.get("Cmd"));
+        }
+        command = strings(img.get("Entrypoint"));
+    }
+    command.extend(args);
+    if command.is_empty() {
+        return Err(Status::invalid_argument("no command specified"));
+    }
+    let linux = config.linux.clone().unwrap_or_default();
+    let sec = linux.security_context.clone().unwrap_or_default();
+    let privileged = sec.privileged;
+    let sandbox_linux = input.sandbox.linux.clone().unwrap_or_default();
+    let sandbox_sec = sandbox_linux.security_context.clone().unwrap_or_default();
+    if privileged && !sandbox_sec.privileged {
+        return Err(Status::invalid_argument("no privileged container allowed in sandbox"));
+    }
+    let ns = sec.namespace_options.clone().unwrap_or_default();
+    let sandbox_ns = sandbox_sec.namespace_options.clone().unwrap_or_default();
+    let host_net = sandbox_ns.network == NamespaceMode::Node as i32;
+
+    // Environment: PATH, HOSTNAME, the image's, the config's; later wins.
+    let hostname = std::fs::read_to_string(input.sandbox_dir.join("hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| input.sandbox.hostname.clone());
+    let mut env: Vec<String> = vec![DEFAULT_PATH.into(), format!("HOSTNAME={hostname}")];
+    let mut set = |kv: String| {
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    };
+    strings(img.get("Env")).into_iter().for_each(&mut set);
+    config.envs.iter().for_each(|e| set(format!("{}={}", e.key, e.value)));
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else {
+        img.get("WorkingDir").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("/").to_string()
+    };
+
+    let pid_path = |p: u32, ns: &str| format!("/proc/{p}/ns/{ns}");
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if !host_net {
+        namespaces.push(json!({"type": "network", "path": pid_path(input.sandbox_pid, "net")}));
+        namespaces.push(json!({"type": "uts", "path": pid_path(input.sandbox_pid, "uts")}));
+    }
+    if sandbox_ns.ipc != NamespaceMode::Node as i32 {
+        namespaces.push(json!({"type": "ipc", "path": pid_path(input.sandbox_pid, "ipc")}));
+    }
+    match NamespaceMode::try_from(ns.pid) {
+        Ok(NamespaceMode::Pod) => namespaces.push(json!({"type": "pid", "path": pid_path(input.sandbox_pid, "pid")})),
+        Ok(NamespaceMode::Node) => {}
+        Ok(NamespaceMode::Target) => {
+            return Err(Status::invalid_argument("the TARGET pid namespace mode is not supported by crated"))
+        }
+        _ => namespaces.push(json!({"type": "pid"})),
+    }
+
+    // CRI mounts replace defaults at the same destination.
+    let readonly_root = sec.readonly_rootfs;
+    let mut mounts = default_mounts(privileged);
+    let mut extra = Vec::new();
+    let cri_dests: Vec<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let file_opts: &[&str] = if readonly_root { &["rbind", "rprivate", "ro"] } else { &["rbind", "rprivate", "rw"] };
+    for (dest, file) in [("/etc/hosts", "hosts"), ("/etc/hostname", "hostname"), ("/etc/resolv.conf", "resolv.conf")] {
+        let src = input.sandbox_dir.join(file);
+        if !cri_dests.contains(&dest) && src.exists() {
+            extra.push(mount(dest, "bind", &src.display().to_string(), file_opts));
+        }
+    }
+    // The pod's /dev/shm, or the host's for a pod in the host's IPC
+    // namespace (containerd's `containerMounts`).
+    if !cri_dests.contains(&"/dev/shm") {
+        if sandbox_ns.ipc == NamespaceMode::Node as i32 {
+            extra.push(mount("/dev/shm", "bind", "/dev/shm", &["rbind", "rprivate", "rw"]));
+        } else if input.sandbox_shm.exists() {
+            let src = input.sandbox_shm.display().to_string();
+            extra.push(mount("/dev/shm", "bind", &src, &["rbind", "rprivate", "rw"]));
+        }
+    }
+    let mut rootfs_propagation = None;
+    for m in &config.mounts {
+        if m.container_path.is_empty() || m.host_path.is_empty() {
+            return Err(Status::invalid_argument("a mount needs a container path and a host path"));
+        }
+        let src = Path::new(&m.host_path);
+        if !src.exists() {
+            std::fs::create_dir_all(src)
+                .map_err(|e| Status::internal(format!("failed to mkdir {:?}: {e}", m.host_path)))?;
+        }
+        let prop = propagation(m.propagation);
+        match prop {
+            "rshared" => rootfs_propagation = Some("rshared"),
+            "rslave" if rootfs_propagation.is_none() => rootfs_propagation = Some("rslave"),
+            _ => {}
+        }
+        let rw = if m.readonly { "ro" } else { "rw" };
+        extra.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, rw]));
+    }
+    let extra_dests: Vec<String> = extra.iter().filter_map(|m| m["destination"].as_str().map(str::to_string)).collect();
+    mounts.retain(|m| !extra_dests.iter().any(|d| Some(d.as_str()) == m["destination"].as_str()));
+    mounts.extend(extra);
+    if !privileged {
+        // containerd's cgroup mount, read-only.
+        mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]));
+    }
+
+    let mut devices = Vec::new();
+    let mut device_rules = vec![json!({"allow": privileged, "access": "rwm"})];
+    for d in &config.devices {
+        let (t, major, minor, mode) = device_of(&d.host_path)?;
+        devices.push(json!({"path": d.container_path, "type": t, "major": major, "minor": minor, "fileMode": mode, "uid": 0, "gid": 0}));
+        let access = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+        device_rules.push(json!({"allow": true, "type": t, "major": major, "minor": minor, "access": access}));
+    }
+
+    let resources = linux.resources.clone().unwrap_or_default();
+    let mut res = linux_resources(&resources);
+    res["devices"] = json!(device_rules);
+
+    let caps = if privileged {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        let c = sec.capabilities.clone().unwrap_or_default();
+        capabilities(&c.add_capabilities, &c.drop_capabilities)
+    };
+    #[allow(deprecated)]
+    let seccomp = if privileged { None } else { seccomp(sec.seccomp.as_ref(), &sec.seccomp_profile_path)? };
+    let (masked, readonly): (Vec<String>, Vec<String>) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            if sec.masked_paths.is_empty() {
+                MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+            } else {
+                sec.masked_paths.clone()
+            },
+            if sec.readonly_paths.is_empty() {
+                READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+            } else {
+                sec.readonly_paths.clone()
+            },
+        )
+    };
+    let cgroups_path = if sandbox_linux.cgroup_parent.is_empty() {
+        format!("/{}", input.id)
+    } else {
+        format!("{}/{}", sandbox_linux.cgroup_parent.trim_end_matches('/'), input.id)
+    };
+    let meta = input.sandbox.metadata.clone().unwrap_or_default();
+    let mut annotations: BTreeMap<String, String> = config.annotations.clone().into_iter().collect();
+    annotations.insert("io.kubernetes.cri.container-type".into(), "container".into());
+    annotations.insert(
+        "io.kubernetes.cri.container-name".into(),
+        config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+    );
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), input.sandbox_id.into());
+    annotations.insert("io.kubernetes.cri.sandbox-name".into(), meta.name);
+    annotations.insert("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace);
+    annotations.insert("io.kubernetes.cri.sandbox-uid".into(), meta.uid);
+    annotations.insert("io.kubernetes.cri.image-name".into(), input.image_name.into());
+
+    let mut linux_doc = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": cgroups_path,
+        "resources": res,
+        "maskedPaths": masked,
+        "readonlyPaths": readonly,
+        "devices": devices,
+    });
+    if let Some(s) = seccomp {
+        linux_doc["seccomp"] = s;
+    }
+    if let Some(p) = rootfs_propagation {
+        linux_doc["rootfsPropagation"] = json!(p);
+    }
+    let mut process = json!({
+        "terminal": config.tty,
+        "user": {"uid": input.user.uid, "gid": input.user.gid, "additionalGids": input.user.additional_gids},
+        "args": command,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": sec.no_new_privs,
+    });
+    if resources.oom_score_adj != 0 {
+        process["oomScoreAdj"] = json!(resources.oom_score_adj);
+    }
+    let doc = json!({
+        "ociVersion": "1.0.2-dev",
+        "root": {"path": "rootfs", "readonly": readonly_root},
+        "process": process,
+        "mounts": mounts,
+        "linux": linux_doc,
+        "annotations": annotations,
+    });
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_value(doc).map_err(|e| Status::internal(format!("invalid container spec: {e}")))?;
+    serde_json::to_vec(&spec).map_err(|e| Status::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs_with(files: &[(&str, &str)]) -> (tempfile::TempDir, Rootfs) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, c) in files {
+            let path = dir.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, c).unwrap();
+        }
+        let r = Rootfs { layers: vec![dir.path().to_path_buf()] };
+        (dir, r)
+    }
+
+    #[test]
+    fn users_resolve_from_passwd_and_group() {
+        let (_d, r) = rootfs_with(&[
+            ("/etc/passwd", "root:x:0:0::/root:/bin/sh\nalice:x:1000:1001::/home/alice:/bin/sh\n"),
+            ("/etc/group", "root:x:0:\nalice:x:1001:\nwheel:x:10:alice,bob\naudio:x:29:alice\n"),
+        ]);
+        let u = resolve_user(&r, "", None, "alice", None, &[5000]).unwrap();
+        assert_eq!(u, User { uid: 1000, gid: 1001, additional_gids: vec![10, 29, 5000], username: "alice".into() });
+        let u = resolve_user(&r, "", Some(1000), "", Some(7), &[]).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 7));
+        let u = resolve_user(&r, "alice:wheel", None, "", None, &[]).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 10));
+        let u = resolve_user(&r, "", Some(4242), "", None, &[]).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids.len()), (4242, 0, 0));
+        assert!(resolve_user(&r, "", None, "nobody", None, &[]).is_err());
+    }
+
+    #[test]
+    fn capabilities_add_and_drop_all() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(capabilities(&s(&["net_admin"]), &s(&["ALL"])), s(&["CAP_NET_ADMIN"]));
+        let c = capabilities(&[], &s(&["CAP_CHOWN", "kill"]));
+        assert!(!c.contains(&"CAP_CHOWN".to_string()) && !c.contains(&"CAP_KILL".to_string()));
+        assert_eq!(capabilities(&s(&["ALL"]), &[]).len(), ALL_CAPS.len());
+    }
+
+    #[test]
+    fn the_default_seccomp_profile_is_valid_oci() {
+        let s: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(default_seccomp()).unwrap();
+        assert_eq!(s.syscalls().as_ref().unwrap()[0].names().len(), SECCOMP_DENIED.len());
+    }
+}

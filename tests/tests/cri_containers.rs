@@ -1,0 +1,629 @@
+//! CRI containers through k8s-cri's tonic clients on the bundle daemon,
+//! in a pod on a real CNI bridge, from an image pulled from a real
+//! registry (busybox-static with an `/etc/passwd` and `/etc/group`), run
+//! by Debian's shim and runc: the create/start/status/list/stop/remove
+//! lifecycle with exit codes and reasons, the CRI log on disk (a long line
+//! split into `P` and `F` entries), the records containerd's CRI leaves,
+//! a running container surviving a daemon restart with its log and exit
+//! monitor back, one exiting while the daemon is down found exited, stop
+//! escalating to SIGKILL for a process ignoring SIGTERM, ExecSync (output,
+//! exit code, timeout), the security context observed from inside
+//! (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs, seccomp
+//! `runtime/default` refusing mount(2) that succeeds unconfined), a
+//! read-only host mount, the pod's shared `/dev/shm`, stats,
+//! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
+//! rotation, a start failing with StartError, and bad input that leaves
+//! nothing behind.
+//!
+//! The world (registry, daemon, CNI) and its guard, which removes every
+//! container and sandbox even when an assertion failed, are
+//! `common::cri`'s. Needs root.
+
+mod common;
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use common::cri::{host_network, metadata, run, Pods, NS, PAUSE};
+use containerd_client::services::v1::{
+    containers_client::ContainersClient,
+    snapshots::{snapshots_client::SnapshotsClient, ListSnapshotsRequest, StatSnapshotRequest},
+    GetContainerRequest, ListContainersRequest as CtrListContainers,
+};
+use crated_tests::images::{oci_archive_of, rootfs_layer, ImageOptions};
+use crated_tests::transfer_client::with_ns;
+use k8s_cri::v1::security_profile::ProfileType;
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, Capability, ContainerConfig, ContainerFilter, ContainerMetadata,
+    ContainerState, ContainerStateValue, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
+    ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, ListContainerStatsRequest, ListContainersRequest, Mount, MountPropagation,
+    PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest, RemoveContainerRequest, ReopenContainerLogRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, UpdateContainerResourcesRequest,
+};
+use serde_json::Value;
+use tonic::{transport::Channel, Code};
+
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1001::/tmp:/bin/sh\n";
+const GROUP: &[u8] = b"root:x:0:\nalice:x:1001:\nwheel:x:10:alice\n";
+
+/// The layer adding `etc/passwd` and `etc/group` (root-owned, 0644).
+fn etc_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in [("etc/passwd", PASSWD), ("etc/group", GROUP)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Starts the world with a small log line limit, a network, the app image
+/// pulled into `k8s.io`, and one pod whose logs go under the test's dir.
+async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
+    let pods = Pods::start_with(n, PAUSE, "max_container_log_line_size = 64").await;
+    pods.write_conflist();
+    let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
+    let etc = etc_layer();
+    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc]).unwrap();
+    let image = pods.push("test/app:1", &archive).await;
+    let ch = pods.channel().await;
+    ImageServiceClient::new(ch.clone())
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull the app image");
+    let sandbox_config = PodSandboxConfig {
+        metadata: metadata("app"),
+        hostname: "app-host".into(),
+        log_directory: pods.dir.path().join("logs/app").display().to_string(),
+        ..Default::default()
+    };
+    let sandbox = run(&ch, sandbox_config.clone()).await.expect("run the pod");
+    (pods, ch, image, sandbox, sandbox_config)
+}
+
+fn config(name: &str, image: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(ImageSpec { image: image.into(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("name".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+fn security(sec: LinuxContainerSecurityContext) -> Option<LinuxContainerConfig> {
+    Some(LinuxContainerConfig { resources: None, security_context: Some(sec) })
+}
+
+async fn create(
+    ch: &Channel,
+    sandbox: &str,
+    sandbox_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    let req = CreateContainerRequest {
+        pod_sandbox_id: sandbox.into(),
+        config: Some(config),
+        sandbox_config: Some(sandbox_config.clone()),
+    };
+    Pods::rt(ch).create_container(req).await.map(|r| r.into_inner().container_id)
+}
+
+async fn start(ch: &Channel, id: &str) {
+    Pods::rt(ch).start_container(StartContainerRequest { container_id: id.into() }).await.expect("start container");
+}
+
+async fn status(ch: &Channel, id: &str) -> (k8s_cri::v1::ContainerStatus, Value) {
+    let req = ContainerStatusRequest { container_id: id.into(), verbose: true };
+    let r = Pods::rt(ch).container_status(req).await.expect("container status").into_inner();
+    (r.status.unwrap(), serde_json::from_str(&r.info["info"]).expect("verbose info is JSON"))
+}
+
+/// Polls until the container has exited (the exit monitor recorded it).
+async fn exited(ch: &Channel, id: &str) -> k8s_cri::v1::ContainerStatus {
+    for _ in 0..300 {
+        let (st, _) = status(ch, id).await;
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("container {id} did not exit");
+}
+
+async fn list(ch: &Channel, filter: ContainerFilter) -> Vec<String> {
+    let r = Pods::rt(ch).list_containers(ListContainersRequest { filter: Some(filter) }).await.expect("list");
+    let mut ids: Vec<String> = r.into_inner().containers.into_iter().map(|c| c.id).collect();
+    ids.sort();
+    ids
+}
+
+fn state_is(state: ContainerState) -> ContainerFilter {
+    ContainerFilter { state: Some(ContainerStateValue { state: state as i32 }), ..Default::default() }
+}
+
+async fn exec(ch: &Channel, id: &str, script: &str, timeout: i64) -> Result<(String, String, i32), tonic::Status> {
+    let req =
+        ExecSyncRequest { container_id: id.into(), cmd: vec!["/bin/sh".into(), "-c".into(), script.into()], timeout };
+    let r = Pods::rt(ch).exec_sync(req).await?.into_inner();
+    Ok((String::from_utf8_lossy(&r.stdout).into_owned(), String::from_utf8_lossy(&r.stderr).into_owned(), r.exit_code))
+}
+
+/// The entries of a CRI log file: (stream, tag, content); every timestamp
+/// must parse as RFC 3339.
+fn log_entries(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    text.lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap();
+            assert!(ts.len() >= 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "timestamp {ts:?} in {l:?}");
+            let stream = f.next().unwrap().to_string();
+            let tag = f.next().unwrap().to_string();
+            (stream, tag, f.next().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+/// A cgroup parent of the test's own, removed from every hierarchy when
+/// dropped (runc leaves a pod's parent behind, as under containerd).
+struct CgroupParent(String);
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        for h in hierarchies.iter().map(|h| h.join(&self.0)).chain([Path::new("/sys/fs/cgroup").join(&self.0)]) {
+            let _ = std::fs::remove_dir(h);
+        }
+    }
+}
+
+/// Polls until the CRI log at `path` has an entry with `content`.
+async fn wait_for_line(path: &Path, content: &str) {
+    for _ in 0..100 {
+        if path.exists() && log_entries(path).iter().any(|e| e.2 == content) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{content:?} never reached {path:?}");
+}
+
+async fn container_records(ch: &Channel) -> Vec<String> {
+    let r = ContainersClient::new(ch.clone()).list(with_ns(CtrListContainers::default(), NS)).await.unwrap();
+    let mut ids: Vec<String> = r
+        .into_inner()
+        .containers
+        .into_iter()
+        .filter(|c| c.labels.get("io.cri-containerd.kind").map(String::as_str) == Some("container"))
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn snapshot_exists(ch: &Channel, key: &str) -> bool {
+    SnapshotsClient::new(ch.clone())
+        .stat(with_ns(StatSnapshotRequest { snapshotter: "overlayfs".into(), key: key.into() }, NS))
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_log_restart_stop_remove() {
+    let (mut pods, ch, image, sandbox, sandbox_config) = world(3).await;
+
+    // A container that writes to both streams, a line longer than the
+    // limit (64), an unterminated last line, and exits 3.
+    let script = "echo hello; echo oops >&2; printf 'x%.0s' $(seq 1 100); echo; printf tail; exit 3";
+    let echo = create(&ch, &sandbox, &sandbox_config, config("echo", &image, script)).await.expect("create");
+    assert_eq!(echo.len(), 64);
+    let (st, info) = status(&ch, &echo).await;
+    assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    assert!(st.created_at > 0 && st.started_at == 0, "{st:?}");
+    assert_eq!(info["sandboxID"], sandbox.as_str());
+    let spec = &info["runtimeSpec"];
+    assert_eq!(spec["annotations"]["io.kubernetes.cri.container-type"], "container");
+    assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], sandbox.as_str());
+    let ns = spec["linux"]["namespaces"].as_array().unwrap();
+    assert!(ns.iter().any(|n| n["type"] == "network" && n["path"].as_str().unwrap().ends_with("/ns/net")), "{ns:?}");
+    assert!(ns.iter().any(|n| n["type"] == "pid" && n["path"].as_str().unwrap().ends_with("/ns/pid")), "{ns:?}");
+    let mounts = spec["mounts"].as_array().unwrap();
+    for dest in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+        assert!(mounts.iter().any(|m| m["destination"] == dest), "{dest} not mounted: {mounts:?}");
+    }
+
+    // The record containerd's CRI leaves, and its snapshot.
+    let c = ContainersClient::new(ch.clone())
+        .get(with_ns(GetContainerRequest { id: echo.clone() }, NS))
+        .await
+        .unwrap()
+        .into_inner()
+        .container
+        .unwrap();
+    assert_eq!(c.labels["io.cri-containerd.kind"], "container");
+    assert_eq!(c.labels["name"], "echo");
+    assert!(c.extensions.contains_key("io.cri-containerd.container.metadata"), "{:?}", c.extensions.keys());
+    assert_eq!(c.snapshot_key, echo);
+    assert!(snapshot_exists(&ch, &echo).await);
+
+    start(&ch, &echo).await;
+    let st = exited(&ch, &echo).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
+    assert!(st.started_at > 0 && st.finished_at >= st.started_at, "{st:?}");
+    let log = pods.dir.path().join("logs/app/echo.log");
+    assert_eq!(st.log_path, log.display().to_string());
+    let entries = log_entries(&log);
+    let of = |stream: &str| -> Vec<(String, String)> {
+        entries.iter().filter(|e| e.0 == stream).map(|e| (e.1.clone(), e.2.clone())).collect()
+    };
+    let s = |t: &str, c: &str| (t.to_string(), c.to_string());
+    assert_eq!(
+        of("stdout"),
+        vec![s("F", "hello"), s("P", &"x".repeat(64)), s("F", &"x".repeat(36)), s("P", "tail")],
+        "{entries:?}"
+    );
+    assert_eq!(of("stderr"), vec![s("F", "oops")]);
+
+    // A clean exit is Completed.
+    let ok = create(&ch, &sandbox, &sandbox_config, config("ok", &image, "exit 0")).await.unwrap();
+    start(&ch, &ok).await;
+    let st = exited(&ch, &ok).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    let again = Pods::rt(&ch).start_container(StartContainerRequest { container_id: ok.clone() }).await;
+    assert!(again.is_err(), "an exited container starts again: {again:?}");
+
+    // A process that ignores SIGTERM, still running across a restart.
+    let stubborn = create(
+        &ch,
+        &sandbox,
+        &sandbox_config,
+        config(
+            "stubborn",
+            &image,
+            "trap '' TERM; echo up; while true; do [ -f /dev/shm/ping ] && echo pong && rm /dev/shm/ping; sleep 0.1; done",
+        ),
+    )
+    .await
+    .unwrap();
+    start(&ch, &stubborn).await;
+    let (st, info) = status(&ch, &stubborn).await;
+    assert_eq!(st.state, ContainerState::ContainerRunning as i32);
+    assert!(info["pid"].as_u64().unwrap() > 0, "{info}");
+
+    // Lists and filters.
+    let mut all = vec![echo.clone(), ok.clone(), stubborn.clone()];
+    all.sort();
+    assert_eq!(list(&ch, ContainerFilter::default()).await, all);
+    assert_eq!(list(&ch, state_is(ContainerState::ContainerRunning)).await, vec![stubborn.clone()]);
+    let mut done = vec![echo.clone(), ok.clone()];
+    done.sort();
+    assert_eq!(list(&ch, state_is(ContainerState::ContainerExited)).await, done);
+    assert_eq!(
+        list(&ch, ContainerFilter { id: stubborn[..10].into(), ..Default::default() }).await,
+        vec![stubborn.clone()]
+    );
+    assert_eq!(list(&ch, ContainerFilter { pod_sandbox_id: sandbox.clone(), ..Default::default() }).await, all);
+    assert_eq!(
+        list(&ch, ContainerFilter { pod_sandbox_id: "0000".into(), ..Default::default() }).await,
+        Vec::<String>::new()
+    );
+    let by_label =
+        ContainerFilter { label_selector: HashMap::from([("name".into(), "ok".into())]), ..Default::default() };
+    assert_eq!(list(&ch, by_label).await, vec![ok.clone()]);
+
+    // One that exits while the daemon is down, told to by a file in the
+    // pod's /dev/shm (a tmpfs the host sees too).
+    let brief = create(
+        &ch,
+        &sandbox,
+        &sandbox_config,
+        config("brief", &image, "while [ ! -f /dev/shm/stop ]; do sleep 0.1; done; echo bye; exit 5"),
+    )
+    .await
+    .unwrap();
+    start(&ch, &brief).await;
+    let (_, info) = status(&ch, &brief).await;
+    let brief_pid = info["pid"].as_u64().unwrap() as u32;
+    let shm = pods.d().setup.state().join(common::cri::CRI).join("sandboxes").join(&sandbox).join("shm");
+
+    // A restarted daemon lists the same containers, the same states; the
+    // one that exited meanwhile has its exit recorded.
+    {
+        let d = pods.daemon.as_mut().unwrap();
+        d.stop();
+        std::fs::write(shm.join("stop"), "").unwrap();
+        assert!(common::wait_process_gone(brief_pid, Duration::from_secs(30)), "brief did not exit");
+        d.restart();
+    }
+    let ch = pods.channel().await;
+    all.push(brief.clone());
+    all.sort();
+    assert_eq!(list(&ch, ContainerFilter::default()).await, all);
+    // The exit monitor, back, collects the exit.
+    let st = exited(&ch, &brief).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (5, "Error"), "{st:?}");
+    assert_eq!(list(&ch, state_is(ContainerState::ContainerRunning)).await, vec![stubborn.clone()]);
+    let (st, _) = status(&ch, &echo).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+
+    // Its output still reaches its log: the FIFOs were opened again.
+    std::fs::write(shm.join("ping"), "").unwrap();
+    let stubborn_log = pods.dir.path().join("logs/app/stubborn.log");
+    wait_for_line(&stubborn_log, "pong").await;
+
+    // Stop: SIGTERM is ignored, SIGKILL after the timeout ends it, and the
+    // exit monitor re-attached after the restart records it.
+    Pods::rt(&ch)
+        .stop_container(StopContainerRequest { container_id: stubborn.clone(), timeout: 1 })
+        .await
+        .expect("stop");
+    let st = exited(&ch, &stubborn).await;
+    assert_eq!(st.exit_code, 137, "killed by SIGKILL: {st:?}");
+    let entries = log_entries(&stubborn_log);
+    let lines: Vec<&str> = entries.iter().map(|e| e.2.as_str()).collect();
+    assert_eq!(lines, ["up", "pong"]);
+
+    // Remove: record, snapshot and status gone; the log stays (the
+    // kubelet's); removing again is fine.
+    for id in &all {
+        Pods::rt(&ch).remove_container(RemoveContainerRequest { container_id: id.clone() }).await.expect("remove");
+    }
+    assert_eq!(list(&ch, ContainerFilter::default()).await, Vec::<String>::new());
+    assert_eq!(container_records(&ch).await, Vec::<String>::new());
+    assert!(!snapshot_exists(&ch, &echo).await);
+    assert!(!pods.cri_root().join("containers").join(&echo).exists());
+    assert!(log.exists());
+    Pods::rt(&ch).remove_container(RemoveContainerRequest { container_id: echo.clone() }).await.expect("again");
+    let gone = Pods::rt(&ch).container_status(ContainerStatusRequest { container_id: echo, verbose: false }).await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_security_stats_and_bad_input() {
+    // Declared first, dropped last: after the world removed the pods.
+    let cgroup_parent = CgroupParent(format!("crated-test-cri-{}", std::process::id()));
+    let (pods, ch, image, sandbox, sandbox_config) = world(4).await;
+    let forever = "while true; do sleep 1; done";
+
+    // A non-root user from the image's passwd, a read-only rootfs, no new
+    // privileges.
+    let data = pods.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("note"), "from the host\n").unwrap();
+    let mut cfg = config("secure", &image, forever);
+    cfg.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: data.display().to_string(),
+        readonly: true,
+        propagation: MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    }];
+    cfg.linux = security(LinuxContainerSecurityContext {
+        run_as_username: "alice".into(),
+        supplemental_groups: vec![5000],
+        readonly_rootfs: true,
+        no_new_privs: true,
+        ..Default::default()
+    });
+    let secure = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create secure");
+    start(&ch, &secure).await;
+    let (out, _, code) = exec(&ch, &secure, "id -u; id -g; id -G", 10).await.unwrap();
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["1000", "1001"], "{out}");
+    let groups: Vec<&str> = lines[2].split(' ').collect();
+    assert!(groups.contains(&"10") && groups.contains(&"5000"), "{out}");
+    let (_, err, code) = exec(&ch, &secure, "echo x > /written", 10).await.unwrap();
+    assert_ne!(code, 0, "a read-only rootfs took a write");
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (out, _, _) = exec(&ch, &secure, "grep NoNewPrivs /proc/self/status", 10).await.unwrap();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "1"]);
+    let (out, _, _) = exec(&ch, &secure, "cat /etc/hostname", 10).await.unwrap();
+    assert_eq!(out.trim(), "app-host");
+    // A host directory, read-only.
+    let (out, _, _) = exec(&ch, &secure, "cat /data/note", 10).await.unwrap();
+    assert_eq!(out, "from the host\n");
+    let (_, _, code) = exec(&ch, &secure, "touch /data/other", 10).await.unwrap();
+    assert_ne!(code, 0, "a read-only mount took a write");
+
+    // Capabilities: all dropped, one added, as root.
+    let mut cfg = config("caps", &image, forever);
+    cfg.linux = security(LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: 0 }),
+        capabilities: Some(Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let caps = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create caps");
+    start(&ch, &caps).await;
+    let (out, _, _) = exec(&ch, &caps, "grep CapEff /proc/self/status", 10).await.unwrap();
+    // CAP_NET_ADMIN is bit 12.
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["CapEff:", "0000000000001000"]);
+    let (out, _, _) = exec(&ch, &secure, "grep NoNewPrivs /proc/self/status", 10).await.unwrap();
+    assert!(out.contains('1'));
+    let (out, _, _) = exec(&ch, &caps, "grep NoNewPrivs /proc/self/status", 10).await.unwrap();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["NoNewPrivs:", "0"]);
+
+    // The pod's containers share its /dev/shm.
+    let (_, _, code) = exec(&ch, &caps, "echo shared > /dev/shm/note", 10).await.unwrap();
+    assert_eq!(code, 0);
+    let (out, _, _) = exec(&ch, &secure, "cat /dev/shm/note", 10).await.unwrap();
+    assert_eq!(out, "shared\n");
+
+    // ExecSync: both streams and the exit code; a timeout kills the
+    // process and fails the call.
+    let (out, err, code) = exec(&ch, &caps, "echo out; echo err >&2; exit 7", 10).await.unwrap();
+    assert_eq!((out.as_str(), err.as_str(), code), ("out\n", "err\n", 7));
+    let late = exec(&ch, &caps, "sleep 30", 1).await.unwrap_err();
+    assert_eq!(late.code(), Code::DeadlineExceeded, "{late:?}");
+    // The pod shares one pid namespace: no `sleep 30` is left in it.
+    let (out, _, _) = exec(&ch, &caps, "ps -o args | grep -c '^sleep 30' || true", 10).await.unwrap();
+    assert_eq!(out.trim(), "0", "the timed-out exec is still running");
+
+    // Stats: CPU and memory from the cgroup, the writable layer.
+    let (_, _, _) = exec(&ch, &caps, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done", 30).await.unwrap();
+    let stats = Pods::rt(&ch)
+        .container_stats(ContainerStatsRequest { container_id: caps.clone() })
+        .await
+        .expect("stats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(stats.attributes.as_ref().unwrap().id, caps);
+    assert!(stats.cpu.as_ref().and_then(|c| c.usage_core_nano_seconds).unwrap().value > 0, "{stats:?}");
+    assert!(stats.memory.as_ref().and_then(|m| m.working_set_bytes).unwrap().value > 0, "{stats:?}");
+    assert!(stats.writable_layer.is_some(), "{stats:?}");
+    let listed = Pods::rt(&ch).list_container_stats(ListContainerStatsRequest { filter: None }).await.unwrap();
+    let mut ids: Vec<String> = listed.into_inner().stats.into_iter().map(|s| s.attributes.unwrap().id).collect();
+    ids.sort();
+    let mut both = vec![secure.clone(), caps.clone()];
+    both.sort();
+    assert_eq!(ids, both);
+    let pod = Pods::rt(&ch)
+        .pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: sandbox.clone() })
+        .await
+        .expect("pod stats")
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod.linux.unwrap();
+    assert_eq!(linux.containers.len(), 2);
+    assert!(linux.cpu.and_then(|c| c.usage_core_nano_seconds).unwrap().value > 0);
+
+    // UpdateContainerResources reaches the cgroup and the status.
+    let limit = 64 * 1024 * 1024;
+    Pods::rt(&ch)
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: caps.clone(),
+            linux: Some(LinuxContainerResources { memory_limit_in_bytes: limit, ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("update resources");
+    let v1 = Path::new("/sys/fs/cgroup/memory").join(&caps).join("memory.limit_in_bytes");
+    let v2 = Path::new("/sys/fs/cgroup").join(&caps).join("memory.max");
+    let set = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).expect("the container's cgroup");
+    assert_eq!(set.trim(), limit.to_string());
+    let (st, _) = status(&ch, &caps).await;
+    assert_eq!(st.resources.and_then(|r| r.linux).unwrap().memory_limit_in_bytes, limit);
+
+    // ReopenContainerLog: after a rotation, new output goes to a new file.
+    let ticker = create(
+        &ch,
+        &sandbox,
+        &sandbox_config,
+        config("ticker", &image, "while true; do if [ -f /tmp/go ]; then echo tick; rm /tmp/go; fi; sleep 0.1; done"),
+    )
+    .await
+    .unwrap();
+    start(&ch, &ticker).await;
+    let log = pods.dir.path().join("logs/app/ticker.log");
+    let rotated = pods.dir.path().join("logs/app/ticker.log.1");
+    exec(&ch, &ticker, "touch /tmp/go", 10).await.unwrap();
+    wait_for_line(&log, "tick").await;
+    std::fs::rename(&log, &rotated).unwrap();
+    Pods::rt(&ch).reopen_container_log(ReopenContainerLogRequest { container_id: ticker.clone() }).await.unwrap();
+    exec(&ch, &ticker, "touch /tmp/go", 10).await.unwrap();
+    wait_for_line(&log, "tick").await;
+    assert_eq!(log_entries(&rotated).len(), 1);
+
+    // Seccomp runtime/default refuses mount(2) even with CAP_SYS_ADMIN,
+    // which succeeds unconfined.
+    for (name, profile, allowed) in
+        [("confined", ProfileType::RuntimeDefault, false), ("free", ProfileType::Unconfined, true)]
+    {
+        let mut cfg = config(name, &image, forever);
+        cfg.linux = security(LinuxContainerSecurityContext {
+            capabilities: Some(Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() }),
+            seccomp: Some(SecurityProfile { profile_type: profile as i32, localhost_ref: String::new() }),
+            ..Default::default()
+        });
+        let id = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create");
+        start(&ch, &id).await;
+        let (_, err, code) = exec(&ch, &id, "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m", 10).await.unwrap();
+        assert_eq!(code == 0, allowed, "{name}: {err}");
+        if !allowed {
+            assert!(err.contains("Operation not permitted") || err.contains("permission denied"), "{err}");
+        }
+        let (_, info) = status(&ch, &id).await;
+        assert_eq!(info["runtimeSpec"]["linux"].get("seccomp").is_some(), !allowed, "{name}");
+    }
+
+    // A command that does not exist fails the start, and the container
+    // is exited with containerd's StartError (128).
+    let mut cfg = config("missing", &image, "");
+    cfg.command = vec!["/bin/no-such-command".into()];
+    let missing = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create missing");
+    let err = Pods::rt(&ch).start_container(StartContainerRequest { container_id: missing.clone() }).await.unwrap_err();
+    assert!(err.message().contains("no-such-command"), "{err:?}");
+    let (st, _) = status(&ch, &missing).await;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!((st.exit_code, st.reason.as_str()), (128, "StartError"), "{st:?}");
+    assert!(st.message.contains("no-such-command"), "{st:?}");
+
+    // Bad input leaves nothing behind.
+    let records = container_records(&ch).await;
+    let snapshots = || async {
+        let mut s = SnapshotsClient::new(ch.clone())
+            .list(with_ns(ListSnapshotsRequest { snapshotter: "overlayfs".into(), filters: vec![] }, NS))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(batch) = s.message().await.unwrap() {
+            n += batch.info.len();
+        }
+        n
+    };
+    let before = snapshots().await;
+    let err = create(&ch, "0123456789", &sandbox_config, config("lost", &image, "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = create(&ch, &sandbox, &sandbox_config, config("caps", &image, "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let err =
+        create(&ch, &sandbox, &sandbox_config, config("ghost", "example.invalid/nothing:1", "true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let mut cfg = config("nobody", &image, "true");
+    cfg.linux = security(LinuxContainerSecurityContext { run_as_username: "nobody".into(), ..Default::default() });
+    let err = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(container_records(&ch).await, records);
+    assert_eq!(snapshots().await, before, "a failed create left a snapshot");
+    assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 6);
+
+    // A container of a host-network pod under a cgroup parent: the host's
+    // network namespace, the parent in its cgroups path.
+    let mut host_pod = sandbox_config.clone();
+    host_pod.metadata = metadata("hostnet");
+    host_pod.linux = host_network();
+    host_pod.linux.as_mut().unwrap().cgroup_parent = format!("/{}", cgroup_parent.0);
+    let host_sandbox = run(&ch, host_pod.clone()).await.expect("run the host-network pod");
+    let on_host = create(&ch, &host_sandbox, &host_pod, config("onhost", &image, forever)).await.unwrap();
+    start(&ch, &on_host).await;
+    let (_, info) = status(&ch, &on_host).await;
+    let spec = &info["runtimeSpec"];
+    assert_eq!(spec["linux"]["cgroupsPath"], format!("/{}/{on_host}", cgroup_parent.0));
+    let ns = spec["linux"]["namespaces"].as_array().unwrap();
+    assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
+    let (out, _, code) = exec(&ch, &on_host, "echo ok", 10).await.unwrap();
+    assert_eq!((out.as_str(), code), ("ok\n", 0));
+    Pods::rt(&ch).stop_container(StopContainerRequest { container_id: on_host.clone(), timeout: 0 }).await.unwrap();
+    assert_eq!(exited(&ch, &on_host).await.exit_code, 137);
+    drop(pods);
+}
