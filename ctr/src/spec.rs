@@ -17,7 +17,8 @@ use oci_spec::runtime::{
 use serde_json::{json, Value};
 
 use crate::gojson::{self, J};
-use shim_protocol::oci::{DEFAULT_CAPS, KNOWN_CAPS};
+use shim_protocol::oci::current_capabilities;
+use shim_protocol::oci::DEFAULT_CAPS;
 
 /// What can go wrong building a spec; the texts are containerd's.
 #[derive(Debug, thiserror::Error)]
@@ -719,18 +720,6 @@ fn device_rule(
     d.set_minor(minor);
     d.set_access(Some(access.to_string()));
     d
-}
-
-/// `cap.Current`: this process's effective capabilities, by name in bit
-/// order (bits containerd does not know are left out).
-pub fn current_capabilities() -> Vec<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let bits = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0);
-    KNOWN_CAPS.iter().enumerate().filter(|(i, _)| bits & (1u64 << i) != 0).map(|(_, n)| n.to_string()).collect()
 }
 
 /// `oci.HostDevices`: the device nodes under `dir`, by name, skipping the

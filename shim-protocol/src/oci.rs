@@ -64,3 +64,18 @@ pub const KNOWN_CAPS: [&str; 41] = [
     "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
 ];
+
+/// `cap.Current`: this process's effective capabilities, by name in bit
+/// order (bits containerd does not know are left out). What a privileged
+/// container, or one adding `ALL`, gets, as under containerd: the kernel
+/// refuses a capability the runtime does not hold itself (a machine may
+/// run the daemon with a smaller bounding set).
+pub fn current_capabilities() -> Vec<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let bits = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    KNOWN_CAPS.iter().enumerate().filter(|(i, _)| bits & (1u64 << i) != 0).map(|(_, n)| n.to_string()).collect()
+}

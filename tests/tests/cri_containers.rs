@@ -627,3 +627,121 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(exited(&ch, &on_host).await.exit_code, 137);
     drop(pods);
 }
+
+/// The rest of critest's security-context specs, observed from inside:
+/// masked and read-only paths (containerd's defaults), a privileged
+/// container in a privileged pod (every capability the host has, nothing
+/// masked) and one refused in an unprivileged pod, a group without a user
+/// refused, a pod in the host's pid namespace, a pod's sysctls, and a
+/// `localhost/` seccomp profile refusing sethostname(2) that the same
+/// container may call without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
+    let (pods, ch, image, sandbox, sandbox_config) = world(5).await;
+    let forever = "while true; do sleep 1; done";
+    let mountinfo_has = |mountinfo: &str, target: &str| {
+        mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(target))
+            .map(|l| l.split(' ').nth(5).unwrap().to_string())
+    };
+
+    // Defaults: /proc/keys masked (runc masks what exists; this kernel has
+    // no /proc/kcore), /proc/sys read-only.
+    let plain = create(&ch, &sandbox, &sandbox_config, config("plain", &image, forever)).await.expect("create plain");
+    start(&ch, &plain).await;
+    let (mountinfo, _, _) = exec(&ch, &plain, "cat /proc/self/mountinfo", 10).await.unwrap();
+    let (_, info) = status(&ch, &plain).await;
+    let linux = &info["runtimeSpec"]["linux"];
+    assert!(mountinfo_has(&mountinfo, "/proc/keys").is_some(), "/proc/keys is not masked:\n{mountinfo}\n{linux}");
+    let sys = mountinfo_has(&mountinfo, "/proc/sys").expect("/proc/sys is a read-only mount");
+    assert!(sys.split(',').any(|o| o == "ro"), "{sys}");
+
+    // A privileged container needs a privileged pod.
+    let mut cfg = config("refused", &image, forever);
+    cfg.linux = security(LinuxContainerSecurityContext { privileged: true, ..Default::default() });
+    let e = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // A group without a user is refused.
+    let mut cfg = config("group-only", &image, forever);
+    cfg.linux =
+        security(LinuxContainerSecurityContext { run_as_group: Some(Int64Value { value: 7 }), ..Default::default() });
+    let e = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
+    assert!(e.message().contains("specified without user"), "{e:?}");
+
+    // A privileged pod in the host's pid namespace, with a sysctl.
+    let host_pid_config = PodSandboxConfig {
+        metadata: metadata("privileged"),
+        log_directory: pods.dir.path().join("logs/privileged").display().to_string(),
+        linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            sysctls: HashMap::from([("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string())]),
+            security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                privileged: true,
+                namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                    pid: k8s_cri::v1::NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let privileged_pod = run(&ch, host_pid_config.clone()).await.expect("run the privileged pod");
+    let mut cfg = config("privileged", &image, forever);
+    cfg.linux = security(LinuxContainerSecurityContext {
+        privileged: true,
+        namespace_options: Some(k8s_cri::v1::NamespaceOption {
+            pid: k8s_cri::v1::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let privileged = create(&ch, &privileged_pod, &host_pid_config, cfg).await.expect("create privileged");
+    start(&ch, &privileged).await;
+    let (out, _, _) = exec(&ch, &privileged, "grep CapEff /proc/self/status", 10).await.unwrap();
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let host_caps = ours.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap();
+    assert_eq!(out.split_whitespace().nth(1), Some(host_caps), "{out}");
+    let (mountinfo, _, _) = exec(&ch, &privileged, "cat /proc/self/mountinfo", 10).await.unwrap();
+    assert!(mountinfo_has(&mountinfo, "/proc/keys").is_none(), "privileged, yet /proc/keys is masked");
+    // The host's pid namespace: the host's pid 1 is the container's.
+    let (out, _, _) = exec(&ch, &privileged, "cat /proc/1/comm", 10).await.unwrap();
+    assert_eq!(out, std::fs::read_to_string("/proc/1/comm").unwrap());
+    // The pod's sysctl, in the pod's network namespace.
+    let (out, _, _) = exec(&ch, &privileged, "cat /proc/sys/net/ipv4/ping_group_range", 10).await.unwrap();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"]);
+
+    // A localhost seccomp profile refusing sethostname: the same container
+    // without it (and CAP_SYS_ADMIN) may set the pod's hostname.
+    let profile = pods.dir.path().join("no-sethostname.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let sys_admin = |seccomp: Option<SecurityProfile>| {
+        security(LinuxContainerSecurityContext {
+            capabilities: Some(Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() }),
+            seccomp,
+            ..Default::default()
+        })
+    };
+    let mut cfg = config("confined", &image, forever);
+    cfg.linux = sys_admin(Some(SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: profile.display().to_string(),
+    }));
+    let confined = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create confined");
+    start(&ch, &confined).await;
+    let (_, err, code) = exec(&ch, &confined, "hostname confined-name", 10).await.unwrap();
+    assert_ne!(code, 0, "sethostname passed the profile");
+    assert!(err.contains("not permitted"), "{err}");
+    let mut cfg = config("unconfined", &image, forever);
+    cfg.linux = sys_admin(Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() }));
+    let unconfined = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create unconfined");
+    start(&ch, &unconfined).await;
+    let (out, err, code) = exec(&ch, &unconfined, "hostname unconfined-name && hostname", 10).await.unwrap();
+    assert_eq!((code, out.trim()), (0, "unconfined-name"), "{err}");
+}

@@ -24,7 +24,7 @@ use k8s_cri::v1::{
     ContainerConfig, LinuxContainerResources, MountPropagation, NamespaceMode, PodSandboxConfig, SecurityProfile,
 };
 use serde_json::{json, Value};
-use shim_protocol::oci::{DEFAULT_CAPS, KNOWN_CAPS as ALL_CAPS};
+use shim_protocol::oci::{current_capabilities, DEFAULT_CAPS};
 
 /// containerd's default masked paths (`oci.populateDefaultUnixSpec`).
 pub const MASKED_PATHS: &[&str] = &[
@@ -213,6 +213,11 @@ pub fn resolve_user(
     run_as_group: Option<i64>,
     supplemental: &[i64],
 ) -> Result<User, Status> {
+    // The CRI's valid combinations: a group only with a user (the
+    // image's user does not count), as containerd checks it.
+    if let (Some(gid), None, "") = (run_as_group, run_as_user, run_as_username) {
+        return Err(Status::invalid_argument(format!("user group \"{gid}\" is specified without user")));
+    }
     let passwd = rootfs.read("/etc/passwd").unwrap_or_default();
     let groups = rootfs.read("/etc/group").unwrap_or_default();
     let by_uid = |uid: u32| passwd_entries(&passwd).find(|(_, u, _)| *u == uid);
@@ -291,7 +296,7 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
     let add: Vec<String> = add.iter().map(norm).collect();
     let drop: Vec<String> = drop.iter().map(norm).collect();
     let mut caps: Vec<String> = if add.iter().any(|c| c == "ALL") {
-        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        current_capabilities()
     } else {
         DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
     };
@@ -553,7 +558,7 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
     res["devices"] = json!(device_rules);
 
     let caps = if privileged {
-        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+        current_capabilities()
     } else {
         let c = sec.capabilities.clone().unwrap_or_default();
         capabilities(&c.add_capabilities, &c.drop_capabilities)
@@ -664,6 +669,9 @@ mod tests {
         let u = resolve_user(&r, "", Some(4242), "", None, &[]).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids.len()), (4242, 0, 0));
         assert!(resolve_user(&r, "", None, "nobody", None, &[]).is_err());
+        // A group needs a user of the CRI's own, even when the image has one.
+        let e = resolve_user(&r, "alice", None, "", Some(7), &[]).unwrap_err();
+        assert_eq!(e.message, "user group \"7\" is specified without user");
     }
 
     #[test]
@@ -672,7 +680,7 @@ mod tests {
         assert_eq!(capabilities(&s(&["net_admin"]), &s(&["ALL"])), s(&["CAP_NET_ADMIN"]));
         let c = capabilities(&[], &s(&["CAP_CHOWN", "kill"]));
         assert!(!c.contains(&"CAP_CHOWN".to_string()) && !c.contains(&"CAP_KILL".to_string()));
-        assert_eq!(capabilities(&s(&["ALL"]), &[]).len(), ALL_CAPS.len());
+        assert_eq!(capabilities(&s(&["ALL"]), &[]), current_capabilities());
     }
 
     #[test]
