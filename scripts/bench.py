@@ -1079,7 +1079,7 @@ SCENARIOS = [
     ("containers", "7. concurrent containers", True, True, scenario_containers),
     ("pull", "8. pull from a local registry", True, True, scenario_pull),
     ("gc", "9. garbage collection on a large store", False, True, scenario_gc),
-    ("cri", "10. a CRI pod with one container", False, False, scenario_cri),
+    ("cri", "10. a CRI pod with one container", True, True, scenario_cri),
 ]
 
 

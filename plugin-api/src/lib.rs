@@ -55,6 +55,8 @@ pub mod gc;
 #[cfg(feature = "proxy-server")]
 pub mod grpc;
 pub mod host;
+#[cfg(feature = "content")]
+pub mod lease;
 pub mod logging;
 pub mod metrics;
 #[cfg(feature = "mount")]

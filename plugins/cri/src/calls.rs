@@ -33,6 +33,13 @@ pub async fn tasks<Req: prost::Message, Resp: prost::Message + Default>(
     host.to(TASKS_PLUGIN).unary(&Host::call(&format!("{TASKS}/{method}"), Some(NAMESPACE)), req).await
 }
 
+/// A lease in `k8s.io` for what creating `id` makes, until its record
+/// exists (containerd's client names its leases by time; the id is as
+/// unique and says whose it is).
+pub async fn lease(host: &Host, id: &str) -> Result<crated_plugin_api::lease::LeaseGuard, Status> {
+    crated_plugin_api::lease::LeaseGuard::create(host, NAMESPACE, format!("cri-{id}")).await
+}
+
 /// Removes a snapshot; a missing one is fine, other failures are logged
 /// (`what` names the owner in the message).
 pub async fn remove_snapshot(host: &Host, snapshotter: &str, key: &str, what: &str) {

@@ -485,8 +485,12 @@ impl Containers {
         let result = self
             .create_inner(&id, &name, &sandbox, &smeta.runtime_handler, &sandbox_config, sandbox_pid, config, &mut made)
             .await;
+        let lease = made.lease.take();
         if result.is_err() {
             self.undo(&id, made).await;
+        }
+        if let Some(lease) = lease {
+            lease.release().await;
         }
         self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
         result.map(|()| id)
@@ -535,7 +539,10 @@ impl Containers {
             parent: image.chain_id.clone(),
             labels,
         };
-        let mounts = calls::unary::<_, PrepareSnapshotResponse>(&self.host, format!("{SNAPSHOTS}/Prepare"), &prepare)
+        let lease = made.lease.insert(calls::lease(&self.host, id).await?);
+        let mounts = self
+            .host
+            .unary::<_, PrepareSnapshotResponse>(&lease.call(&format!("{SNAPSHOTS}/Prepare")), &prepare)
             .await
             .map_err(|s| s.context("failed to prepare the container snapshot"))?
             .mounts;
@@ -1306,6 +1313,10 @@ pub fn cgroup_usage(ts: i64, any: &prost_types::Any) -> (Option<CpuUsage>, Optio
 /// What a create made so far, for undoing it on failure.
 #[derive(Default)]
 struct Made {
+    /// The lease holding the snapshot until the record references it:
+    /// a garbage collection in between would take the snapshot (as
+    /// containerd's client, which leases every container it creates).
+    lease: Option<crated_plugin_api::lease::LeaseGuard>,
     dirs: Vec<PathBuf>,
     snapshot: bool,
     record: bool,

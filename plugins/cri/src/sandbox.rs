@@ -337,6 +337,10 @@ pub struct Sandboxes {
 /// What a run made so far, for undoing it on failure.
 #[derive(Default)]
 struct Made {
+    /// The lease holding the snapshot until the record references it:
+    /// a garbage collection in between would take the snapshot (as
+    /// containerd's client, which leases every container it creates).
+    lease: Option<crated_plugin_api::lease::LeaseGuard>,
     dir: Option<PathBuf>,
     shm: Option<PathBuf>,
     netns: Option<NetNs>,
@@ -438,8 +442,12 @@ impl Sandboxes {
             }
             let mut made = Made::default();
             let r = self.run_inner(&id, &name, &config, &runtime_handler, &mut made).await;
+            let lease = made.lease.take();
             if r.is_err() {
                 self.undo(&id, &config, made).await;
+            }
+            if let Some(lease) = lease {
+                lease.release().await;
             }
             r
         }
@@ -529,11 +537,13 @@ impl Sandboxes {
             parent: image.chain_id.clone(),
             labels: HashMap::new(),
         };
-        let mounts: Vec<Mount> =
-            calls::unary::<_, PrepareSnapshotResponse>(&self.host, format!("{SNAPSHOTS}/Prepare"), &prepare)
-                .await
-                .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
-                .mounts;
+        let lease = made.lease.insert(calls::lease(&self.host, id).await?);
+        let mounts: Vec<Mount> = self
+            .host
+            .unary::<_, PrepareSnapshotResponse>(&lease.call(&format!("{SNAPSHOTS}/Prepare")), &prepare)
+            .await
+            .map_err(|s| s.context("failed to prepare the sandbox snapshot"))?
+            .mounts;
         made.snapshot = true;
 
         let mut labels: HashMap<String, String> = image

@@ -100,7 +100,7 @@ impl ImageStoreSpec {
         let mut labels = self.labels.clone();
         if !self.name.is_empty() {
             labels.insert("containerd.io/gc.bref.image".into(), self.name.clone());
-            labels.insert("containerd.io/gc.expire".into(), crate::lease::rfc3339(SystemTime::now()));
+            labels.insert(crate::lease::EXPIRE_LABEL.into(), crate::lease::rfc3339(SystemTime::now()));
         }
         labels
     }

@@ -102,7 +102,7 @@ impl TransferService {
         F: FnOnce(String) -> Fut,
         Fut: std::future::Future<Output = Result<()>> + 'a,
     {
-        let lease = LeaseGuard::create(&self.host, ns).await?;
+        let lease = LeaseGuard::create(&self.host, ns, format!("transfer-{}", crate::lease::unique_part())).await?;
         let result = f(lease.id.clone()).await;
         lease.release().await;
         result
