@@ -196,6 +196,8 @@ impl Drop for Containerd {
         for m in self.mounts_under(self.dir.path()).iter().rev() {
             let _ = Command::new("umount").arg(m).status();
         }
+        // The namespace's level of the cgroup tree, which runc leaves.
+        crated_tests::cgroups::remove(&self.ns);
     }
 }
 

@@ -8,9 +8,11 @@
 //! [`bundle`] says which plugins the bundled library holds;
 //! [`large_store`] fills a store for measuring a garbage collection;
 //! [`kube_proxy`] is a fake Kubernetes API server for driving the CRI
-//! stream server with kubectl.
+//! stream server with kubectl; [`cgroups`] removes what tests' containers
+//! leave in the cgroup tree.
 
 pub mod bundle;
+pub mod cgroups;
 pub mod images;
 pub mod kube_proxy;
 pub mod large_store;

@@ -181,12 +181,7 @@ struct CgroupParent(String);
 
 impl Drop for CgroupParent {
     fn drop(&mut self) {
-        let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
-            .map(|d| d.flatten().map(|e| e.path()).collect())
-            .unwrap_or_else(|_| Vec::new());
-        for h in hierarchies.iter().map(|h| h.join(&self.0)).chain([Path::new("/sys/fs/cgroup").join(&self.0)]) {
-            let _ = std::fs::remove_dir(h);
-        }
+        crated_tests::cgroups::remove(&self.0);
     }
 }
 
