@@ -42,6 +42,35 @@ pub struct Options {
     pub criu_work_path: String,
 }
 
+/// runc's `Options` from a TOML table, accepting containerd's Go field
+/// names (`BinaryName`) and their snake_case forms (`binary_name`).
+#[cfg(feature = "config")]
+pub fn runc_options(table: &toml::Table) -> Result<Options, String> {
+    let mut o = Options::default();
+    for (key, value) in table {
+        let norm: String = key.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect();
+        let text = || value.as_str().map(str::to_string).ok_or_else(|| format!("{key} must be a string"));
+        let flag = || value.as_bool().ok_or_else(|| format!("{key} must be a boolean"));
+        let id =
+            || value.as_integer().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| format!("{key} must be a uid/gid"));
+        match norm.as_str() {
+            "nopivotroot" => o.no_pivot_root = flag()?,
+            "nonewkeyring" => o.no_new_keyring = flag()?,
+            "shimcgroup" => o.shim_cgroup = text()?,
+            "iouid" => o.io_uid = id()?,
+            "iogid" => o.io_gid = id()?,
+            "binaryname" => o.binary_name = text()?,
+            "root" => o.root = text()?,
+            "systemdcgroup" => o.systemd_cgroup = flag()?,
+            "criupath" => o.criu_path = text()?,
+            "criuimagepath" => o.criu_image_path = text()?,
+            "criuworkpath" => o.criu_work_path = text()?,
+            _ => return Err(format!("unknown runc option {key:?}")),
+        }
+    }
+    Ok(o)
+}
+
 /// `containerd.runc.v1.CheckpointOptions`.
 #[derive(Clone, PartialEq, Message)]
 pub struct CheckpointOptions {

@@ -19,7 +19,7 @@ mod common;
 
 use std::{collections::HashMap, path::Path, process::Command};
 
-use common::cri::{host_network, metadata, run, Pods, NS, PAUSE};
+use common::cri::{host_network, metadata, run, Pods, CRI, NS, PAUSE};
 use containerd_client::services::v1::{
     containers_client::ContainersClient, snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
     tasks_client::TasksClient, GetContainerRequest, GetRequest,
@@ -324,4 +324,34 @@ async fn failed_runs_leave_nothing_behind() {
             .count();
         assert_eq!(leased, 0, "CNI DEL released the address");
     }
+}
+
+/// The CRI runtime's `options` reach the shim (runc's state under the
+/// configured `Root`, which wins over the runtime plugin's), and
+/// `enable_unprivileged_ports` / `enable_unprivileged_icmp` give a pod with
+/// its own network the two sysctls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_options_and_unprivileged_sysctls() {
+    let runc_root = tempfile::Builder::new().prefix("crated-cri-runc").tempdir().unwrap();
+    let keys = format!(
+        "enable_unprivileged_ports = true\nenable_unprivileged_icmp = true\n\
+         [plugins.\"{CRI}\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n\
+         [plugins.\"{CRI}\".containerd.runtimes.runc.options]\nRoot = {:?}\n",
+        runc_root.path().display().to_string()
+    );
+    let pods = Pods::start_with(3, PAUSE, &keys).await;
+    pods.write_conflist();
+    let ch = pods.channel().await;
+    let id = run(&ch, PodSandboxConfig { metadata: metadata("opts"), ..Default::default() }).await.expect("run");
+    let (st, info) = status(&ch, &id).await;
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
+    let sysctl = &info["runtimeSpec"]["linux"]["sysctl"];
+    assert_eq!(sysctl["net.ipv4.ip_unprivileged_port_start"], "0", "{sysctl}");
+    assert_eq!(sysctl["net.ipv4.ping_group_range"], "0 2147483647", "{sysctl}");
+    // The shim keeps each namespace's containers under `<Root>/<namespace>`.
+    let listed =
+        Command::new("runc").arg("--root").arg(runc_root.path().join(NS)).args(["list", "-q"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).lines().any(|l| l == id), "{listed:?}");
+    // The pods go (the guard) before the runc root does.
+    drop(pods);
 }

@@ -173,6 +173,31 @@ pub struct SandboxFiles<'a> {
 /// network one at `netns`), `/etc/resolv.conf` from the sandbox
 /// directory, and containerd's sandbox annotations. Checked against the
 /// runtime spec's types (oci-spec) before use.
+/// The runtime's `options` table as the shim reads them: runc's
+/// `Options` for the runc shims, as containerd's CRI hands them over (the
+/// runtime plugin fills what they leave empty from its own config). Other
+/// runtimes get none.
+fn runtime_options(runtime: &crate::config::Runtime) -> Result<Option<prost_types::Any>, Status> {
+    if !runtime.runtime_type.starts_with("io.containerd.runc.") || runtime.options.is_empty() {
+        return Ok(None);
+    }
+    let options = shim_protocol::runc::runc_options(&runtime.options)
+        .map_err(|e| Status::invalid_argument(format!("failed to get runtime options: {e}")))?;
+    Ok(Some(prost_types::Any {
+        type_url: shim_protocol::runc::OPTIONS_TYPE_URL.into(),
+        value: prost::Message::encode_to_vec(&options),
+    }))
+}
+
+/// containerd's `enable_unprivileged_ports` / `enable_unprivileged_icmp`:
+/// sysctls a pod with a network namespace of its own gets unless its config
+/// sets them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unprivileged {
+    pub ports: bool,
+    pub icmp: bool,
+}
+
 pub fn sandbox_spec(
     id: &str,
     config: &PodSandboxConfig,
@@ -180,6 +205,7 @@ pub fn sandbox_spec(
     netns: Option<&Path>,
     files: &SandboxFiles,
     oom_score_adj: i32,
+    unprivileged: Unprivileged,
 ) -> Result<Vec<u8>, Status> {
     let img = image_config.get("config").cloned().unwrap_or(Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -213,6 +239,15 @@ pub fn sandbox_spec(
         namespaces.push(json!({"type": "ipc"}));
     }
     let host_net = ns.network == NamespaceMode::Node as i32;
+    let mut sysctls = linux.sysctls.clone();
+    if !host_net {
+        if unprivileged.ports {
+            sysctls.entry("net.ipv4.ip_unprivileged_port_start".into()).or_insert_with(|| "0".into());
+        }
+        if unprivileged.icmp {
+            sysctls.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| "0 2147483647".into());
+        }
+    }
     if !host_net {
         // A hostname needs a UTS namespace of its own; a host-network pod
         // shares the host's (containerd drops both).
@@ -267,7 +302,7 @@ pub fn sandbox_spec(
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
-            "sysctl": linux.sysctls,
+            "sysctl": sysctls,
         },
         "annotations": annotations,
     });
@@ -528,7 +563,9 @@ impl Sandboxes {
         let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
         let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
         let files = SandboxFiles { resolv: &resolv, shm: made.shm.as_deref() };
-        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom)?;
+        let unprivileged =
+            Unprivileged { ports: self.config.enable_unprivileged_ports, icmp: self.config.enable_unprivileged_icmp };
+        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom, unprivileged)?;
 
         let snapshotter = self.config.containerd.snapshotter.clone();
         let prepare = PrepareSnapshotRequest {
@@ -566,7 +603,7 @@ impl Sandboxes {
             id: id.into(),
             labels,
             image: image.references.first().cloned().unwrap_or_else(|| sandbox_image.clone()),
-            runtime: Some(ContainerRuntime { name: runtime.runtime_type.clone(), options: None }),
+            runtime: Some(ContainerRuntime { name: runtime.runtime_type.clone(), options: runtime_options(runtime)? }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value: spec }),
             snapshotter,
             snapshot_key: id.into(),
@@ -857,7 +894,16 @@ mod tests {
         let config = PodSandboxConfig { hostname: "pod".into(), ..Default::default() };
         let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: Some(Path::new("/s/shm")) };
         let spec: Value = serde_json::from_slice(
-            &sandbox_spec("abc", &config, &image, Some(Path::new("/run/ns1")), &files, -998).unwrap(),
+            &sandbox_spec(
+                "abc",
+                &config,
+                &image,
+                Some(Path::new("/run/ns1")),
+                &files,
+                -998,
+                Unprivileged { ports: true, icmp: true },
+            )
+            .unwrap(),
         )
         .unwrap();
         assert_eq!(spec["process"]["args"], json!(["/bin/sleep", "inf"]));
@@ -867,6 +913,9 @@ mod tests {
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/ns1"), "{ns:?}");
         assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], "abc");
+        // enable_unprivileged_ports / _icmp, for a pod with its own network.
+        assert_eq!(spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"], "0");
+        assert_eq!(spec["linux"]["sysctl"]["net.ipv4.ping_group_range"], "0 2147483647");
         let mounts = spec["mounts"].as_array().unwrap();
         assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf"));
         assert!(mounts.iter().any(|m| m["destination"] == "/dev/shm" && m["source"] == "/s/shm"), "{mounts:?}");
@@ -879,11 +928,15 @@ mod tests {
             }),
             ..Default::default()
         });
-        let spec: Value =
-            serde_json::from_slice(&sandbox_spec("abc", &host, &image, None, &files, 0).unwrap()).unwrap();
+        let spec: Value = serde_json::from_slice(
+            &sandbox_spec("abc", &host, &image, None, &files, 0, Unprivileged { ports: true, icmp: true }).unwrap(),
+        )
+        .unwrap();
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
         assert!(spec.get("hostname").is_none());
+        // The host's network keeps the host's sysctls.
+        assert_eq!(spec["linux"]["sysctl"], json!({}), "{}", spec["linux"]);
     }
 
     #[test]

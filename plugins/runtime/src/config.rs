@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+pub use shim_protocol::runc::runc_options;
 use shim_protocol::runc::Options;
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,33 +78,6 @@ impl Config {
             None => Runtime { shim: name.to_string(), options: None },
         }
     }
-}
-
-/// runc's `Options` from a TOML table, accepting containerd's Go field
-/// names (`BinaryName`) and their snake_case forms (`binary_name`).
-pub fn runc_options(table: &toml::Table) -> Result<Options, String> {
-    let mut o = Options::default();
-    for (key, value) in table {
-        let norm: String = key.chars().filter(|c| *c != '_').flat_map(char::to_lowercase).collect();
-        let text = || value.as_str().map(str::to_string).ok_or_else(|| format!("{key} must be a string"));
-        let flag = || value.as_bool().ok_or_else(|| format!("{key} must be a boolean"));
-        let id =
-            || value.as_integer().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| format!("{key} must be a uid/gid"));
-        match norm.as_str() {
-            "nopivotroot" => o.no_pivot_root = flag()?,
-            "nonewkeyring" => o.no_new_keyring = flag()?,
-            "shimcgroup" => o.shim_cgroup = text()?,
-            "iouid" => o.io_uid = id()?,
-            "iogid" => o.io_gid = id()?,
-            "binaryname" => o.binary_name = text()?,
-            "root" => o.root = text()?,
-            "systemdcgroup" => o.systemd_cgroup = flag()?,
-            "criuimagepath" => o.criu_image_path = text()?,
-            "criuworkpath" => o.criu_work_path = text()?,
-            _ => return Err(format!("unknown runc option {key:?}")),
-        }
-    }
-    Ok(o)
 }
 
 /// The container's runc options with the configured ones filling what it
