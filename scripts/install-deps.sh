@@ -50,7 +50,11 @@ if [ ! -x "$tools/kubectl" ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     tmp=$(mktemp -d)
-    (cd "$tmp" && apt-get download kubernetes-client >/dev/null && dpkg-deb -x kubernetes-client_*.deb root)
+    # apt's package lists may be missing when every package above was
+    # already installed: fetch them once if the download fails.
+    (cd "$tmp" && { apt-get download kubernetes-client >/dev/null 2>&1 ||
+        { $sudo apt-get update -q >/dev/null && apt-get download kubernetes-client >/dev/null; }; } &&
+        dpkg-deb -x kubernetes-client_*.deb root)
     $sudo mkdir -p "$tools"
     $sudo cp "$tmp/root/usr/bin/kubectl" "$tools/kubectl"
     rm -rf "$tmp"
