@@ -3,6 +3,8 @@
 //! all in the `k8s.io` namespace: records and snapshots through the
 //! metadata plugin, tasks through the internal Tasks service.
 
+use std::collections::HashMap;
+
 use crated_plugin_api::{ErrorKind, Host, Status};
 
 use crate::service::NAMESPACE;
@@ -93,4 +95,57 @@ pub fn from_extension<T: serde::de::DeserializeOwned>(
 ) -> Option<T> {
     let any = c.extensions.get(name)?;
     serde_json::from_slice::<Versioned<T>>(&any.value).ok().map(|v| v.metadata)
+}
+
+/// containerd's `getPassthroughAnnotations`: the annotations whose key
+/// matches one of the runtime's patterns (`pod_annotations`,
+/// `container_annotations`), which go into the OCI spec for the runtime.
+pub fn passthrough_annotations(
+    annotations: &HashMap<String, String>,
+    patterns: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    annotations
+        .iter()
+        .filter(|(k, _)| patterns.iter().any(|p| glob_match(p.as_bytes(), k.as_bytes())))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Go's `filepath.Match` without character classes: `*` is any run of
+/// characters but `/`, `?` one character but `/`, `\\` escapes.
+fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => {
+            (0..=name.len()).take_while(|&i| i == 0 || name[i - 1] != b'/').any(|i| glob_match(rest, &name[i..]))
+        }
+        Some((b'?', rest)) => name.first().is_some_and(|c| *c != b'/') && glob_match(rest, &name[1..]),
+        Some((b'\\', rest)) if !rest.is_empty() => name.first() == Some(&rest[0]) && glob_match(&rest[1..], &name[1..]),
+        Some((c, rest)) => name.first() == Some(c) && glob_match(rest, &name[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_annotations_match_like_go_globs() {
+        let a: HashMap<String, String> = [
+            ("io.katacontainers.config.hypervisor", "x"),
+            ("io.katacontainers.other", "y"),
+            ("example.com/key", "z"),
+            ("unrelated", "w"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let got = passthrough_annotations(&a, &["io.katacontainers.*".into()]);
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["io.katacontainers.config.hypervisor", "io.katacontainers.other"]);
+        // `*` stops at `/`, as filepath.Match's does.
+        assert!(!passthrough_annotations(&a, &["*".into()]).contains_key("example.com/key"));
+        assert!(passthrough_annotations(&a, &["example.com/*".into()]).contains_key("example.com/key"));
+        assert_eq!(passthrough_annotations(&a, &["unrelate?".into()]).len(), 1);
+        assert!(passthrough_annotations(&a, &[]).is_empty());
+    }
 }

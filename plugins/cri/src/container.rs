@@ -502,7 +502,7 @@ impl Containers {
         id: &str,
         name: &str,
         sandbox: &Container,
-        _runtime_handler: &str,
+        runtime_handler: &str,
         sandbox_config: &k8s_cri::v1::PodSandboxConfig,
         sandbox_pid: u32,
         config: ContainerConfig,
@@ -559,6 +559,9 @@ impl Containers {
             &sec.supplemental_groups,
         )?;
         let sandbox_dir = self.sandboxes.dir(&sandbox.id);
+        let handler =
+            if runtime_handler.is_empty() { &self.config.containerd.default_runtime_name } else { runtime_handler };
+        let runtime = self.config.containerd.runtimes.get(handler).cloned().unwrap_or_default();
         let spec = container_spec(&SpecInput {
             id,
             sandbox_id: &sandbox.id,
@@ -570,6 +573,8 @@ impl Containers {
             image_config: &image.spec,
             image_name: &image_name,
             user: &user,
+            pod_annotations: &runtime.pod_annotations,
+            container_annotations: &runtime.container_annotations,
         })?;
 
         let log_path = if !sandbox_config.log_directory.is_empty() && !config.log_path.is_empty() {

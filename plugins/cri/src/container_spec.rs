@@ -14,12 +14,11 @@
 //! AppArmor and SELinux are not applied: the kernels crated runs on here
 //! have neither enabled, and containerd skips both in that case too.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use crated_plugin_api::Status;
+
+use crate::calls;
 use k8s_cri::v1::{
     ContainerConfig, LinuxContainerResources, MountPropagation, NamespaceMode, PodSandboxConfig, SecurityProfile,
 };
@@ -400,6 +399,10 @@ pub struct SpecInput<'a> {
     pub image_config: &'a Value,
     pub image_name: &'a str,
     pub user: &'a User,
+    /// The runtime's patterns of pod and container annotations passed
+    /// through into the spec (`pod_annotations`, `container_annotations`).
+    pub pod_annotations: &'a [String],
+    pub container_annotations: &'a [String],
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -587,7 +590,9 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
         format!("{}/{}", sandbox_linux.cgroup_parent.trim_end_matches('/'), input.id)
     };
     let meta = input.sandbox.metadata.clone().unwrap_or_default();
-    let mut annotations: BTreeMap<String, String> = config.annotations.clone().into_iter().collect();
+    // containerd passes through only what the runtime's patterns name.
+    let mut annotations = calls::passthrough_annotations(&input.sandbox.annotations, input.pod_annotations);
+    annotations.extend(calls::passthrough_annotations(&config.annotations, input.container_annotations));
     annotations.insert("io.kubernetes.cri.container-type".into(), "container".into());
     annotations.insert(
         "io.kubernetes.cri.container-name".into(),

@@ -189,13 +189,16 @@ fn runtime_options(runtime: &crate::config::Runtime) -> Result<Option<prost_type
     }))
 }
 
-/// containerd's `enable_unprivileged_ports` / `enable_unprivileged_icmp`:
-/// sysctls a pod with a network namespace of its own gets unless its config
-/// sets them.
+/// What the CRI config adds to a sandbox's spec: containerd's
+/// `enable_unprivileged_ports` / `enable_unprivileged_icmp` (sysctls a pod
+/// with a network namespace of its own gets unless its config sets them)
+/// and the runtime's `pod_annotations` (patterns of the pod annotations
+/// passed through to the runtime in the spec).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Unprivileged {
+pub struct Unprivileged<'a> {
     pub ports: bool,
     pub icmp: bool,
+    pub pod_annotations: &'a [String],
 }
 
 pub fn sandbox_spec(
@@ -205,7 +208,7 @@ pub fn sandbox_spec(
     netns: Option<&Path>,
     files: &SandboxFiles,
     oom_score_adj: i32,
-    unprivileged: Unprivileged,
+    unprivileged: Unprivileged<'_>,
 ) -> Result<Vec<u8>, Status> {
     let img = image_config.get("config").cloned().unwrap_or(Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -265,7 +268,7 @@ pub fn sandbox_spec(
     };
     let caps = DEFAULT_CAPS.to_vec();
     let meta = config.metadata.clone().unwrap_or_default();
-    let mut annotations: BTreeMap<String, String> = BTreeMap::new();
+    let mut annotations = calls::passthrough_annotations(&config.annotations, unprivileged.pod_annotations);
     annotations.insert("io.kubernetes.cri.container-type".into(), KIND_SANDBOX.into());
     annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.into());
     annotations.insert("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace.clone());
@@ -563,8 +566,11 @@ impl Sandboxes {
         let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
         let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
         let files = SandboxFiles { resolv: &resolv, shm: made.shm.as_deref() };
-        let unprivileged =
-            Unprivileged { ports: self.config.enable_unprivileged_ports, icmp: self.config.enable_unprivileged_icmp };
+        let unprivileged = Unprivileged {
+            ports: self.config.enable_unprivileged_ports,
+            icmp: self.config.enable_unprivileged_icmp,
+            pod_annotations: &runtime.pod_annotations,
+        };
         let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom, unprivileged)?;
 
         let snapshotter = self.config.containerd.snapshotter.clone();
@@ -891,7 +897,15 @@ mod tests {
     #[test]
     fn the_spec_joins_the_netns_or_shares_the_hosts() {
         let image = json!({"config": {"Entrypoint": ["/bin/sleep"], "Cmd": ["inf"], "Env": ["PATH=/bin"]}});
-        let config = PodSandboxConfig { hostname: "pod".into(), ..Default::default() };
+        let config = PodSandboxConfig {
+            hostname: "pod".into(),
+            annotations: HashMap::from([
+                ("io.example/passed".to_string(), "yes".to_string()),
+                ("io.other/kept-out".to_string(), "no".to_string()),
+            ]),
+            ..Default::default()
+        };
+        let passed = ["io.example/*".to_string()];
         let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: Some(Path::new("/s/shm")) };
         let spec: Value = serde_json::from_slice(
             &sandbox_spec(
@@ -901,7 +915,7 @@ mod tests {
                 Some(Path::new("/run/ns1")),
                 &files,
                 -998,
-                Unprivileged { ports: true, icmp: true },
+                Unprivileged { ports: true, icmp: true, pod_annotations: &passed },
             )
             .unwrap(),
         )
@@ -913,6 +927,9 @@ mod tests {
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/ns1"), "{ns:?}");
         assert_eq!(spec["annotations"]["io.kubernetes.cri.sandbox-id"], "abc");
+        // The runtime's pod_annotations patterns pass those they match.
+        assert_eq!(spec["annotations"]["io.example/passed"], "yes");
+        assert!(spec["annotations"].get("io.other/kept-out").is_none());
         // enable_unprivileged_ports / _icmp, for a pod with its own network.
         assert_eq!(spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"], "0");
         assert_eq!(spec["linux"]["sysctl"]["net.ipv4.ping_group_range"], "0 2147483647");
@@ -929,7 +946,16 @@ mod tests {
             ..Default::default()
         });
         let spec: Value = serde_json::from_slice(
-            &sandbox_spec("abc", &host, &image, None, &files, 0, Unprivileged { ports: true, icmp: true }).unwrap(),
+            &sandbox_spec(
+                "abc",
+                &host,
+                &image,
+                None,
+                &files,
+                0,
+                Unprivileged { ports: true, icmp: true, pod_annotations: &passed },
+            )
+            .unwrap(),
         )
         .unwrap();
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
