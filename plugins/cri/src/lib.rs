@@ -103,15 +103,18 @@ impl Plugin for Cri {
             }
         });
         // Bound before init returns: Exec answers URLs on it.
-        let attach: Option<Arc<dyn streaming::backend::AttachTarget>> = Some(Arc::new(containers));
-        let runtime =
-            streaming::backend::CriRuntime::new(ctx.host.clone(), svc.sandboxes().clone(), &ctx.state, attach.clone());
+        let runtime = streaming::backend::CriRuntime::new(
+            ctx.host.clone(),
+            svc.sandboxes().clone(),
+            &ctx.state,
+            Arc::new(containers),
+        );
         let idle = streaming::parse_go_duration(&idle).map_err(PluginError::failed)?;
         let server = streaming::StreamServer::start(&address, &port, idle, Arc::new(runtime))
             .await
             .map_err(|e| PluginError::failed(format!("failed to start the stream server: {e}")))?;
         crated_plugin_api::tracing::info!("CRI stream server listening on {}", server.addr);
-        Ok(service::router(svc.with_streaming(server, attach)))
+        Ok(service::router(svc.with_streaming(server)))
     }
 }
 

@@ -195,9 +195,9 @@ fn runtime_options(runtime: &crate::config::Runtime) -> Result<Option<prost_type
 /// and the runtime's `pod_annotations` (patterns of the pod annotations
 /// passed through to the runtime in the spec).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Unprivileged<'a> {
-    pub ports: bool,
-    pub icmp: bool,
+pub struct SandboxSpecOptions<'a> {
+    pub unprivileged_ports: bool,
+    pub unprivileged_icmp: bool,
     pub pod_annotations: &'a [String],
 }
 
@@ -208,7 +208,7 @@ pub fn sandbox_spec(
     netns: Option<&Path>,
     files: &SandboxFiles,
     oom_score_adj: i32,
-    unprivileged: Unprivileged<'_>,
+    options: SandboxSpecOptions<'_>,
 ) -> Result<Vec<u8>, Status> {
     let img = image_config.get("config").cloned().unwrap_or(Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -244,10 +244,10 @@ pub fn sandbox_spec(
     let host_net = ns.network == NamespaceMode::Node as i32;
     let mut sysctls = linux.sysctls.clone();
     if !host_net {
-        if unprivileged.ports {
+        if options.unprivileged_ports {
             sysctls.entry("net.ipv4.ip_unprivileged_port_start".into()).or_insert_with(|| "0".into());
         }
-        if unprivileged.icmp {
+        if options.unprivileged_icmp {
             sysctls.entry("net.ipv4.ping_group_range".into()).or_insert_with(|| "0 2147483647".into());
         }
     }
@@ -268,7 +268,7 @@ pub fn sandbox_spec(
     };
     let caps = DEFAULT_CAPS.to_vec();
     let meta = config.metadata.clone().unwrap_or_default();
-    let mut annotations = calls::passthrough_annotations(&config.annotations, unprivileged.pod_annotations);
+    let mut annotations = calls::passthrough_annotations(&config.annotations, options.pod_annotations);
     annotations.insert("io.kubernetes.cri.container-type".into(), KIND_SANDBOX.into());
     annotations.insert("io.kubernetes.cri.sandbox-id".into(), id.into());
     annotations.insert("io.kubernetes.cri.sandbox-namespace".into(), meta.namespace.clone());
@@ -566,12 +566,12 @@ impl Sandboxes {
         let netns_path = made.netns.as_ref().map(|n| n.path().to_path_buf());
         let oom = sandbox_oom_score_adj(self.config.restrict_oom_score_adj);
         let files = SandboxFiles { resolv: &resolv, shm: made.shm.as_deref() };
-        let unprivileged = Unprivileged {
-            ports: self.config.enable_unprivileged_ports,
-            icmp: self.config.enable_unprivileged_icmp,
+        let options = SandboxSpecOptions {
+            unprivileged_ports: self.config.enable_unprivileged_ports,
+            unprivileged_icmp: self.config.enable_unprivileged_icmp,
             pod_annotations: &runtime.pod_annotations,
         };
-        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom, unprivileged)?;
+        let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom, options)?;
 
         let snapshotter = self.config.containerd.snapshotter.clone();
         let prepare = PrepareSnapshotRequest {
@@ -915,7 +915,7 @@ mod tests {
                 Some(Path::new("/run/ns1")),
                 &files,
                 -998,
-                Unprivileged { ports: true, icmp: true, pod_annotations: &passed },
+                SandboxSpecOptions { unprivileged_ports: true, unprivileged_icmp: true, pod_annotations: &passed },
             )
             .unwrap(),
         )
@@ -953,7 +953,7 @@ mod tests {
                 None,
                 &files,
                 0,
-                Unprivileged { ports: true, icmp: true, pod_annotations: &passed },
+                SandboxSpecOptions { unprivileged_ports: true, unprivileged_icmp: true, pod_annotations: &passed },
             )
             .unwrap(),
         )

@@ -49,7 +49,7 @@ use crate::{
     container::Containers,
     images::{CriImage, ImageStore},
     sandbox::Sandboxes,
-    streaming::{backend::AttachTarget, Request, StreamServer},
+    streaming::{Request, StreamServer},
 };
 
 pub const RUNTIME_SERVICE: &str = "runtime.v1.RuntimeService";
@@ -87,8 +87,6 @@ pub struct CriService {
     containers: Containers,
     /// The stream server Exec, Attach and PortForward answer URLs of.
     streams: Option<StreamServer>,
-    /// The containers' IO, for Attach.
-    attach: Option<Arc<dyn AttachTarget>>,
 }
 
 fn now_nanos() -> i64 {
@@ -101,28 +99,16 @@ impl CriService {
         let sandboxes = Sandboxes::new(host.clone(), config.clone(), cni.clone(), root, state);
         let containers =
             Containers::new(host.clone(), config.clone(), sandboxes.clone(), root, state, image_fs.clone());
-        CriService {
-            host,
-            config,
-            image_fs,
-            pod_cidr: Arc::default(),
-            cni,
-            sandboxes,
-            containers,
-            streams: None,
-            attach: None,
-        }
+        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes, containers, streams: None }
     }
 
     pub fn sandboxes(&self) -> &Sandboxes {
         &self.sandboxes
     }
 
-    /// Serves Exec, Attach and PortForward through `server`; Attach needs
-    /// `attach` too.
-    pub fn with_streaming(mut self, server: StreamServer, attach: Option<Arc<dyn AttachTarget>>) -> CriService {
+    /// Serves Exec, Attach and PortForward through `server`.
+    pub fn with_streaming(mut self, server: StreamServer) -> CriService {
         self.streams = Some(server);
-        self.attach = attach;
         self
     }
 
@@ -162,9 +148,6 @@ impl CriService {
     async fn attach(self, _c: Call, r: AttachRequest) -> Result<AttachResponse, Status> {
         validate_stdio(&r.container_id, r.tty, r.stdin, r.stdout, r.stderr)?;
         self.stream_server()?;
-        if self.attach.is_none() {
-            return Err(Status::unimplemented(crate::streaming::backend::ATTACH_MISSING));
-        }
         // A CRI container (not a sandbox), running, with its IO.
         self.containers.attach(&r.container_id).await?;
         Ok(AttachResponse { url: self.stream_url(Request::Attach(r))? })

@@ -49,11 +49,11 @@ pub struct CriRuntime {
     sandboxes: Sandboxes,
     /// `<state>/io`: the exec FIFOs, one directory per exec.
     io_dir: PathBuf,
-    attach: Option<Arc<dyn AttachTarget>>,
+    attach: Arc<dyn AttachTarget>,
 }
 
 impl CriRuntime {
-    pub fn new(host: Host, sandboxes: Sandboxes, state: &Path, attach: Option<Arc<dyn AttachTarget>>) -> CriRuntime {
+    pub fn new(host: Host, sandboxes: Sandboxes, state: &Path, attach: Arc<dyn AttachTarget>) -> CriRuntime {
         let io_dir = state.join("io");
         // An exec's session ends with the daemon that served it: FIFO
         // directories a previous daemon left have no reader any more.
@@ -335,10 +335,7 @@ impl Runtime for CriRuntime {
     }
 
     fn attach(&self, req: AttachRequest, io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
-        match &self.attach {
-            Some(target) => target.attach(req, io),
-            None => Box::pin(async { Err(ExecError::Failed(ATTACH_MISSING.into())) }),
-        }
+        self.attach.attach(req, io)
     }
 
     fn port_forward(&self, sandbox_id: String, port: u16) -> BoxFuture<'static, Result<TcpStream, String>> {
@@ -358,7 +355,3 @@ impl Runtime for CriRuntime {
         })
     }
 }
-
-/// What Attach answers until the container side provides its IO.
-pub const ATTACH_MISSING: &str =
-    "attach needs the CRI container IO (an AttachTarget), which this build of crated does not have yet";
