@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layers: Layers::Rootfs,
         platforms: Platforms::Amd64,
         cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
+        user: None,
     };
     let layer_bytes = layer.len();
     let archive = oci_archive_of(&options, vec![layer])?;

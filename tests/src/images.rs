@@ -86,6 +86,8 @@ pub struct ImageOptions {
     pub platforms: Platforms,
     /// The config's `Cmd`; `None` is `/bin/sh`.
     pub cmd: Option<Vec<String>>,
+    /// The config's `User`; `None` leaves it out.
+    pub user: Option<String>,
 }
 
 impl Default for ImageOptions {
@@ -96,6 +98,7 @@ impl Default for ImageOptions {
             layers: Layers::Rootfs,
             platforms: Platforms::Amd64,
             cmd: None,
+            user: None,
         }
     }
 }
@@ -251,7 +254,7 @@ fn layer_tars(layers: Layers) -> Result<Vec<Vec<u8>>, ImageError> {
 }
 
 /// An image config for one architecture over the given diff ids.
-fn config_json(arch: Arch, diff_ids: &[String], cmd: Option<&[String]>) -> Result<Vec<u8>, ImageError> {
+fn config_json(arch: Arch, diff_ids: &[String], options: &ImageOptions) -> Result<Vec<u8>, ImageError> {
     let history = diff_ids
         .iter()
         .enumerate()
@@ -259,17 +262,18 @@ fn config_json(arch: Arch, diff_ids: &[String], cmd: Option<&[String]>) -> Resul
             HistoryBuilder::default().created(FIXED_CREATED).created_by(format!("crated-tests layer {}", i + 1)).build()
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut process = ConfigBuilder::default()
+        .env(vec!["PATH=/bin".to_string()])
+        .cmd(options.cmd.clone().unwrap_or_else(|| vec!["/bin/sh".to_string()]))
+        .working_dir("/");
+    if let Some(user) = &options.user {
+        process = process.user(user.clone());
+    }
     let config = ImageConfigurationBuilder::default()
         .created(FIXED_CREATED)
         .architecture(arch)
         .os(Os::Linux)
-        .config(
-            ConfigBuilder::default()
-                .env(vec!["PATH=/bin".to_string()])
-                .cmd(cmd.map(<[String]>::to_vec).unwrap_or_else(|| vec!["/bin/sh".to_string()]))
-                .working_dir("/")
-                .build()?,
-        )
+        .config(process.build()?)
         .rootfs(RootFsBuilder::default().typ("layers").diff_ids(diff_ids.to_vec()).build()?)
         .history(history)
         .build()?;
@@ -329,7 +333,7 @@ pub fn oci_archive_of(options: &ImageOptions, tars: Vec<Vec<u8>>) -> Result<Arch
     let mut configs = Vec::new();
     let mut manifest_descriptors = Vec::new();
     for (arch, _) in arches {
-        let config = config_json(arch.clone(), &diff_ids, options.cmd.as_deref())?;
+        let config = config_json(arch.clone(), &diff_ids, options)?;
         let config_descriptor = descriptor(MediaType::ImageConfig, &config)?;
         configs.push(add_blob(&mut blobs, config));
         let manifest = ImageManifestBuilder::default()
@@ -388,7 +392,7 @@ pub fn oci_archive_of(options: &ImageOptions, tars: Vec<Vec<u8>>) -> Result<Arch
 pub fn docker_archive(options: &ImageOptions) -> Result<Archive, ImageError> {
     let tars = layer_tars(options.layers)?;
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256_digest(t)).collect();
-    let config = config_json(Arch::Amd64, &diff_ids, options.cmd.as_deref())?;
+    let config = config_json(Arch::Amd64, &diff_ids, options)?;
     let config_digest = sha256_digest(&config);
 
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -487,6 +491,7 @@ mod tests {
                         layers,
                         platforms,
                         cmd: None,
+                        user: None,
                     });
                 }
             }

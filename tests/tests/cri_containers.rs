@@ -10,7 +10,10 @@
 //! exit code, timeout), the security context observed from inside
 //! (uid/gid/groups, read-only rootfs, CapEff, NoNewPrivs, seccomp
 //! `runtime/default` refusing mount(2) that succeeds unconfined), a
-//! read-only host mount, the pod's shared `/dev/shm`, stats,
+//! read-only host mount, a volume through a symlink, mount propagation
+//! (rprivate, rshared, rslave) seen both ways, host and pod IPC
+//! namespaces, seccomp names refused and profiles ignored when
+//! privileged, the pod's shared `/dev/shm`, stats,
 //! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
 //! rotation, a start failing with StartError, and bad input that leaves
 //! nothing behind.
@@ -183,6 +186,64 @@ impl Drop for CgroupParent {
     fn drop(&mut self) {
         crated_tests::cgroups::remove(&self.0);
     }
+}
+
+/// Host directories for critest's mount propagation specs, one per mode,
+/// each a bind mount of itself made rprivate or rshared as critest makes
+/// them. Dropping it detaches every mount under its directory (lazily:
+/// a container may still hold them) and removes the directory only when
+/// nothing is mounted there any more (a bind of `/etc` that propagated
+/// back must not be emptied by a recursive removal).
+struct PropagationDirs(Option<tempfile::TempDir>);
+
+impl PropagationDirs {
+    fn new() -> PropagationDirs {
+        PropagationDirs(Some(tempfile::tempdir().unwrap()))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+
+    /// `<dir>/<mode>/mnt` (the volume, bound onto itself and made
+    /// `make`), `<dir>/<mode>/src/flag`; answers the volume.
+    fn volume(&self, mode: &str, make: &str) -> std::path::PathBuf {
+        let base = self.path().join(mode);
+        let volume = base.join("mnt");
+        std::fs::create_dir_all(volume.join("propagated")).unwrap();
+        std::fs::create_dir_all(base.join("src")).unwrap();
+        std::fs::write(base.join("src/flag"), "").unwrap();
+        mount(&["--bind", &volume.display().to_string(), &volume.display().to_string()]);
+        mount(&[make, &volume.display().to_string()]);
+        volume
+    }
+
+    fn mounted(&self) -> Vec<String> {
+        let dir = self.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(String::from).collect()
+    }
+}
+
+impl Drop for PropagationDirs {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for m in self.mounted().iter().rev() {
+                let _ = std::process::Command::new("umount").args(["-l", m]).output();
+            }
+        }
+        let left = self.mounted();
+        if !left.is_empty() {
+            eprintln!("still mounted, left in place: {left:?}");
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
+/// `mount args`, which must succeed.
+fn mount(args: &[&str]) {
+    let out = std::process::Command::new("mount").args(args).output().unwrap();
+    assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Polls until the CRI log at `path` has an entry with `content`.
@@ -627,12 +688,19 @@ async fn exec_security_stats_and_bad_input() {
 /// masked and read-only paths (containerd's defaults), a privileged
 /// container in a privileged pod (every capability the host has, nothing
 /// masked) and one refused in an unprivileged pod, a group without a user
-/// refused, a pod in the host's pid namespace, a pod's sysctls, and a
-/// `localhost/` seccomp profile refusing sethostname(2) that the same
-/// container may call without it.
+/// refused, a pod in the host's pid and IPC namespaces (and one in its
+/// own IPC namespace), a pod's sysctls, a `localhost/` seccomp profile
+/// refusing sethostname(2) that the same container may call without it,
+/// a profile name without `localhost/` refused, and a blocking profile
+/// ignored for a privileged container. Also critest's mount specs: a
+/// volume whose host path is a symlink, and mount propagation rprivate,
+/// rshared and rslave seen both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     let (pods, ch, image, sandbox, sandbox_config) = world(5).await;
+    // Declared after the world, dropped before it: the host's mounts go
+    // first (lazily), then the containers holding them.
+    let propagation = PropagationDirs::new();
     let forever = "while true; do sleep 1; done";
     let mountinfo_has = |mountinfo: &str, target: &str| {
         mountinfo
@@ -642,15 +710,34 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     };
 
     // Defaults: /proc/keys masked (runc masks what exists; this kernel has
-    // no /proc/kcore), /proc/sys read-only.
-    let plain = create(&ch, &sandbox, &sandbox_config, config("plain", &image, forever)).await.expect("create plain");
+    // no /proc/kcore), /proc/sys read-only. A volume whose host path is a
+    // symlink mounts the symlink's target (containerd resolves it).
+    let target = pods.dir.path().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("note"), "through the link\n").unwrap();
+    let link = pods.dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let mut cfg = config("plain", &image, forever);
+    cfg.mounts =
+        vec![Mount { container_path: "/linked".into(), host_path: link.display().to_string(), ..Default::default() }];
+    let plain = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create plain");
     start(&ch, &plain).await;
     let (mountinfo, _, _) = exec(&ch, &plain, "cat /proc/self/mountinfo", 10).await.unwrap();
-    let (_, info) = status(&ch, &plain).await;
+    let (st, info) = status(&ch, &plain).await;
     let linux = &info["runtimeSpec"]["linux"];
     assert!(mountinfo_has(&mountinfo, "/proc/keys").is_some(), "/proc/keys is not masked:\n{mountinfo}\n{linux}");
     let sys = mountinfo_has(&mountinfo, "/proc/sys").expect("/proc/sys is a read-only mount");
     assert!(sys.split(',').any(|o| o == "ro"), "{sys}");
+    let (out, _, _) = exec(&ch, &plain, "cat /linked/note", 10).await.unwrap();
+    assert_eq!(out, "through the link\n");
+    let mounts = info["runtimeSpec"]["mounts"].as_array().unwrap();
+    let linked = mounts.iter().find(|m| m["destination"] == "/linked").expect("the /linked mount");
+    assert_eq!(linked["source"], std::fs::canonicalize(&target).unwrap().display().to_string());
+    assert_eq!(st.mounts[0].host_path, link.display().to_string(), "the status keeps the config's path");
+    // Its own IPC namespace, not the host's.
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap().display().to_string();
+    let (out, _, _) = exec(&ch, &plain, "readlink /proc/self/ns/ipc", 10).await.unwrap();
+    assert!(out.starts_with("ipc:[") && out.trim() != host_ipc, "{out} vs the host's {host_ipc}");
 
     // A privileged container needs a privileged pod.
     let mut cfg = config("refused", &image, forever);
@@ -665,7 +752,38 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     let e = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
     assert!(e.message().contains("specified without user"), "{e:?}");
 
-    // A privileged pod in the host's pid namespace, with a sysctl.
+    // A profile name without `localhost/` (nor runtime/default,
+    // docker/default, unconfined) is refused, as containerd refuses it.
+    let profile = pods.dir.path().join("no-sethostname.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let mut cfg = config("unprefixed", &image, forever);
+    #[allow(deprecated)]
+    let sec =
+        LinuxContainerSecurityContext { seccomp_profile_path: profile.display().to_string(), ..Default::default() };
+    cfg.linux = security(sec);
+    let e = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(&format!("invalid profile {:?}", profile.display().to_string())), "{e:?}");
+
+    // Volumes for the propagation specs: rprivate on a private mount,
+    // rshared and rslave on shared ones (containerd refuses them
+    // otherwise).
+    let volumes = [
+        ("private", MountPropagation::PropagationPrivate, propagation.volume("private", "--make-rprivate")),
+        ("shared", MountPropagation::PropagationBidirectional, propagation.volume("shared", "--make-rshared")),
+        ("slave", MountPropagation::PropagationHostToContainer, propagation.volume("slave", "--make-rshared")),
+    ];
+
+    // A privileged pod in the host's pid and IPC namespaces, with a sysctl.
+    let host_pid_ipc = k8s_cri::v1::NamespaceOption {
+        pid: k8s_cri::v1::NamespaceMode::Node as i32,
+        ipc: k8s_cri::v1::NamespaceMode::Node as i32,
+        ..Default::default()
+    };
     let host_pid_config = PodSandboxConfig {
         metadata: metadata("privileged"),
         log_directory: pods.dir.path().join("logs/privileged").display().to_string(),
@@ -673,10 +791,7 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
             sysctls: HashMap::from([("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string())]),
             security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
                 privileged: true,
-                namespace_options: Some(k8s_cri::v1::NamespaceOption {
-                    pid: k8s_cri::v1::NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(host_pid_ipc.clone()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -687,14 +802,24 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     let mut cfg = config("privileged", &image, forever);
     cfg.linux = security(LinuxContainerSecurityContext {
         privileged: true,
-        namespace_options: Some(k8s_cri::v1::NamespaceOption {
-            pid: k8s_cri::v1::NamespaceMode::Node as i32,
-            ..Default::default()
-        }),
+        namespace_options: Some(host_pid_ipc.clone()),
         ..Default::default()
     });
+    cfg.mounts = volumes
+        .iter()
+        .map(|(mode, p, volume)| Mount {
+            container_path: format!("/{mode}"),
+            host_path: volume.display().to_string(),
+            propagation: *p as i32,
+            ..Default::default()
+        })
+        .collect();
     let privileged = create(&ch, &privileged_pod, &host_pid_config, cfg).await.expect("create privileged");
     start(&ch, &privileged).await;
+    let (st, info) = status(&ch, &privileged).await;
+    let props: Vec<i32> = st.mounts.iter().map(|m| m.propagation).collect();
+    assert_eq!(props, volumes.iter().map(|v| v.1 as i32).collect::<Vec<_>>());
+    assert_eq!(info["runtimeSpec"]["linux"]["rootfsPropagation"], "rshared");
     let (out, _, _) = exec(&ch, &privileged, "grep CapEff /proc/self/status", 10).await.unwrap();
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
     let host_caps = ours.lines().find(|l| l.starts_with("CapEff:")).unwrap().split_whitespace().nth(1).unwrap();
@@ -704,18 +829,32 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     // The host's pid namespace: the host's pid 1 is the container's.
     let (out, _, _) = exec(&ch, &privileged, "cat /proc/1/comm", 10).await.unwrap();
     assert_eq!(out, std::fs::read_to_string("/proc/1/comm").unwrap());
+    // The host's IPC namespace.
+    let (out, _, _) = exec(&ch, &privileged, "readlink /proc/self/ns/ipc", 10).await.unwrap();
+    assert_eq!(out.trim(), host_ipc);
     // The pod's sysctl, in the pod's network namespace.
     let (out, _, _) = exec(&ch, &privileged, "cat /proc/sys/net/ipv4/ping_group_range", 10).await.unwrap();
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"]);
 
+    // Mount propagation (critest's `container_linux.go`): the host mounts
+    // under each volume after the start, the container mounts /etc under
+    // each; rshared sees both, rslave the host's only, rprivate neither.
+    for (mode, _, volume) in &volumes {
+        let src = volume.parent().unwrap().join("src");
+        mount(&["--bind", &src.display().to_string(), &volume.join("propagated").display().to_string()]);
+        let (out, err, code) = exec(&ch, &privileged, &format!("ls -A /{mode}/propagated"), 10).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        let want = if *mode == "private" { "" } else { "flag\n" };
+        assert_eq!(out, want, "{mode}: the host's mount as seen inside");
+        let script = format!("mkdir -p /{mode}/inner && mount --bind /etc /{mode}/inner");
+        let (_, err, code) = exec(&ch, &privileged, &script, 10).await.unwrap();
+        assert_eq!(code, 0, "{mode}: {err}");
+        let seen = std::fs::read_dir(volume.join("inner")).unwrap().count();
+        assert_eq!(seen > 0, *mode == "shared", "{mode}: the container's mount as seen on the host");
+    }
+
     // A localhost seccomp profile refusing sethostname: the same container
     // without it (and CAP_SYS_ADMIN) may set the pod's hostname.
-    let profile = pods.dir.path().join("no-sethostname.json");
-    std::fs::write(
-        &profile,
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
-    )
-    .unwrap();
     let sys_admin = |seccomp: Option<SecurityProfile>| {
         security(LinuxContainerSecurityContext {
             capabilities: Some(Capability { add_capabilities: vec!["SYS_ADMIN".into()], ..Default::default() }),
@@ -739,4 +878,22 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     start(&ch, &unconfined).await;
     let (out, err, code) = exec(&ch, &unconfined, "hostname unconfined-name && hostname", 10).await.unwrap();
     assert_eq!((code, out.trim()), (0, "unconfined-name"), "{err}");
+
+    // A privileged container ignores the profile (containerd 1.6 sets no
+    // seccomp for one, whatever it names).
+    let mut cfg = config("privileged-profile", &image, forever);
+    #[allow(deprecated)]
+    let sec = LinuxContainerSecurityContext {
+        privileged: true,
+        seccomp_profile_path: format!("localhost/{}", profile.display()),
+        ..Default::default()
+    };
+    cfg.linux = security(sec);
+    let ignored = create(&ch, &privileged_pod, &host_pid_config, cfg).await.expect("create privileged-profile");
+    start(&ch, &ignored).await;
+    let (_, info) = status(&ch, &ignored).await;
+    assert!(info["runtimeSpec"]["linux"].get("seccomp").is_none(), "{}", info["runtimeSpec"]["linux"]);
+    let (out, err, code) = exec(&ch, &ignored, "hostname privileged-name && hostname", 10).await.unwrap();
+    assert_eq!((code, out.trim()), (0, "privileged-name"), "{err}");
+    drop(propagation);
 }

@@ -2,8 +2,9 @@
 //! (k8s-cri's tonic clients on the daemon's socket), against the bundle
 //! and a real registry (`crated_tests::registry`): Version, Status,
 //! UpdateRuntimeConfig, then PullImage over plain HTTP configured by a
-//! `hosts.toml` under `registry.config_path`, ListImages, ImageStatus (by
-//! tag, id, short id, unknown), ImageFsInfo, the records and labels
+//! `hosts.toml` under `registry.config_path`, ListImages (three images,
+//! their repo tags), ImageStatus (by tag, id, short id, unknown; the uid
+//! or user name of a config's `User`), ImageFsInfo, the records and labels
 //! containerd's CRI leaves in `k8s.io`, RemoveImage, a missing tag, a
 //! method not built yet; and a pull through an htpasswd registry with the
 //! request's AuthConfig. The test image is built from busybox-static,
@@ -190,6 +191,41 @@ async fn pull_list_status_fsinfo_remove_over_plain_http() {
     // Pulling again changes nothing.
     assert_eq!(pull(&ch, &tag, None).await.expect("second pull"), id);
     assert_eq!(records(&ch).await.len(), 3);
+
+    // Two more images whose configs name a `User`: a uid and a name.
+    // Listed with the first, each with its own repo tag; the user shows
+    // in the list and in the status (critest's listImage and ImageStatus
+    // uid/username specs).
+    let mut users = Vec::new();
+    for (name, user) in [("uid", "1002"), ("username", "www-data")] {
+        let options = ImageOptions { user: Some(user.into()), ..Default::default() };
+        let archive = oci_archive(&options).unwrap();
+        let reference = format!("{}/test/{name}:1", registry.host());
+        push_image(&ch, &archive, &reference, None).await;
+        let id = pull(&ch, &reference, None).await.expect("pull an image with a user");
+        assert_eq!(&id, &archive.configs[0]);
+        users.push((reference, id, user));
+    }
+    let mut images = list(&ch).await;
+    images.sort_by(|a, b| a.repo_tags.cmp(&b.repo_tags));
+    let tags: Vec<Vec<String>> = images.iter().map(|i| i.repo_tags.clone()).collect();
+    let mut want = vec![vec![tag.clone()], vec![users[0].0.clone()], vec![users[1].0.clone()]];
+    want.sort();
+    assert_eq!(tags, want, "{images:?}");
+    for (reference, id, user) in &users {
+        let listed = images.iter().find(|i| &i.id == id).unwrap_or_else(|| panic!("{id} not listed: {images:?}"));
+        let by_status = status(&ch, reference, false).await.image.expect("status of an image with a user");
+        for image in [listed, &by_status] {
+            match *user {
+                "1002" => assert_eq!((image.uid.as_ref().map(|u| u.value), image.username.as_str()), (Some(1002), "")),
+                _ => assert_eq!((image.uid.as_ref(), image.username.as_str()), (None, "www-data")),
+            }
+        }
+    }
+    for (reference, _, _) in &users {
+        remove(&ch, reference).await;
+    }
+    assert_eq!(list(&ch).await.len(), 1);
 
     // Removal by tag removes every name of the image.
     remove(&ch, &tag).await;

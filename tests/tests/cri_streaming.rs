@@ -6,7 +6,9 @@
 //! is busybox (the bundle, a real registry, Debian's shim, runc and CNI
 //! plugins, as tests/cri_pods.rs): stdout and stderr, a non-zero exit code
 //! as kubectl's exit status, stdin echoed through `cat`, a terminal,
-//! port-forward to a busybox `nc` in the pod, spent and unknown tokens
+//! port-forward to a busybox `nc` in the pod (and to the host's loopback
+//! for a host-network pod), a container-port-only mapping served on the
+//! pod's IP, spent and unknown tokens
 //! refused, garbage answered while the server keeps serving, `kubectl
 //! attach -i` to a container reading its stdin, and the RPCs' own checks.
 //!
@@ -24,12 +26,12 @@ use std::{
     time::Duration,
 };
 
-use common::cri::{Pods, CRI, PAUSE};
+use common::cri::{host_network, Pods, CRI, PAUSE};
 use crated_tests::kube_proxy::{KubeProxy, KUBECTL};
 use k8s_cri::v1::{
     runtime_service_client::RuntimeServiceClient, AttachRequest, ContainerConfig, ContainerMetadata,
-    CreateContainerRequest, ExecRequest, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PortForwardRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ExecRequest, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PortForwardRequest, PortMapping, Protocol, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::{transport::Channel, Code};
 
@@ -158,7 +160,16 @@ async fn exec_and_port_forward_with_kubectl() {
     assert!(Path::new(KUBECTL).exists(), "{KUBECTL} is missing: run scripts/install-deps.sh");
     let world = world(11).await;
     let ch = world.channel().await;
-    let id = run_pod(&ch, POD).await;
+    // A port mapping with a container port only.
+    let mut config = pod_config(POD);
+    config.port_mappings =
+        vec![PortMapping { protocol: Protocol::Tcp as i32, container_port: 8080, ..Default::default() }];
+    let id = rt(&ch)
+        .run_pod_sandbox(RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() })
+        .await
+        .expect("run the sandbox")
+        .into_inner()
+        .pod_sandbox_id;
     let proxy = KubeProxy::start(world.dir.path(), "default", POD, CONTAINER).await;
 
     // stdout and stderr apart, exit 0.
@@ -241,17 +252,81 @@ async fn exec_and_port_forward_with_kubectl() {
         .url;
     assert!(url.contains("/portforward/"), "{url}");
     proxy.route_next("portforward", &url);
+    port_forward_echo(&proxy, world.dir.path(), 8080).await;
+
+    // The pod's only port mapping names no host port: no rule (portmap
+    // gets none, as from containerd), and the pod's IP serves the port
+    // (critest's "port mapping with only container port").
+    let ip = rt(&ch)
+        .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .expect("the pod's network")
+        .ip;
+    let nat = Command::new("iptables-save").args(["-t", "nat"]).output().unwrap();
+    assert!(!text(&nat.stdout).contains(&format!("{ip}:8080")), "a rule for the container port alone");
+    let echoed = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect((ip.as_str(), 8080)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"to the pod's IP\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        text(&got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, "to the pod's IP\n");
+
+    // A host-network pod: the backend dials the host's loopback, where
+    // the test's own echo server listens.
+    let host_pod = rt(&ch)
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(PodSandboxConfig { linux: host_network(), ..pod_config("hostnet") }),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run the host-network pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    // Serves until the test's process ends.
+    std::thread::spawn(move || {
+        for mut c in echo.incoming().flatten() {
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            let _ = c.write_all(&got);
+        }
+    });
+    let url = rt(&ch)
+        .port_forward(PortForwardRequest { pod_sandbox_id: host_pod, port: vec![port as i32] })
+        .await
+        .expect("PortForward")
+        .into_inner()
+        .url;
+    proxy.route_next("portforward", &url);
+    port_forward_echo(&proxy, world.dir.path(), port).await;
+}
+
+/// `kubectl port-forward` (routed by the caller) from a free local port
+/// to `remote`: bytes sent through it come back from the echo server
+/// there.
+async fn port_forward_echo(proxy: &KubeProxy, dir: &Path, remote: u16) {
     let local = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     // kubectl prints a line per connection: its output goes to a file
     // (a closed pipe would kill it).
-    let pf_out = world.dir.path().join("port-forward.out");
+    let pf_out = dir.join(format!("port-forward-{remote}.out"));
     let mut pf = Child(
         proxy
             .kubectl()
-            .args(["port-forward", POD, &format!("{local}:8080")])
+            .args(["port-forward", POD, &format!("{local}:{remote}")])
             .stdout(std::fs::File::create(&pf_out).unwrap())
             .stderr(Stdio::piped())
             .spawn()

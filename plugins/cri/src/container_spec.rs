@@ -3,7 +3,9 @@
 //! `pkg/cri/opts/spec_linux.go`): the image's process merged with the
 //! ContainerConfig, the sandbox's namespaces and cgroup parent, the
 //! sandbox's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf`, the
-//! CRI's mounts and devices, and the security context.
+//! CRI's mounts and devices, and the security context. A mount's source
+//! is its host path with symlinks resolved; `rshared` (`rslave`) needs
+//! that path on a shared (shared or slave) mount, as containerd's.
 //!
 //! Security: users and groups are resolved from the rootfs's `/etc/passwd`
 //! and `/etc/group` ([`Rootfs`]); capabilities start from containerd's
@@ -312,30 +314,58 @@ pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
     caps
 }
 
-/// A seccomp profile from the CRI's security profile: `None` unconfined.
-pub fn seccomp(profile: Option<&SecurityProfile>, legacy: &str) -> Result<Option<Value>, Status> {
+/// A seccomp profile from the CRI's security profile, or else from the
+/// deprecated `seccomp_profile_path` name: `None` unconfined. As
+/// containerd 1.6 (`generateSeccompSecurityProfile`, then
+/// `generateSeccompSpecOpts`): a name that is not `runtime/default`,
+/// `docker/default`, `unconfined` or `localhost/<path>` is refused even for
+/// a privileged container; past that, a privileged container has no
+/// profile, whatever it names (its file is not read).
+pub fn seccomp(profile: Option<&SecurityProfile>, legacy: &str, privileged: bool) -> Result<Option<Value>, Status> {
     use k8s_cri::v1::security_profile::ProfileType;
-    let localhost = |path: &str| -> Result<Option<Value>, Status> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Status::invalid_argument(format!("failed to load seccomp profile {path:?}: {e}")))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Status::invalid_argument(format!("failed to parse seccomp profile {path:?}: {e}")))?;
-        Ok(Some(v))
+    let invalid = |m: String| Status::invalid_argument(format!("failed to generate seccomp spec opts: {m}"));
+    let named;
+    let profile = match profile {
+        Some(p) => Some(p),
+        None => {
+            named = match legacy {
+                "" => None,
+                "runtime/default" | "docker/default" => {
+                    Some(SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, ..Default::default() })
+                }
+                "unconfined" => {
+                    Some(SecurityProfile { profile_type: ProfileType::Unconfined as i32, ..Default::default() })
+                }
+                other => match other.strip_prefix("localhost/") {
+                    Some(path) => Some(SecurityProfile {
+                        profile_type: ProfileType::Localhost as i32,
+                        localhost_ref: path.to_string(),
+                    }),
+                    None => return Err(invalid(format!("invalid profile {other:?}"))),
+                },
+            };
+            named.as_ref()
+        }
     };
-    match profile {
-        Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::RuntimeDefault) => Ok(Some(default_seccomp())),
-            Ok(ProfileType::Localhost) => localhost(&p.localhost_ref),
-            _ => Ok(None),
-        },
-        None => match legacy {
-            "" | "unconfined" => Ok(None),
-            "runtime/default" | "docker/default" => Ok(Some(default_seccomp())),
-            other => match other.strip_prefix("localhost/") {
-                Some(path) => localhost(path),
-                None => Err(Status::invalid_argument(format!("unsupported seccomp profile {other:?}"))),
-            },
-        },
+    let Some(p) = profile.filter(|_| !privileged) else { return Ok(None) };
+    let kind = ProfileType::try_from(p.profile_type);
+    if kind != Ok(ProfileType::Localhost) && !p.localhost_ref.is_empty() {
+        return Err(invalid("seccomp config invalid LocalhostRef must only be set if ProfileType is Localhost".into()));
+    }
+    match kind {
+        Ok(ProfileType::Unconfined) => Ok(None),
+        Ok(ProfileType::RuntimeDefault) => Ok(Some(default_seccomp())),
+        Ok(ProfileType::Localhost) => {
+            // containerd trims the prefix here too, in case the new field
+            // still carries it.
+            let path = p.localhost_ref.strip_prefix("localhost/").unwrap_or(&p.localhost_ref);
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Status::invalid_argument(format!("failed to load seccomp profile {path:?}: {e}")))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| Status::invalid_argument(format!("failed to parse seccomp profile {path:?}: {e}")))?;
+            Ok(Some(v))
+        }
+        _ => Err(invalid("seccomp unknown ProfileType".into())),
     }
 }
 
@@ -417,6 +447,35 @@ fn propagation(p: i32) -> &'static str {
         Ok(MountPropagation::PropagationBidirectional) => "rshared",
         _ => "rprivate",
     }
+}
+
+/// Refuses a `rshared` (`rslave`) mount whose source is on a mount that
+/// is not shared (nor a slave): the propagation asked for could not
+/// happen (containerd's `ensureShared`, `ensureSharedOrSlave`). The mount
+/// is the one of `/proc/self/mountinfo` with the longest mount point
+/// holding `path`, the last listed (the top one) among equals.
+fn ensure_propagates(path: &Path, tags: &[&str], kind: &str) -> Result<(), Status> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Status::internal(format!("failed to read mountinfo: {e}")))?;
+    let mut best: Option<(&str, Vec<&str>)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4).copied() else { continue };
+        if !path.starts_with(point) || best.as_ref().is_some_and(|(b, _)| b.len() > point.len()) {
+            continue;
+        }
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-").copied().collect();
+        best = Some((point, optional));
+    }
+    let (point, optional) =
+        best.ok_or_else(|| Status::internal(format!("no mount holds {:?}", path.display().to_string())))?;
+    if optional.iter().any(|o| tags.iter().any(|t| o.starts_with(t))) {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "path {:?} is mounted on {point:?} but it is not a {kind} mount",
+        path.display().to_string()
+    )))
 }
 
 /// A device node's type and numbers, for `linux.devices`.
@@ -530,14 +589,25 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
             std::fs::create_dir_all(src)
                 .map_err(|e| Status::internal(format!("failed to mkdir {:?}: {e}", m.host_path)))?;
         }
+        // The mount's source is where a symlink leads, as containerd's.
+        let src = std::fs::canonicalize(src)
+            .map_err(|e| Status::internal(format!("failed to resolve symlink {:?}: {e}", m.host_path)))?;
         let prop = propagation(m.propagation);
         match prop {
-            "rshared" => rootfs_propagation = Some("rshared"),
-            "rslave" if rootfs_propagation.is_none() => rootfs_propagation = Some("rslave"),
+            "rshared" => {
+                ensure_propagates(&src, &["shared:"], "shared")?;
+                rootfs_propagation = Some("rshared");
+            }
+            "rslave" => {
+                ensure_propagates(&src, &["shared:", "master:"], "shared or slave")?;
+                if rootfs_propagation.is_none() {
+                    rootfs_propagation = Some("rslave");
+                }
+            }
             _ => {}
         }
         let rw = if m.readonly { "ro" } else { "rw" };
-        extra.push(mount(&m.container_path, "bind", &m.host_path, &["rbind", prop, rw]));
+        extra.push(mount(&m.container_path, "bind", &src.display().to_string(), &["rbind", prop, rw]));
     }
     let extra_dests: Vec<String> = extra.iter().filter_map(|m| m["destination"].as_str().map(str::to_string)).collect();
     mounts.retain(|m| !extra_dests.iter().any(|d| Some(d.as_str()) == m["destination"].as_str()));
@@ -567,7 +637,7 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
         capabilities(&c.add_capabilities, &c.drop_capabilities)
     };
     #[allow(deprecated)]
-    let seccomp = if privileged { None } else { seccomp(sec.seccomp.as_ref(), &sec.seccomp_profile_path)? };
+    let seccomp = seccomp(sec.seccomp.as_ref(), &sec.seccomp_profile_path, privileged)?;
     let (masked, readonly): (Vec<String>, Vec<String>) = if privileged {
         (Vec::new(), Vec::new())
     } else {
@@ -686,6 +756,19 @@ mod tests {
         let c = capabilities(&[], &s(&["CAP_CHOWN", "kill"]));
         assert!(!c.contains(&"CAP_CHOWN".to_string()) && !c.contains(&"CAP_KILL".to_string()));
         assert_eq!(capabilities(&s(&["ALL"]), &[]), current_capabilities());
+    }
+
+    #[test]
+    fn seccomp_names_as_containerd() {
+        use k8s_cri::v1::security_profile::ProfileType;
+        let bad = seccomp(None, "/some/profile.json", true).unwrap_err();
+        assert!(bad.message.contains("invalid profile \"/some/profile.json\""), "{bad:?}");
+        assert_eq!(seccomp(None, "localhost/no/such/file", true).unwrap(), None, "privileged: nothing read");
+        assert!(seccomp(None, "localhost/no/such/file", false).is_err());
+        assert_eq!(seccomp(None, "unconfined", false).unwrap(), None);
+        assert_eq!(seccomp(None, "docker/default", false).unwrap(), Some(default_seccomp()));
+        let odd = SecurityProfile { profile_type: ProfileType::RuntimeDefault as i32, localhost_ref: "x".into() };
+        assert!(seccomp(Some(&odd), "", false).unwrap_err().message.contains("LocalhostRef"));
     }
 
     #[test]
