@@ -105,6 +105,22 @@ async fn sandboxes_run_list_restart_stop_remove() {
     let net = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "NetworkReady").unwrap();
     assert!(net.status, "{net:?}");
     assert_eq!(s.info["lastCNILoadStatus"], "OK");
+    assert_eq!(s.info["lastCNILoadStatus.default"], "OK");
+    // What `crictl info` prints besides: go-cni's view of the networks,
+    // and the daemon's paths in the config, as containerd's.
+    let cni: Value = serde_json::from_str(&s.info["cniconfig"]).expect("cniconfig is JSON");
+    let names: Vec<(&str, &str)> = cni["Networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["IFName"].as_str().unwrap(), n["Config"]["Name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("lo", "cni-loopback"), ("eth0", format!("crated-pods-{}", pods.bridge).as_str())]);
+    assert_eq!(cni["PluginConfDir"], pods.dir.path().join("net.d").display().to_string());
+    let config: Value = serde_json::from_str(&s.info["config"]).expect("config is JSON");
+    assert_eq!(config["rootDir"], pods.cri_root().display().to_string());
+    assert_eq!(config["stateDir"], pods.d().setup.state().join(CRI).display().to_string());
+    assert_eq!(config["containerdEndpoint"], pods.d().setup.socket().display().to_string());
 
     // A pod on the bridge; the sandbox image is pulled on demand.
     let host_port = 20000 + (std::process::id() % 20000) as i32;

@@ -89,7 +89,8 @@ impl Plugin for Cri {
         let cni = Arc::new(load_cni(&parsed.config.cni, &ctx.state).await);
         let (address, port) = (parsed.config.stream_server_address.clone(), parsed.config.stream_server_port.clone());
         let idle = parsed.config.stream_idle_timeout.clone();
-        let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state);
+        let svc = service::CriService::new(ctx.host.clone(), parsed.config, image_fs, cni, &ctx.root, &ctx.state)
+            .with_endpoint(&ctx.grpc_address);
         // Containers come back from their records and live tasks in the
         // background (every container call waits for it), so that exit
         // monitors and logs resume without waiting for a first call.

@@ -87,6 +87,10 @@ pub struct CriService {
     containers: Containers,
     /// The stream server Exec, Attach and PortForward answer URLs of.
     streams: Option<StreamServer>,
+    /// The keys containerd's `Config` adds to the plugin's config in the
+    /// verbose Status: `containerdRootDir`, `containerdEndpoint`,
+    /// `rootDir`, `stateDir`.
+    daemon_paths: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn now_nanos() -> i64 {
@@ -99,7 +103,28 @@ impl CriService {
         let sandboxes = Sandboxes::new(host.clone(), config.clone(), cni.clone(), root, state);
         let containers =
             Containers::new(host.clone(), config.clone(), sandboxes.clone(), root, state, image_fs.clone());
-        CriService { host, config, image_fs, pod_cidr: Arc::default(), cni, sandboxes, containers, streams: None }
+        let daemon_paths = Arc::new(serde_json::Map::from_iter([
+            ("containerdRootDir".to_string(), root.parent().unwrap_or(root).display().to_string().into()),
+            ("rootDir".to_string(), root.display().to_string().into()),
+            ("stateDir".to_string(), state.display().to_string().into()),
+        ]));
+        CriService {
+            host,
+            config,
+            image_fs,
+            pod_cidr: Arc::default(),
+            cni,
+            sandboxes,
+            containers,
+            streams: None,
+            daemon_paths,
+        }
+    }
+
+    /// The daemon's gRPC address, for the verbose Status's config.
+    pub fn with_endpoint(mut self, address: &str) -> CriService {
+        Arc::make_mut(&mut self.daemon_paths).insert("containerdEndpoint".into(), address.into());
+        self
     }
 
     pub fn sandboxes(&self) -> &Sandboxes {
@@ -206,9 +231,18 @@ impl CriService {
         ];
         let mut info = HashMap::new();
         if r.verbose {
-            let config = serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
-            info.insert("config".to_string(), config);
+            // containerd's keys but `golang` (the Go version it was built
+            // with: there is none here).
+            let mut config = serde_json::to_value(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
+            if let Some(c) = config.as_object_mut() {
+                c.extend(self.daemon_paths.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            info.insert("config".to_string(), config.to_string());
+            info.insert("cniconfig".to_string(), self.cni.config_report().to_string());
+            // containerd names each network plugin's load too; there is
+            // only the default one here.
             let last = self.cni.load_error().unwrap_or_else(|| "OK".to_string());
+            info.insert("lastCNILoadStatus.default".to_string(), last.clone());
             info.insert("lastCNILoadStatus".to_string(), last);
         }
         Ok(StatusResponse { status: Some(RuntimeStatus { conditions }), info, ..Default::default() })

@@ -247,6 +247,77 @@ impl Cni {
         self.networks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// What go-cni's `GetConfig` reports, as containerd's verbose Status
+    /// puts it under `cniconfig`: the dirs, the interface prefix, and each
+    /// network with its plugins (libcni's `NetConf` fields of each, and
+    /// the JSON each came from).
+    pub fn config_report(&self) -> Value {
+        let net_conf = |raw: &Map<String, Value>| {
+            let mut conf = Map::new();
+            for key in ["cniVersion", "name", "type"] {
+                if let Some(Value::String(v)) = raw.get(key).filter(|v| v.as_str().is_some_and(|s| !s.is_empty())) {
+                    conf.insert(key.into(), Value::String(v.clone()));
+                }
+            }
+            if let Some(Value::Object(c)) =
+                raw.get("capabilities").filter(|c| c.as_object().is_some_and(|c| !c.is_empty()))
+            {
+                conf.insert("capabilities".into(), Value::Object(c.clone()));
+            }
+            let mut ipam = Map::new();
+            if let Some(Value::String(t)) =
+                raw.get("ipam").and_then(|i| i.get("type")).filter(|t| t.as_str() != Some(""))
+            {
+                ipam.insert("type".into(), Value::String(t.clone()));
+            }
+            conf.insert("ipam".into(), Value::Object(ipam));
+            let mut dns = Map::new();
+            if let Some(Value::Object(d)) = raw.get("dns") {
+                for key in ["nameservers", "domain", "search", "options"] {
+                    if let Some(v) = d.get(key).filter(|v| !v.is_null()) {
+                        dns.insert(key.into(), v.clone());
+                    }
+                }
+            }
+            conf.insert("dns".into(), Value::Object(dns));
+            if let Some(Value::Object(prev)) = raw.get("prevResult") {
+                conf.insert("prevResult".into(), Value::Object(prev.clone()));
+            }
+            Value::Object(conf)
+        };
+        let networks: Vec<Value> = self
+            .networks()
+            .iter()
+            .map(|n| {
+                let plugins: Vec<Value> = n
+                    .config
+                    .plugins
+                    .iter()
+                    .map(|p| {
+                        let source = serde_json::to_string(&p.raw).unwrap_or_default();
+                        serde_json::json!({"Network": net_conf(&p.raw), "Source": source})
+                    })
+                    .collect();
+                serde_json::json!({
+                    "Config": {
+                        "Name": n.config.name,
+                        "CNIVersion": n.config.cni_version,
+                        "Plugins": plugins,
+                        "Source": String::from_utf8_lossy(&n.config.bytes),
+                    },
+                    "IFName": n.ifname,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "PluginDirs": self.config.bin_dirs,
+            "PluginConfDir": self.config.conf_dir,
+            "PluginMaxConfNum": self.config.max_conf_num,
+            "Prefix": DEFAULT_IFNAME_PREFIX,
+            "Networks": if networks.is_empty() { Value::Null } else { Value::Array(networks) },
+        })
+    }
+
     /// The last load's failure, for the CRI's status details.
     pub fn load_error(&self) -> Option<String> {
         self.load_error.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -485,6 +556,38 @@ impl Cni {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_report_is_go_cnis() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = r#"{"cniVersion":"1.0.0","name":"pods","plugins":[
+            {"type":"bridge","bridge":"b0","ipam":{"type":"host-local","ranges":[]}},
+            {"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+        std::fs::write(dir.path().join("10-pods.conflist"), list).unwrap();
+        let cni = Cni::new(CniConfig {
+            bin_dirs: vec!["/opt/cni/bin".into()],
+            conf_dir: dir.path().into(),
+            max_conf_num: 1,
+            cache_dir: PathBuf::new(),
+        });
+        assert_eq!(cni.config_report()["Networks"], Value::Null, "nothing loaded yet");
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(cni.reload()).unwrap();
+        let r = cni.config_report();
+        assert_eq!(r["PluginDirs"], serde_json::json!(["/opt/cni/bin"]));
+        assert_eq!((r["PluginMaxConfNum"].as_u64(), r["Prefix"].as_str()), (Some(1), Some("eth")));
+        let nets = r["Networks"].as_array().unwrap();
+        assert_eq!((nets[0]["IFName"].as_str(), nets[1]["IFName"].as_str()), (Some("lo"), Some("eth0")));
+        assert_eq!(nets[0]["Config"]["Name"], "cni-loopback");
+        let pods = &nets[1]["Config"];
+        assert_eq!((pods["Name"].as_str(), pods["CNIVersion"].as_str()), (Some("pods"), Some("1.0.0")));
+        assert_eq!(pods["Source"].as_str(), Some(list));
+        let bridge = &pods["Plugins"][0];
+        assert_eq!(bridge["Network"], serde_json::json!({"type":"bridge","ipam":{"type":"host-local"},"dns":{}}));
+        let source: Value = serde_json::from_str(bridge["Source"].as_str().unwrap()).unwrap();
+        assert_eq!(source["bridge"], "b0");
+        let portmap = &pods["Plugins"][1]["Network"];
+        assert_eq!(portmap["capabilities"], serde_json::json!({"portMappings": true}));
+    }
 
     #[test]
     fn versions_compare_numerically() {
