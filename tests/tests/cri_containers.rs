@@ -13,7 +13,9 @@
 //! read-only host mount, the pod's shared `/dev/shm`, stats,
 //! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
 //! rotation, a start failing with StartError, and bad input that leaves
-//! nothing behind.
+//! nothing behind; the CRI config's `device_ownership_from_security_context`
+//! and `disable_cgroup`, a slice cgroup parent's systemd path, and a
+//! privileged container's host devices.
 //!
 //! The world (registry, daemon, CNI) and its guard, which removes every
 //! container and sandbox even when an assertion failed, are
@@ -63,6 +65,22 @@ fn etc_layer() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
+/// Pushes the app image (busybox and [`etc_layer`]) to the world's
+/// registry and pulls it into `k8s.io`; its reference.
+async fn app_image(pods: &Pods, ch: &Channel) -> String {
+    let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
+    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc_layer()]).unwrap();
+    let image = pods.push("test/app:1", &archive).await;
+    ImageServiceClient::new(ch.clone())
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull the app image");
+    image
+}
+
 /// Starts the world with a small log line limit, a network, the app image
 /// pulled into `k8s.io`, and one pod whose logs go under the test's dir.
 async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
@@ -73,18 +91,8 @@ async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
 async fn world_with(n: u8, cri_keys: &str) -> (Pods, Channel, String, String, PodSandboxConfig) {
     let pods = Pods::start_with(n, PAUSE, &format!("max_container_log_line_size = 64\n{cri_keys}")).await;
     pods.write_conflist();
-    let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
-    let etc = etc_layer();
-    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc]).unwrap();
-    let image = pods.push("test/app:1", &archive).await;
     let ch = pods.channel().await;
-    ImageServiceClient::new(ch.clone())
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull the app image");
+    let image = app_image(&pods, &ch).await;
     let sandbox_config = PodSandboxConfig {
         metadata: metadata("app"),
         hostname: "app-host".into(),
@@ -188,6 +196,28 @@ impl Drop for CgroupParent {
     fn drop(&mut self) {
         crated_tests::cgroups::remove(&self.0);
     }
+}
+
+/// A character device of the host's `/dev` that runc does not make in a
+/// container by itself, and its `uid:gid:major:minor` (hex numbers, as
+/// busybox's `stat -c %u:%g:%t:%T` prints them).
+fn host_device_beyond_runcs_defaults() -> (String, String) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let runcs = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
+    let mut entries: Vec<_> = std::fs::read_dir("/dev").unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    entries
+        .into_iter()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            if !m.file_type().is_char_device() || runcs.contains(&name.as_str()) {
+                return None;
+            }
+            let (major, minor) = ((m.rdev() >> 8) & 0xfff, (m.rdev() & 0xff) | ((m.rdev() >> 12) & 0xfff00));
+            Some((name, format!("{}:{}:{major:x}:{minor:x}", m.uid(), m.gid())))
+        })
+        .expect("a character device in the host's /dev")
 }
 
 /// Polls until the CRI log at `path` has an entry with `content`.
@@ -724,6 +754,15 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     // The pod's sysctl, in the pod's network namespace.
     let (out, _, _) = exec(&ch, &privileged, "cat /proc/sys/net/ipv4/ping_group_range", 10).await.unwrap();
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"]);
+    // The host's devices (containerd's WithHostDevices), with the host's
+    // numbers and owner: one runc does not make by default.
+    let (name, numbers) = host_device_beyond_runcs_defaults();
+    let script = format!("/bin/busybox stat -c %u:%g:%t:%T /dev/{name}");
+    let (out, err, code) = exec(&ch, &privileged, &script, 10).await.unwrap();
+    assert_eq!((out.trim(), code), (numbers.as_str(), 0), "{err}");
+    let (_, err, code) = exec(&ch, &plain, &script, 10).await.unwrap();
+    assert_ne!(code, 0, "an unprivileged container has the host's /dev/{name}");
+    assert!(err.contains("No such file"), "{err}");
 
     // A localhost seccomp profile refusing sethostname: the same container
     // without it (and CAP_SYS_ADMIN) may set the pod's hostname.
@@ -811,16 +850,7 @@ async fn disable_cgroup_gives_no_cgroups_path_or_resources() {
     let pods = Pods::start_with(8, PAUSE, "disable_cgroup = true").await;
     pods.write_conflist();
     let ch = pods.channel().await;
-    let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
-    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc_layer()]).unwrap();
-    let image = pods.push("test/app:1", &archive).await;
-    ImageServiceClient::new(ch.clone())
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull the app image");
+    let image = app_image(&pods, &ch).await;
     let sandbox_config = PodSandboxConfig {
         metadata: metadata("nocg"),
         linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {

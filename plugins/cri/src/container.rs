@@ -577,6 +577,7 @@ impl Containers {
             container_annotations: &runtime.container_annotations,
             cgroups: Cgroups::new(&self.config, &runtime),
             device_ownership: self.config.device_ownership_from_security_context,
+            privileged_without_host_devices: runtime.privileged_without_host_devices,
         })?;
 
         let log_path = if !sandbox_config.log_directory.is_empty() && !config.log_path.is_empty() {

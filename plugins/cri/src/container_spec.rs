@@ -475,6 +475,8 @@ pub struct SpecInput<'a> {
     pub cgroups: Cgroups,
     /// `device_ownership_from_security_context`.
     pub device_ownership: bool,
+    /// The runtime's `privileged_without_host_devices`.
+    pub privileged_without_host_devices: bool,
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -491,20 +493,81 @@ fn propagation(p: i32) -> &'static str {
     }
 }
 
-/// A device node's type, numbers, mode and owner, for `linux.devices`.
-fn device_of(host: &str) -> Result<(&'static str, i64, i64, u32, u32, u32), Status> {
+/// A device node for `linux.devices`: where it goes in the container, its
+/// type, numbers, mode and owner (the host node's, containerd's
+/// `DeviceFromPath`).
+#[derive(Debug, Clone, PartialEq)]
+struct DeviceNode {
+    path: String,
+    kind: &'static str,
+    major: i64,
+    minor: i64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The node at `path` (not followed if a symlink), `None` if it is not a
+/// device node (a FIFO counts, as for containerd).
+fn device_node(path: &Path, to: String) -> std::io::Result<Option<DeviceNode>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(host)
-        .map_err(|e| Status::invalid_argument(format!("failed to stat device {host:?}: {e}")))?;
-    let t = if m.file_type().is_char_device() {
+    let m = std::fs::symlink_metadata(path)?;
+    let ft = m.file_type();
+    let kind = if ft.is_char_device() {
         "c"
-    } else if m.file_type().is_block_device() {
+    } else if ft.is_block_device() {
         "b"
+    } else if ft.is_fifo() {
+        "p"
     } else {
-        return Err(Status::invalid_argument(format!("{host:?} is not a device node")));
+        return Ok(None);
     };
     let rdev = m.rdev();
-    Ok((t, rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64, m.mode() & 0o7777, m.uid(), m.gid()))
+    let (major, minor) = (rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64);
+    Ok(Some(DeviceNode { path: to, kind, major, minor, mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() }))
+}
+
+/// The devices at `host` as containerd's `getDevices` finds them: the node
+/// itself (symlinks resolved), or every node below a directory, skipping
+/// the directories a container gets of its own (`pts`, `shm`, `fd`,
+/// `mqueue`, and LXC's and udev's), `console`, FIFOs and whatever is not
+/// a device. In the container they go to `to` (and below it), else to
+/// their host paths.
+fn host_devices(host: &Path, to: Option<&str>) -> Result<Vec<DeviceNode>, Status> {
+    let failed = |e: std::io::Error| Status::invalid_argument(format!("failed to stat device {host:?}: {e}"));
+    let resolved = std::fs::canonicalize(host).map_err(failed)?;
+    if !std::fs::metadata(&resolved).map_err(failed)?.is_dir() {
+        let to = to.map(str::to_string).unwrap_or_else(|| resolved.display().to_string());
+        return device_node(&resolved, to)
+            .map_err(failed)?
+            .map(|d| vec![d])
+            .ok_or_else(|| Status::invalid_argument(format!("{host:?} is not a device node")));
+    }
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&resolved).map_err(failed)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = resolved.join(&name);
+        let inside = to.map(|t| format!("{}/{name}", t.trim_end_matches('/')));
+        if entry.file_type().map_err(failed)?.is_dir() {
+            if !["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"].contains(&name.as_str()) {
+                out.extend(host_devices(&path, inside.as_deref())?);
+            }
+            continue;
+        }
+        if name == "console" {
+            continue;
+        }
+        let to = inside.unwrap_or_else(|| path.display().to_string());
+        match device_node(&path, to) {
+            Ok(Some(d)) if d.kind != "p" => out.push(d),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(out)
 }
 
 /// The container's spec (JSON, checked against oci-spec's types).
@@ -619,24 +682,35 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
         mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]));
     }
 
-    // A device node is owned as on the host (containerd's
-    // `DeviceFromPath`) or, with `device_ownership_from_security_context`,
-    // by the container's run_as_user / run_as_group where they are set and
-    // not 0 (containerd's `WithDevices`; not the user resolved from a name
-    // or the image).
+    // A device node is owned as on the host or, with
+    // `device_ownership_from_security_context`, by the container's
+    // run_as_user / run_as_group where they are set and not 0 (containerd's
+    // `WithDevices`; not the user resolved from a name or the image). A
+    // privileged container gets every host device as the host has it, all
+    // devices allowed (containerd's `WithHostDevices`,
+    // `WithAllDevicesAllowed`), unless the runtime says
+    // `privileged_without_host_devices`.
     let owner = |id: Option<i64>, host: u32| match id.and_then(|v| u32::try_from(v).ok()) {
         Some(v) if input.device_ownership && v != 0 => v,
         _ => host,
     };
+    let node = |d: &DeviceNode, uid: u32, gid: u32| json!({"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": uid, "gid": gid});
     let mut devices = Vec::new();
-    let mut device_rules = vec![json!({"allow": privileged, "access": "rwm"})];
+    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
     for d in &config.devices {
-        let (t, major, minor, mode, uid, gid) = device_of(&d.host_path)?;
-        let uid = owner(sec.run_as_user.as_ref().map(|u| u.value), uid);
-        let gid = owner(sec.run_as_group.as_ref().map(|g| g.value), gid);
-        devices.push(json!({"path": d.container_path, "type": t, "major": major, "minor": minor, "fileMode": mode, "uid": uid, "gid": gid}));
-        let access = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
-        device_rules.push(json!({"allow": true, "type": t, "major": major, "minor": minor, "access": access}));
+        for dev in host_devices(Path::new(&d.host_path), Some(&d.container_path))? {
+            let uid = owner(sec.run_as_user.as_ref().map(|u| u.value), dev.uid);
+            let gid = owner(sec.run_as_group.as_ref().map(|g| g.value), dev.gid);
+            devices.push(node(&dev, uid, gid));
+            let access = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+            device_rules.push(
+                json!({"allow": true, "type": dev.kind, "major": dev.major, "minor": dev.minor, "access": access}),
+            );
+        }
+    }
+    if privileged && !input.privileged_without_host_devices {
+        devices.extend(host_devices(Path::new("/dev"), None)?.iter().map(|d| node(d, d.uid, d.gid)));
+        device_rules = vec![json!({"allow": true, "access": "rwm"})];
     }
 
     let resources = linux.resources.clone().unwrap_or_default();
@@ -823,6 +897,7 @@ mod tests {
             container_annotations: &[],
             cgroups,
             device_ownership,
+            privileged_without_host_devices: false,
         })
         .unwrap();
         serde_json::from_slice(&spec).unwrap()
@@ -890,5 +965,21 @@ mod tests {
         assert_eq!(owner(&with_ids(Some(1234), None), true), (1234, host_owner.1));
         assert_eq!(owner(&with_ids(Some(0), Some(0)), true), host_owner);
         assert_eq!(owner(&with_ids(None, None), true), host_owner);
+    }
+
+    #[test]
+    fn host_devices_are_found_as_containerd_finds_them() {
+        let all = host_devices(Path::new("/dev"), None).unwrap();
+        let null = all.iter().find(|d| d.path == "/dev/null").expect("/dev/null");
+        assert_eq!((null.kind, null.major, null.minor), ("c", 1, 3));
+        assert!(!all.iter().any(|d| d.path == "/dev/console" || d.path.starts_with("/dev/pts/")), "{all:?}");
+        // A directory goes below the container path; a node to it.
+        let under = host_devices(Path::new("/dev"), Some("/host/")).unwrap();
+        assert!(under.iter().any(|d| d.path == "/host/null"), "{under:?}");
+        assert_eq!(under.len(), all.len());
+        let one = host_devices(Path::new("/dev/null"), Some("/dev/mine")).unwrap();
+        assert_eq!(one, vec![DeviceNode { path: "/dev/mine".into(), ..null.clone() }]);
+        let e = host_devices(Path::new("/etc/hostname"), Some("/x")).unwrap_err();
+        assert!(e.message.contains("is not a device node"), "{e:?}");
     }
 }
