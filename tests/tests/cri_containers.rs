@@ -16,7 +16,9 @@
 //! privileged, the pod's shared `/dev/shm`, stats,
 //! UpdateContainerResources seen in the cgroup, ReopenContainerLog after a
 //! rotation, a start failing with StartError, and bad input that leaves
-//! nothing behind.
+//! nothing behind; the CRI config's `device_ownership_from_security_context`
+//! and `disable_cgroup`, a slice cgroup parent's systemd path, and a
+//! privileged container's host devices.
 //!
 //! The world (registry, daemon, CNI) and its guard, which removes every
 //! container and sandbox even when an assertion failed, are
@@ -37,7 +39,7 @@ use crated_tests::transfer_client::with_ns;
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
     image_service_client::ImageServiceClient, Capability, ContainerConfig, ContainerFilter, ContainerMetadata,
-    ContainerState, ContainerStateValue, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
+    ContainerState, ContainerStateValue, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest, Device,
     ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, ListContainerStatsRequest, ListContainersRequest, Mount, MountPropagation,
     PodSandboxConfig, PodSandboxStatsRequest, PullImageRequest, RemoveContainerRequest, ReopenContainerLogRequest,
@@ -66,16 +68,12 @@ fn etc_layer() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Starts the world with a small log line limit, a network, the app image
-/// pulled into `k8s.io`, and one pod whose logs go under the test's dir.
-async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
-    let pods = Pods::start_with(n, PAUSE, "max_container_log_line_size = 64").await;
-    pods.write_conflist();
+/// Pushes the app image (busybox and [`etc_layer`]) to the world's
+/// registry and pulls it into `k8s.io`; its reference.
+async fn app_image(pods: &Pods, ch: &Channel) -> String {
     let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
-    let etc = etc_layer();
-    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc]).unwrap();
+    let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc_layer()]).unwrap();
     let image = pods.push("test/app:1", &archive).await;
-    let ch = pods.channel().await;
     ImageServiceClient::new(ch.clone())
         .pull_image(PullImageRequest {
             image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
@@ -83,6 +81,21 @@ async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
         })
         .await
         .expect("pull the app image");
+    image
+}
+
+/// Starts the world with a small log line limit, a network, the app image
+/// pulled into `k8s.io`, and one pod whose logs go under the test's dir.
+async fn world(n: u8) -> (Pods, Channel, String, String, PodSandboxConfig) {
+    world_with(n, "").await
+}
+
+/// [`world`] with more keys of the CRI's table.
+async fn world_with(n: u8, cri_keys: &str) -> (Pods, Channel, String, String, PodSandboxConfig) {
+    let pods = Pods::start_with(n, PAUSE, &format!("max_container_log_line_size = 64\n{cri_keys}")).await;
+    pods.write_conflist();
+    let ch = pods.channel().await;
+    let image = app_image(&pods, &ch).await;
     let sandbox_config = PodSandboxConfig {
         metadata: metadata("app"),
         hostname: "app-host".into(),
@@ -244,6 +257,28 @@ impl Drop for PropagationDirs {
 fn mount(args: &[&str]) {
     let out = std::process::Command::new("mount").args(args).output().unwrap();
     assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A character device of the host's `/dev` that runc does not make in a
+/// container by itself, and its `uid:gid:major:minor` (hex numbers, as
+/// busybox's `stat -c %u:%g:%t:%T` prints them).
+fn host_device_beyond_runcs_defaults() -> (String, String) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let runcs = ["null", "zero", "full", "random", "urandom", "tty", "console", "ptmx"];
+    let mut entries: Vec<_> = std::fs::read_dir("/dev").unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    entries
+        .into_iter()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(e.path()).ok()?;
+            if !m.file_type().is_char_device() || runcs.contains(&name.as_str()) {
+                return None;
+            }
+            let (major, minor) = ((m.rdev() >> 8) & 0xfff, (m.rdev() & 0xff) | ((m.rdev() >> 12) & 0xfff00));
+            Some((name, format!("{}:{}:{major:x}:{minor:x}", m.uid(), m.gid())))
+        })
+        .expect("a character device in the host's /dev")
 }
 
 /// Polls until the CRI log at `path` has an entry with `content`.
@@ -681,6 +716,18 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!((out.as_str(), code), ("ok\n", 0));
     Pods::rt(&ch).stop_container(StopContainerRequest { container_id: on_host.clone(), timeout: 0 }).await.unwrap();
     assert_eq!(exited(&ch, &on_host).await.exit_code, 137);
+
+    // A pod whose cgroup parent is a systemd slice (the kubelet's systemd
+    // driver): runc's systemd form of the path, named for the last slice,
+    // as containerd's getCgroupsPath (created only: cgroupfs runc here).
+    let mut slice_pod = sandbox_config.clone();
+    slice_pod.linux.get_or_insert_with(Default::default).cgroup_parent =
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice".into();
+    let sliced = create(&ch, &sandbox, &slice_pod, config("sliced", &image, forever)).await.unwrap();
+    let (_, info) = status(&ch, &sliced).await;
+    let path = &info["runtimeSpec"]["linux"]["cgroupsPath"];
+    assert_eq!(*path, format!("kubepods-besteffort-pod1.slice:cri-containerd:{sliced}"));
+    Pods::rt(&ch).remove_container(RemoveContainerRequest { container_id: sliced }).await.unwrap();
     drop(pods);
 }
 
@@ -835,6 +882,15 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     // The pod's sysctl, in the pod's network namespace.
     let (out, _, _) = exec(&ch, &privileged, "cat /proc/sys/net/ipv4/ping_group_range", 10).await.unwrap();
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "2147483647"]);
+    // The host's devices (containerd's WithHostDevices), with the host's
+    // numbers and owner: one runc does not make by default.
+    let (name, numbers) = host_device_beyond_runcs_defaults();
+    let script = format!("/bin/busybox stat -c %u:%g:%t:%T /dev/{name}");
+    let (out, err, code) = exec(&ch, &privileged, &script, 10).await.unwrap();
+    assert_eq!((out.trim(), code), (numbers.as_str(), 0), "{err}");
+    let (_, err, code) = exec(&ch, &plain, &script, 10).await.unwrap();
+    assert_ne!(code, 0, "an unprivileged container has the host's /dev/{name}");
+    assert!(err.contains("No such file"), "{err}");
 
     // Mount propagation (critest's `container_linux.go`): the host mounts
     // under each volume after the start, the container mounts /etc under
@@ -896,4 +952,111 @@ async fn privileged_masked_paths_host_pid_sysctls_and_localhost_seccomp() {
     let (out, err, code) = exec(&ch, &ignored, "hostname privileged-name && hostname", 10).await.unwrap();
     assert_eq!((code, out.trim()), (0, "privileged-name"), "{err}");
     drop(propagation);
+}
+
+/// `device_ownership_from_security_context`: a CRI device (a node the test
+/// makes with /dev/null's numbers and an owner of its own, 4321:8765) is
+/// owned inside the container by the container's run_as_user /
+/// run_as_group with the key on, and as on the host with it off (what
+/// containerd's `DeviceFromPath` copies), in both cases a working device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_take_the_run_as_ids_with_device_ownership_from_security_context() {
+    for (n, on) in [(6u8, true), (7, false)] {
+        let keys = if on { "device_ownership_from_security_context = true" } else { "" };
+        let (pods, ch, image, sandbox, sandbox_config) = world_with(n, keys).await;
+        let node = pods.dir.path().join("null-node");
+        let made = std::process::Command::new("mknod").arg(&node).args(["c", "1", "3"]).status().unwrap();
+        assert!(made.success(), "mknod");
+        std::os::unix::fs::chown(&node, Some(4321), Some(8765)).unwrap();
+        std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        let mut cfg = config("dev", &image, "while true; do sleep 1; done");
+        cfg.devices = vec![Device {
+            container_path: "/dev/crated-null".into(),
+            host_path: node.display().to_string(),
+            permissions: "rwm".into(),
+        }];
+        cfg.linux = security(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value { value: 1234 }),
+            run_as_group: Some(Int64Value { value: 5678 }),
+            ..Default::default()
+        });
+        let id = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create");
+        start(&ch, &id).await;
+        let script =
+            "/bin/busybox stat -c %u:%g:%t:%T /dev/crated-null && echo x > /dev/crated-null && /bin/busybox id -u";
+        let (out, err, code) = exec(&ch, &id, script, 10).await.unwrap();
+        let owner = if on { "1234:5678" } else { "4321:8765" };
+        assert_eq!((out.as_str(), code), (format!("{owner}:1:3\n1234\n").as_str(), 0), "on: {on}, {err}");
+        let (_, info) = status(&ch, &id).await;
+        let device = &info["runtimeSpec"]["linux"]["devices"][0];
+        assert_eq!(format!("{}:{}", device["uid"], device["gid"]), owner, "{device}");
+        drop(pods);
+    }
+}
+
+/// `disable_cgroup`: neither the sandbox's nor the container's spec has a
+/// cgroups path or the CRI's resources (the sandbox's CPU shares, the
+/// container's memory limit), so nothing is made under the pod's cgroup
+/// parent; the device rules stay. The container runs, and its stats still
+/// come from the cgroup runc made for it below the shim's, which the shim
+/// finds from the task's pid, as containerd's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_cgroup_gives_no_cgroups_path_or_resources() {
+    // Declared first, dropped last: after the world removed the pods.
+    let parent = CgroupParent(format!("crated-test-nocg-{}", std::process::id()));
+    let pods = Pods::start_with(8, PAUSE, "disable_cgroup = true").await;
+    pods.write_conflist();
+    let ch = pods.channel().await;
+    let image = app_image(&pods, &ch).await;
+    let sandbox_config = PodSandboxConfig {
+        metadata: metadata("nocg"),
+        linux: Some(k8s_cri::v1::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", parent.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox = run(&ch, sandbox_config.clone()).await.expect("run the pod");
+    let r = ContainersClient::new(ch.clone())
+        .get(with_ns(GetContainerRequest { id: sandbox.clone() }, NS))
+        .await
+        .unwrap()
+        .into_inner();
+    let spec: Value = serde_json::from_slice(&r.container.unwrap().spec.unwrap().value).unwrap();
+    assert!(spec["linux"].get("cgroupsPath").is_none(), "{}", spec["linux"]);
+    assert_eq!(spec["linux"]["resources"], serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]}));
+
+    let mut cfg = config("app", &image, "while true; do sleep 1; done");
+    cfg.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() }),
+        security_context: None,
+    });
+    let id = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create");
+    start(&ch, &id).await;
+    let (out, _, code) = exec(&ch, &id, "echo ok", 10).await.unwrap();
+    assert_eq!((out.as_str(), code), ("ok\n", 0));
+    let (_, info) = status(&ch, &id).await;
+    let linux = &info["runtimeSpec"]["linux"];
+    assert!(linux.get("cgroupsPath").is_none(), "{linux}");
+    assert!(linux["resources"].get("memory").is_none(), "{linux}");
+    assert_eq!(linux["resources"]["devices"][0], serde_json::json!({"allow": false, "access": "rwm"}));
+    // Nothing under the parent: no hierarchy has it.
+    let pid = info["pid"].as_u64().expect("the container's pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(!cgroups.contains(&parent.0), "{cgroups}");
+    let root = Path::new("/sys/fs/cgroup");
+    let mut hierarchies: Vec<_> = std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()).collect();
+    hierarchies.push(root.to_path_buf());
+    for h in hierarchies {
+        assert!(!h.join(&parent.0).exists(), "{:?} exists", h.join(&parent.0));
+    }
+    let stats = Pods::rt(&ch)
+        .container_stats(ContainerStatsRequest { container_id: id.clone() })
+        .await
+        .expect("stats")
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.memory.as_ref().and_then(|m| m.working_set_bytes).unwrap().value > 0, "{stats:?}");
+    drop(pods);
 }

@@ -17,18 +17,20 @@
 
 mod common;
 
-use std::{collections::HashMap, path::Path, process::Command};
+use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
 use common::cri::{host_network, metadata, run, Pods, CRI, NS, PAUSE};
 use containerd_client::services::v1::{
-    containers_client::ContainersClient, snapshots::snapshots_client::SnapshotsClient, snapshots::StatSnapshotRequest,
-    tasks_client::TasksClient, GetContainerRequest, GetRequest,
+    containers_client::ContainersClient, leases_client::LeasesClient, snapshots::snapshots_client::SnapshotsClient,
+    snapshots::StatSnapshotRequest, tasks_client::TasksClient, GetContainerRequest, GetRequest,
+    ListRequest as ListLeasesRequest,
 };
 use crated_tests::transfer_client::with_ns;
 use k8s_cri::v1::{
-    image_service_client::ImageServiceClient, DnsConfig, ImageSpec, ImageStatusRequest, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest, PortMapping,
-    Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+    image_service_client::ImageServiceClient, DnsConfig, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStateValue,
+    PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
+    StopPodSandboxRequest,
 };
 use serde_json::Value;
 use tonic::{transport::Channel, Code};
@@ -283,6 +285,55 @@ async fn sandboxes_run_list_restart_stop_remove() {
     assert_eq!(entries(&pods.netns_dir()), 0);
 }
 
+/// The ids of the leases in `k8s.io`, sorted.
+async fn leases(ch: &Channel) -> Vec<String> {
+    let r = LeasesClient::new(ch.clone()).list(with_ns(ListLeasesRequest::default(), NS)).await.unwrap();
+    let mut ids: Vec<String> = r.into_inner().leases.into_iter().map(|l| l.id).collect();
+    ids.sort();
+    ids
+}
+
+/// After a failed RunPodSandbox of a pod on the test's CNI network: no
+/// sandbox listed, no namespace, no sandbox directory, no container
+/// record, no active snapshot, the leases there were before, and the
+/// pod's address back in the pool.
+async fn assert_nothing_left(pods: &Pods, ch: &Channel, leased_before: &[String]) {
+    assert_eq!(list(ch, None).await, Vec::<String>::new());
+    assert_eq!(entries(&pods.netns_dir()), 0, "the namespace is removed");
+    assert_eq!(entries(&pods.cri_root().join("sandboxes")), 0, "the sandbox directory is removed");
+    let containers = ContainersClient::new(ch.clone())
+        .list(with_ns(containerd_client::services::v1::ListContainersRequest::default(), NS))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(containers.is_empty(), "{containers:?}");
+    let mut snapshots = SnapshotsClient::new(ch.clone())
+        .list(with_ns(
+            containerd_client::services::v1::snapshots::ListSnapshotsRequest {
+                snapshotter: "overlayfs".into(),
+                filters: vec![],
+            },
+            NS,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(batch) = snapshots.message().await.unwrap() {
+        assert!(batch.info.iter().all(|s| s.kind != 2), "an active snapshot is left: {:?}", batch.info);
+    }
+    assert_eq!(leases(ch).await, leased_before, "a lease is left");
+    // The pod's address went back to the pool: host-local keeps one
+    // file per address it hands out.
+    let ipam = pods.dir.path().join("ipam").join(format!("crated-pods-{}", pods.bridge));
+    let leased = std::fs::read_dir(&ipam)
+        .expect("host-local ran (its data dir)")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+        .count();
+    assert_eq!(leased, 0, "CNI DEL released the address");
+}
+
 /// Runs that fail leave nothing: an unknown runtime handler fails before
 /// anything is made; a sandbox image whose command does not exist fails
 /// at the task, after the namespace, CNI, snapshot and record were made,
@@ -299,46 +350,12 @@ async fn failed_runs_leave_nothing_behind() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains("no runtime for \"nope\""), "{err:?}");
 
+    let leased_before = leases(&ch).await;
     for _ in 0..2 {
         let err = run(&ch, config.clone()).await.unwrap_err();
         assert!(err.message().contains("failed to create containerd task"), "{err:?}");
         assert!(err.message().contains("no-such-command"), "{err:?}");
-        assert_eq!(list(&ch, None).await, Vec::<String>::new());
-        assert_eq!(entries(&pods.netns_dir()), 0, "the namespace is removed");
-        assert_eq!(entries(&pods.cri_root().join("sandboxes")), 0, "the sandbox directory is removed");
-        let containers = ContainersClient::new(ch.clone())
-            .list(with_ns(containerd_client::services::v1::ListContainersRequest::default(), NS))
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
-        assert!(containers.is_empty(), "{containers:?}");
-        let snapshots = SnapshotsClient::new(ch.clone())
-            .list(with_ns(
-                containerd_client::services::v1::snapshots::ListSnapshotsRequest {
-                    snapshotter: "overlayfs".into(),
-                    filters: vec![],
-                },
-                NS,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .message()
-            .await
-            .unwrap()
-            .map(|r| r.info)
-            .unwrap_or_default();
-        assert!(snapshots.iter().all(|s| s.kind != 2), "an active snapshot is left: {snapshots:?}");
-        // The pod's address went back to the pool: host-local keeps one
-        // file per address it hands out.
-        let ipam = pods.dir.path().join("ipam").join(format!("crated-pods-{}", pods.bridge));
-        let leased = std::fs::read_dir(&ipam)
-            .expect("host-local ran (its data dir)")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
-            .count();
-        assert_eq!(leased, 0, "CNI DEL released the address");
+        assert_nothing_left(&pods, &ch, &leased_before).await;
     }
 }
 
@@ -369,5 +386,44 @@ async fn runtime_options_and_unprivileged_sysctls() {
         Command::new("runc").arg("--root").arg(runc_root.path().join(NS)).args(["list", "-q"]).output().unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).lines().any(|l| l == id), "{listed:?}");
     // The pods go (the guard) before the runc root does.
+    drop(pods);
+}
+
+/// The runtime option `SystemdCgroup = true` reaches runc (the shim runs it
+/// with `--systemd-cgroup`), which refuses to run on this host (no systemd
+/// as PID 1): RunPodSandbox fails with runc's reason, promptly, for a pod
+/// under a slice parent (the kubelet's systemd driver) and for one with no
+/// parent, and leaves nothing made (record, snapshot, lease, namespace,
+/// address, sandbox directory); the daemon goes on serving the cgroupfs
+/// runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_cgroup_option_reaches_runc_and_a_failed_run_leaves_nothing() {
+    let keys = format!(
+        "[plugins.\"{CRI}\".containerd.runtimes.sd]\nruntime_type = \"io.containerd.runc.v2\"\n\
+         [plugins.\"{CRI}\".containerd.runtimes.sd.options]\nSystemdCgroup = true\n"
+    );
+    let pods = Pods::start_with(4, PAUSE, &keys).await;
+    pods.write_conflist();
+    let ch = pods.channel().await;
+    let leased_before = leases(&ch).await;
+    for parent in ["/crated.slice/crated-pod1.slice", ""] {
+        let config = PodSandboxConfig {
+            metadata: metadata("systemd"),
+            linux: Some(LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let req = RunPodSandboxRequest { config: Some(config), runtime_handler: "sd".into() };
+        let ran = tokio::time::timeout(Duration::from_secs(120), Pods::rt(&ch).run_pod_sandbox(req))
+            .await
+            .expect("RunPodSandbox answers");
+        let err = ran.expect_err("runc's systemd driver cannot run here");
+        assert!(err.message().contains("failed to create containerd task"), "{err:?}");
+        assert!(err.message().contains("systemd not running on this host"), "{err:?}");
+        assert_nothing_left(&pods, &ch, &leased_before).await;
+    }
+    // The same daemon runs a pod on the default (cgroupfs) runtime.
+    let id = run(&ch, PodSandboxConfig { metadata: metadata("cgroupfs"), ..Default::default() }).await.expect("run");
+    let (st, _) = status(&ch, &id).await;
+    assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
     drop(pods);
 }

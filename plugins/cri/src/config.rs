@@ -107,10 +107,14 @@ pub struct Config {
     pub sandbox_image: String,
     #[serde(rename(serialize = "statsCollectPeriod"))]
     pub stats_collect_period: i64,
+    /// Deprecated in 1.6 and refused unless the default runtime is shim
+    /// v1's (see [`parse`]); runc's `SystemdCgroup` option is the key.
     #[serde(rename(serialize = "systemdCgroup"))]
     pub systemd_cgroup: bool,
     #[serde(rename(serialize = "maxContainerLogSize"))]
     pub max_container_log_line_size: i64,
+    /// No cgroups path and no CRI resources in the specs (containerd's
+    /// knob for a daemon without access to cgroups).
     #[serde(rename(serialize = "disableCgroup"))]
     pub disable_cgroup: bool,
     #[serde(rename(serialize = "disableApparmor"))]
@@ -121,6 +125,8 @@ pub struct Config {
     pub max_concurrent_downloads: i64,
     #[serde(rename(serialize = "disableProcMount"))]
     pub disable_proc_mount: bool,
+    /// The CRI devices of a container get its `run_as_user` /
+    /// `run_as_group` (when not 0) instead of the host node's owner.
     #[serde(rename(serialize = "device_ownership_from_security_context"))]
     pub device_ownership_from_security_context: bool,
     #[serde(rename(serialize = "ignoreImageDefinedVolumes"))]
@@ -281,12 +287,30 @@ fn default_runc() -> Runtime {
     Runtime { runtime_type: "io.containerd.runc.v2".into(), options, ..Default::default() }
 }
 
+impl Runtime {
+    /// Whether runc runs this runtime's containers with its systemd cgroup
+    /// driver: the `SystemdCgroup` option of a runc runtime (the shim
+    /// passes it to runc as `--systemd-cgroup`).
+    pub fn systemd_cgroup(&self) -> bool {
+        self.runtime_type.starts_with("io.containerd.runc.")
+            && self.options.get("SystemdCgroup").and_then(toml::Value::as_bool).unwrap_or(false)
+    }
+}
+
+/// The only runtime type containerd 1.6 accepts the CRI-level
+/// `systemd_cgroup` for (the shim v1 runtime; shim v2 runtimes take the
+/// runtime option `SystemdCgroup` instead).
+pub const RUNTIME_LINUX_V1: &str = "io.containerd.runtime.v1.linux";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid config: {0}")]
     Parse(String),
     #[error("`default_runtime_name` is {0:?}, but no runtime of that name is configured")]
     NoDefaultRuntime(String),
+    /// containerd 1.6's words (`ValidatePluginConfig`).
+    #[error("`systemd_cgroup` only works for runtime {RUNTIME_LINUX_V1}")]
+    SystemdCgroupNeedsV1,
 }
 
 /// What parsing found besides the config: keys it does not know.
@@ -310,6 +334,14 @@ pub fn parse(table: &toml::Table) -> Result<Parsed, ConfigError> {
     config.containerd.runtimes.entry(DEFAULT_RUNTIME_NAME.into()).or_insert_with(default_runc);
     if !config.containerd.runtimes.contains_key(&config.containerd.default_runtime_name) {
         return Err(ConfigError::NoDefaultRuntime(config.containerd.default_runtime_name));
+    }
+    // The deprecated CRI-level `systemd_cgroup` only ever reached shim v1's
+    // runc options; containerd refuses it beside any other default runtime
+    // rather than ignore it.
+    if config.systemd_cgroup
+        && config.containerd.runtimes[&config.containerd.default_runtime_name].runtime_type != RUNTIME_LINUX_V1
+    {
+        return Err(ConfigError::SystemdCgroupNeedsV1);
     }
     Ok(Parsed { config, unknown })
 }
@@ -394,6 +426,30 @@ mod tests {
     fn a_missing_default_runtime_is_refused() {
         let e = parse(&table("[containerd]\ndefault_runtime_name = \"kata\"\n")).unwrap_err();
         assert!(e.to_string().contains("\"kata\""), "{e}");
+    }
+
+    #[test]
+    fn systemd_cgroup_is_refused_beside_a_shim_v2_runtime() {
+        let e = parse(&table("systemd_cgroup = true\n")).unwrap_err();
+        assert_eq!(e.to_string(), "`systemd_cgroup` only works for runtime io.containerd.runtime.v1.linux");
+        let v1 = "systemd_cgroup = true\n[containerd]\ndefault_runtime_name = \"v1\"\n\
+                  [containerd.runtimes.v1]\nruntime_type = \"io.containerd.runtime.v1.linux\"\n";
+        assert!(parse(&table(v1)).unwrap().config.systemd_cgroup);
+    }
+
+    #[test]
+    fn the_systemd_cgroup_option_is_runcs() {
+        let p = parse(&table(
+            "[containerd.runtimes.sd]\nruntime_type = \"io.containerd.runc.v2\"\n\
+             [containerd.runtimes.sd.options]\nSystemdCgroup = true\n\
+             [containerd.runtimes.other]\nruntime_type = \"io.example.v1\"\n\
+             [containerd.runtimes.other.options]\nSystemdCgroup = true\n",
+        ))
+        .unwrap();
+        let r = &p.config.containerd.runtimes;
+        assert!(r["sd"].systemd_cgroup());
+        assert!(!r["runc"].systemd_cgroup(), "the default runc runtime uses cgroupfs");
+        assert!(!r["other"].systemd_cgroup(), "only runc reads the option");
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::{
     calls::{self, CONTAINERS, SNAPSHOTS, SPEC_TYPE_URL},
     config::Config,
     container_io::{spawn_reader, AttachIo, ContainerIo, FifoSet},
-    container_spec::{container_spec, linux_resources, resolve_user, Rootfs, SpecInput},
+    container_spec::{container_spec, linux_resources, resolve_user, Cgroups, Rootfs, SpecInput},
     images::ImageStore,
     sandbox::{Sandboxes, KIND_LABEL},
     service::NAMESPACE,
@@ -575,6 +575,9 @@ impl Containers {
             user: &user,
             pod_annotations: &runtime.pod_annotations,
             container_annotations: &runtime.container_annotations,
+            cgroups: Cgroups::new(&self.config, &runtime),
+            device_ownership: self.config.device_ownership_from_security_context,
+            privileged_without_host_devices: runtime.privileged_without_host_devices,
         })?;
 
         let log_path = if !sandbox_config.log_directory.is_empty() && !config.log_path.is_empty() {

@@ -414,6 +414,75 @@ pub fn linux_resources(r: &LinuxContainerResources) -> Value {
     out
 }
 
+/// How the CRI config places a sandbox or container in cgroups.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Cgroups {
+    /// `disable_cgroup`: no cgroups path and none of the CRI's resources
+    /// (containerd's `WithDisabledCgroups`, and no `WithResources` nor
+    /// the sandbox's default CPU shares). runc still makes a cgroup, named
+    /// after the id, below its own (the shim's), and the shim's stats read
+    /// that one, found from the task's pid.
+    pub disabled: bool,
+    /// The runtime's `SystemdCgroup` option: runc's systemd driver.
+    pub systemd: bool,
+}
+
+impl Cgroups {
+    pub fn new(config: &crate::config::Config, runtime: &crate::config::Runtime) -> Cgroups {
+        Cgroups { disabled: config.disable_cgroup, systemd: runtime.systemd_cgroup() }
+    }
+
+    /// The spec's `cgroupsPath` for the sandbox or container `id` of a pod
+    /// whose cgroup parent is `parent`, `None` for none. Under a parent,
+    /// containerd's `getCgroupsPath`: a parent whose last element is a
+    /// systemd slice (`….slice`, what the kubelet's systemd driver passes)
+    /// gives runc's systemd form `<that slice>:cri-containerd:<id>`, any
+    /// other `<parent>/<id>` (cleaned, as Go's `filepath.Join`).
+    ///
+    /// Without a parent containerd sets none, and runc picks: a cgroup
+    /// `<id>` below the shim's own, or `system.slice:runc:<id>` with its
+    /// systemd driver. crated sets none for the systemd driver too (it
+    /// refuses any other form), but keeps `/<id>` for cgroupfs: every
+    /// container then has its own cgroup at a known place, which its
+    /// OOM-kill count is read from when it exits.
+    pub fn path(&self, parent: &str, id: &str) -> Option<String> {
+        if self.disabled {
+            return None;
+        }
+        let base = parent.trim_end_matches('/').rsplit('/').next().unwrap_or_default();
+        if base.ends_with(".slice") {
+            return Some(format!("{base}:cri-containerd:{id}"));
+        }
+        if parent.is_empty() {
+            return (!self.systemd).then(|| format!("/{id}"));
+        }
+        Some(clean_path(&format!("{parent}/{id}")))
+    }
+}
+
+/// A path cleaned lexically as Go's `filepath.Clean`: no empty or `.`
+/// elements, `..` taking the element before it (none above the root).
+fn clean_path(path: &str) -> String {
+    let rooted = path.starts_with('/');
+    let mut out: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if out.last().is_some_and(|l| *l != "..") => {
+                out.pop();
+            }
+            ".." if rooted => {}
+            p => out.push(p),
+        }
+    }
+    let joined = out.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
 /// What the spec is built from besides the container's config.
 pub struct SpecInput<'a> {
     pub id: &'a str,
@@ -433,6 +502,11 @@ pub struct SpecInput<'a> {
     /// through into the spec (`pod_annotations`, `container_annotations`).
     pub pod_annotations: &'a [String],
     pub container_annotations: &'a [String],
+    pub cgroups: Cgroups,
+    /// `device_ownership_from_security_context`.
+    pub device_ownership: bool,
+    /// The runtime's `privileged_without_host_devices`.
+    pub privileged_without_host_devices: bool,
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -478,20 +552,81 @@ fn ensure_propagates(path: &Path, tags: &[&str], kind: &str) -> Result<(), Statu
     )))
 }
 
-/// A device node's type and numbers, for `linux.devices`.
-fn device_of(host: &str) -> Result<(&'static str, i64, i64, u32), Status> {
+/// A device node for `linux.devices`: where it goes in the container, its
+/// type, numbers, mode and owner (the host node's, containerd's
+/// `DeviceFromPath`).
+#[derive(Debug, Clone, PartialEq)]
+struct DeviceNode {
+    path: String,
+    kind: &'static str,
+    major: i64,
+    minor: i64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The node at `path` (not followed if a symlink), `None` if it is not a
+/// device node (a FIFO counts, as for containerd).
+fn device_node(path: &Path, to: String) -> std::io::Result<Option<DeviceNode>> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let m = std::fs::metadata(host)
-        .map_err(|e| Status::invalid_argument(format!("failed to stat device {host:?}: {e}")))?;
-    let t = if m.file_type().is_char_device() {
+    let m = std::fs::symlink_metadata(path)?;
+    let ft = m.file_type();
+    let kind = if ft.is_char_device() {
         "c"
-    } else if m.file_type().is_block_device() {
+    } else if ft.is_block_device() {
         "b"
+    } else if ft.is_fifo() {
+        "p"
     } else {
-        return Err(Status::invalid_argument(format!("{host:?} is not a device node")));
+        return Ok(None);
     };
     let rdev = m.rdev();
-    Ok((t, rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64, m.mode() & 0o7777))
+    let (major, minor) = (rustix::fs::major(rdev) as i64, rustix::fs::minor(rdev) as i64);
+    Ok(Some(DeviceNode { path: to, kind, major, minor, mode: m.mode() & 0o7777, uid: m.uid(), gid: m.gid() }))
+}
+
+/// The devices at `host` as containerd's `getDevices` finds them: the node
+/// itself (symlinks resolved), or every node below a directory, skipping
+/// the directories a container gets of its own (`pts`, `shm`, `fd`,
+/// `mqueue`, and LXC's and udev's), `console`, FIFOs and whatever is not
+/// a device. In the container they go to `to` (and below it), else to
+/// their host paths.
+fn host_devices(host: &Path, to: Option<&str>) -> Result<Vec<DeviceNode>, Status> {
+    let failed = |e: std::io::Error| Status::invalid_argument(format!("failed to stat device {host:?}: {e}"));
+    let resolved = std::fs::canonicalize(host).map_err(failed)?;
+    if !std::fs::metadata(&resolved).map_err(failed)?.is_dir() {
+        let to = to.map(str::to_string).unwrap_or_else(|| resolved.display().to_string());
+        return device_node(&resolved, to)
+            .map_err(failed)?
+            .map(|d| vec![d])
+            .ok_or_else(|| Status::invalid_argument(format!("{host:?} is not a device node")));
+    }
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&resolved).map_err(failed)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = resolved.join(&name);
+        let inside = to.map(|t| format!("{}/{name}", t.trim_end_matches('/')));
+        if entry.file_type().map_err(failed)?.is_dir() {
+            if !["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"].contains(&name.as_str()) {
+                out.extend(host_devices(&path, inside.as_deref())?);
+            }
+            continue;
+        }
+        if name == "console" {
+            continue;
+        }
+        let to = inside.unwrap_or_else(|| path.display().to_string());
+        match device_node(&path, to) {
+            Ok(Some(d)) if d.kind != "p" => out.push(d),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok(out)
 }
 
 /// The container's spec (JSON, checked against oci-spec's types).
@@ -617,17 +752,40 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
         mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]));
     }
 
+    // A device node is owned as on the host or, with
+    // `device_ownership_from_security_context`, by the container's
+    // run_as_user / run_as_group where they are set and not 0 (containerd's
+    // `WithDevices`; not the user resolved from a name or the image). A
+    // privileged container gets every host device as the host has it, all
+    // devices allowed (containerd's `WithHostDevices`,
+    // `WithAllDevicesAllowed`), unless the runtime says
+    // `privileged_without_host_devices`.
+    let owner = |id: Option<i64>, host: u32| match id.and_then(|v| u32::try_from(v).ok()) {
+        Some(v) if input.device_ownership && v != 0 => v,
+        _ => host,
+    };
+    let node = |d: &DeviceNode, uid: u32, gid: u32| json!({"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": uid, "gid": gid});
     let mut devices = Vec::new();
-    let mut device_rules = vec![json!({"allow": privileged, "access": "rwm"})];
+    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
     for d in &config.devices {
-        let (t, major, minor, mode) = device_of(&d.host_path)?;
-        devices.push(json!({"path": d.container_path, "type": t, "major": major, "minor": minor, "fileMode": mode, "uid": 0, "gid": 0}));
-        let access = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
-        device_rules.push(json!({"allow": true, "type": t, "major": major, "minor": minor, "access": access}));
+        for dev in host_devices(Path::new(&d.host_path), Some(&d.container_path))? {
+            let uid = owner(sec.run_as_user.as_ref().map(|u| u.value), dev.uid);
+            let gid = owner(sec.run_as_group.as_ref().map(|g| g.value), dev.gid);
+            devices.push(node(&dev, uid, gid));
+            let access = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+            device_rules.push(
+                json!({"allow": true, "type": dev.kind, "major": dev.major, "minor": dev.minor, "access": access}),
+            );
+        }
+    }
+    if privileged && !input.privileged_without_host_devices {
+        devices.extend(host_devices(Path::new("/dev"), None)?.iter().map(|d| node(d, d.uid, d.gid)));
+        device_rules = vec![json!({"allow": true, "access": "rwm"})];
     }
 
     let resources = linux.resources.clone().unwrap_or_default();
-    let mut res = linux_resources(&resources);
+    // The device rules stay with `disable_cgroup`, as containerd's do.
+    let mut res = if input.cgroups.disabled { json!({}) } else { linux_resources(&resources) };
     res["devices"] = json!(device_rules);
 
     let caps = if privileged {
@@ -654,11 +812,6 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
             },
         )
     };
-    let cgroups_path = if sandbox_linux.cgroup_parent.is_empty() {
-        format!("/{}", input.id)
-    } else {
-        format!("{}/{}", sandbox_linux.cgroup_parent.trim_end_matches('/'), input.id)
-    };
     let meta = input.sandbox.metadata.clone().unwrap_or_default();
     // containerd passes through only what the runtime's patterns name.
     let mut annotations = calls::passthrough_annotations(&input.sandbox.annotations, input.pod_annotations);
@@ -676,7 +829,6 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
 
     let mut linux_doc = json!({
         "namespaces": namespaces,
-        "cgroupsPath": cgroups_path,
         "resources": res,
         "maskedPaths": masked,
         "readonlyPaths": readonly,
@@ -687,6 +839,9 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
     }
     if let Some(p) = rootfs_propagation {
         linux_doc["rootfsPropagation"] = json!(p);
+    }
+    if let Some(path) = input.cgroups.path(&sandbox_linux.cgroup_parent, input.id) {
+        linux_doc["cgroupsPath"] = json!(path);
     }
     let mut process = json!({
         "terminal": config.tty,
@@ -775,5 +930,139 @@ mod tests {
     fn the_default_seccomp_profile_is_valid_oci() {
         let s: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(default_seccomp()).unwrap();
         assert_eq!(s.syscalls().as_ref().unwrap()[0].names().len(), SECCOMP_DENIED.len());
+    }
+
+    #[test]
+    fn cgroups_paths_follow_containerds_rules() {
+        let cgroupfs = Cgroups::default();
+        let systemd = Cgroups { systemd: true, ..Default::default() };
+        let disabled = Cgroups { disabled: true, systemd: true };
+        let path = |c: Cgroups, parent: &str| c.path(parent, "abc");
+        for c in [cgroupfs, systemd] {
+            assert_eq!(path(c, "/kubepods/burstable/pod1").as_deref(), Some("/kubepods/burstable/pod1/abc"));
+            assert_eq!(path(c, "/kubepods//pod1/./x/../").as_deref(), Some("/kubepods/pod1/abc"));
+            assert_eq!(path(c, "kubepods").as_deref(), Some("kubepods/abc"));
+            assert_eq!(path(c, "/").as_deref(), Some("/abc"));
+            // A slice parent: the last slice, runc's systemd form.
+            let slices = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice";
+            assert_eq!(path(c, slices).as_deref(), Some("kubepods-burstable-pod1.slice:cri-containerd:abc"));
+            assert_eq!(path(c, "/system.slice/").as_deref(), Some("system.slice:cri-containerd:abc"));
+            assert_eq!(path(c, "/slices/not.slicer").as_deref(), Some("/slices/not.slicer/abc"));
+        }
+        // No parent: crated's own cgroup for cgroupfs, runc's default
+        // for its systemd driver.
+        assert_eq!(path(cgroupfs, "").as_deref(), Some("/abc"));
+        assert_eq!(path(systemd, ""), None);
+        for parent in ["", "/kubepods/pod1", "/kubepods.slice"] {
+            assert_eq!(path(disabled, parent), None, "{parent}");
+        }
+    }
+
+    fn spec_of(config: &ContainerConfig, parent: &str, cgroups: Cgroups, device_ownership: bool) -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = PodSandboxConfig {
+            linux: Some(k8s_cri::v1::LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let image = json!({"config": {"Cmd": ["/bin/sh"]}});
+        let spec = container_spec(&SpecInput {
+            id: "abc",
+            sandbox_id: "pod",
+            sandbox_pid: 1,
+            sandbox: &sandbox,
+            sandbox_dir: dir.path(),
+            sandbox_shm: &dir.path().join("shm"),
+            config,
+            image_config: &image,
+            image_name: "img",
+            user: &User::default(),
+            pod_annotations: &[],
+            container_annotations: &[],
+            cgroups,
+            device_ownership,
+            privileged_without_host_devices: false,
+        })
+        .unwrap();
+        serde_json::from_slice(&spec).unwrap()
+    }
+
+    #[test]
+    fn disable_cgroup_drops_the_path_and_the_resources_but_not_the_device_rules() {
+        let config = ContainerConfig {
+            linux: Some(k8s_cri::v1::LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    cpu_shares: 512,
+                    memory_limit_in_bytes: 1 << 26,
+                    oom_score_adj: 5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let on = spec_of(&config, "/pods/p1", Cgroups::default(), false);
+        assert_eq!(on["linux"]["cgroupsPath"], "/pods/p1/abc");
+        assert_eq!(on["linux"]["resources"]["cpu"]["shares"], 512);
+        assert_eq!(on["linux"]["resources"]["memory"]["limit"], 1 << 26);
+        let off = spec_of(&config, "/pods/p1", Cgroups { disabled: true, systemd: false }, false);
+        assert!(off["linux"].get("cgroupsPath").is_none(), "{}", off["linux"]);
+        let res = &off["linux"]["resources"];
+        assert!(res.get("cpu").is_none() && res.get("memory").is_none(), "{res}");
+        assert_eq!(res["devices"], json!([{"allow": false, "access": "rwm"}]));
+        assert_eq!(off["process"]["oomScoreAdj"], 5, "the OOM score is not a cgroup's");
+    }
+
+    #[test]
+    fn devices_are_owned_as_on_the_host_or_by_the_run_as_ids() {
+        use std::os::unix::fs::MetadataExt;
+        let host = std::fs::metadata("/dev/null").unwrap();
+        let with_ids = |user: Option<i64>, group: Option<i64>| ContainerConfig {
+            devices: vec![k8s_cri::v1::Device {
+                container_path: "/dev/mine".into(),
+                host_path: "/dev/null".into(),
+                permissions: "rw".into(),
+            }],
+            linux: Some(k8s_cri::v1::LinuxContainerConfig {
+                security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+                    run_as_user: user.map(|value| k8s_cri::v1::Int64Value { value }),
+                    run_as_group: group.map(|value| k8s_cri::v1::Int64Value { value }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let owner = |config: &ContainerConfig, ownership: bool| {
+            let spec = spec_of(config, "", Cgroups::default(), ownership);
+            let d = &spec["linux"]["devices"][0];
+            assert_eq!(
+                (d["path"].as_str(), d["major"].as_i64(), d["minor"].as_i64()),
+                (Some("/dev/mine"), Some(1), Some(3))
+            );
+            (d["uid"].as_u64().unwrap(), d["gid"].as_u64().unwrap())
+        };
+        let host_owner = (u64::from(host.uid()), u64::from(host.gid()));
+        assert_eq!(owner(&with_ids(Some(1234), Some(5678)), false), host_owner);
+        assert_eq!(owner(&with_ids(Some(1234), Some(5678)), true), (1234, 5678));
+        // Only ids that are set and not 0 override the host's.
+        assert_eq!(owner(&with_ids(Some(1234), None), true), (1234, host_owner.1));
+        assert_eq!(owner(&with_ids(Some(0), Some(0)), true), host_owner);
+        assert_eq!(owner(&with_ids(None, None), true), host_owner);
+    }
+
+    #[test]
+    fn host_devices_are_found_as_containerd_finds_them() {
+        let all = host_devices(Path::new("/dev"), None).unwrap();
+        let null = all.iter().find(|d| d.path == "/dev/null").expect("/dev/null");
+        assert_eq!((null.kind, null.major, null.minor), ("c", 1, 3));
+        assert!(!all.iter().any(|d| d.path == "/dev/console" || d.path.starts_with("/dev/pts/")), "{all:?}");
+        // A directory goes below the container path; a node to it.
+        let under = host_devices(Path::new("/dev"), Some("/host/")).unwrap();
+        assert!(under.iter().any(|d| d.path == "/host/null"), "{under:?}");
+        assert_eq!(under.len(), all.len());
+        let one = host_devices(Path::new("/dev/null"), Some("/dev/mine")).unwrap();
+        assert_eq!(one, vec![DeviceNode { path: "/dev/mine".into(), ..null.clone() }]);
+        let e = host_devices(Path::new("/etc/hostname"), Some("/x")).unwrap_err();
+        assert!(e.message.contains("is not a device node"), "{e:?}");
     }
 }

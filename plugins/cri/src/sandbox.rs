@@ -40,7 +40,7 @@ use shim_protocol::oci::DEFAULT_CAPS;
 use crate::{
     calls::{self, CONTAINERS, SNAPSHOTS, SPEC_TYPE_URL},
     config::Config,
-    container_spec::{default_mounts, mount, MASKED_PATHS, READONLY_PATHS},
+    container_spec::{default_mounts, mount, Cgroups, MASKED_PATHS, READONLY_PATHS},
     images::ImageStore,
     service::NAMESPACE,
 };
@@ -192,14 +192,19 @@ fn runtime_options(runtime: &crate::config::Runtime) -> Result<Option<prost_type
 /// What the CRI config adds to a sandbox's spec: containerd's
 /// `enable_unprivileged_ports` / `enable_unprivileged_icmp` (sysctls a pod
 /// with a network namespace of its own gets unless its config sets them)
-/// and the runtime's `pod_annotations` (patterns of the pod annotations
-/// passed through to the runtime in the spec).
+/// the runtime's `pod_annotations` (patterns of the pod annotations
+/// passed through to the runtime in the spec), and where its cgroup is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SandboxSpecOptions<'a> {
     pub unprivileged_ports: bool,
     pub unprivileged_icmp: bool,
     pub pod_annotations: &'a [String],
+    pub cgroups: Cgroups,
 }
+
+/// containerd's `DefaultSandboxCPUshares`: the pause container's CPU
+/// shares, unless `disable_cgroup`.
+const SANDBOX_CPU_SHARES: u64 = 2;
 
 pub fn sandbox_spec(
     id: &str,
@@ -261,11 +266,6 @@ pub fn sandbox_spec(
         let path = netns.map(|p| p.display().to_string()).unwrap_or_default();
         namespaces.push(json!({"type": "network", "path": path}));
     }
-    let cgroups_path = if linux.cgroup_parent.is_empty() {
-        format!("/{id}")
-    } else {
-        format!("{}/{id}", linux.cgroup_parent.trim_end_matches('/'))
-    };
     let caps = DEFAULT_CAPS.to_vec();
     let meta = config.metadata.clone().unwrap_or_default();
     let mut annotations = calls::passthrough_annotations(&config.annotations, options.pod_annotations);
@@ -301,7 +301,6 @@ pub fn sandbox_spec(
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": cgroups_path,
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
@@ -311,6 +310,12 @@ pub fn sandbox_spec(
     });
     if !host_net && !config.hostname.is_empty() {
         doc["hostname"] = json!(config.hostname);
+    }
+    if let Some(path) = options.cgroups.path(&linux.cgroup_parent, id) {
+        doc["linux"]["cgroupsPath"] = json!(path);
+    }
+    if !options.cgroups.disabled {
+        doc["linux"]["resources"]["cpu"] = json!({"shares": SANDBOX_CPU_SHARES});
     }
     let spec: oci_spec::runtime::Spec =
         serde_json::from_value(doc).map_err(|e| Status::internal(format!("invalid sandbox spec: {e}")))?;
@@ -570,6 +575,7 @@ impl Sandboxes {
             unprivileged_ports: self.config.enable_unprivileged_ports,
             unprivileged_icmp: self.config.enable_unprivileged_icmp,
             pod_annotations: &runtime.pod_annotations,
+            cgroups: Cgroups::new(&self.config, runtime),
         };
         let spec = sandbox_spec(id, config, &image.spec, netns_path.as_deref(), &files, oom, options)?;
 
@@ -915,7 +921,12 @@ mod tests {
                 Some(Path::new("/run/ns1")),
                 &files,
                 -998,
-                SandboxSpecOptions { unprivileged_ports: true, unprivileged_icmp: true, pod_annotations: &passed },
+                SandboxSpecOptions {
+                    unprivileged_ports: true,
+                    unprivileged_icmp: true,
+                    pod_annotations: &passed,
+                    ..Default::default()
+                },
             )
             .unwrap(),
         )
@@ -953,7 +964,12 @@ mod tests {
                 None,
                 &files,
                 0,
-                SandboxSpecOptions { unprivileged_ports: true, unprivileged_icmp: true, pod_annotations: &passed },
+                SandboxSpecOptions {
+                    unprivileged_ports: true,
+                    unprivileged_icmp: true,
+                    pod_annotations: &passed,
+                    ..Default::default()
+                },
             )
             .unwrap(),
         )
@@ -963,6 +979,30 @@ mod tests {
         assert!(spec.get("hostname").is_none());
         // The host's network keeps the host's sysctls.
         assert_eq!(spec["linux"]["sysctl"], json!({}), "{}", spec["linux"]);
+    }
+
+    #[test]
+    fn the_spec_has_the_cgroups_path_and_shares_unless_cgroups_are_disabled() {
+        let image = json!({"config": {"Cmd": ["/pause"]}});
+        let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: None };
+        let spec = |parent: &str, cgroups: Cgroups| -> Value {
+            let config = PodSandboxConfig {
+                linux: Some(k8s_cri::v1::LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() }),
+                ..Default::default()
+            };
+            let options = SandboxSpecOptions { cgroups, ..Default::default() };
+            serde_json::from_slice(&sandbox_spec("abc", &config, &image, None, &files, 0, options).unwrap()).unwrap()
+        };
+        let s = spec("/kubepods/pod1", Cgroups::default());
+        assert_eq!(s["linux"]["cgroupsPath"], "/kubepods/pod1/abc");
+        assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 2);
+        let s = spec("/kubepods.slice/kubepods-pod1.slice", Cgroups { systemd: true, disabled: false });
+        assert_eq!(s["linux"]["cgroupsPath"], "kubepods-pod1.slice:cri-containerd:abc");
+        let s = spec("", Cgroups { systemd: true, disabled: false });
+        assert!(s["linux"].get("cgroupsPath").is_none(), "{}", s["linux"]);
+        let s = spec("/kubepods/pod1", Cgroups { disabled: true, systemd: false });
+        assert!(s["linux"].get("cgroupsPath").is_none(), "{}", s["linux"]);
+        assert_eq!(s["linux"]["resources"], json!({"devices": [{"allow": false, "access": "rwm"}]}));
     }
 
     #[test]
