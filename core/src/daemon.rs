@@ -120,6 +120,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(address = %address.display(), "serving");
     // Connections queue from bind on, so systemd may start dependents now.
     sd_notify::notify_logged(sd_notify::READY);
+    // The inits are done: what they freed goes back to the kernel.
+    tokio::task::spawn_blocking(crate::malloc::release_free_pages);
     let router = GrpcRouter::new(routes, config.grpc.max_recv_message_size, config.grpc.max_send_message_size)
         .with_metrics(grpc_metrics);
     server::serve(listener, router, shutdown).await;

@@ -12,6 +12,7 @@ pub mod introspection;
 pub mod isolation;
 pub mod lane;
 pub mod loader;
+pub mod malloc;
 pub mod metrics;
 pub mod oci_hook;
 pub mod plugin_host;

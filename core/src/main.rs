@@ -140,32 +140,8 @@ fn level_filter(level: &str) -> &str {
     }
 }
 
-/// Caps glibc's malloc arenas at the number of CPUs (at most 4), unless
-/// `MALLOC_ARENA_MAX` says otherwise.
-///
-/// Why: glibc gives each thread that allocates while the others hold their
-/// arenas a new one, up to eight per CPU, and keeps every arena for the
-/// life of the process. The daemon's threads (workers, plugin lanes, one
-/// thread per plugin init, and the inits of one dependency wave run at
-/// once) left 2 MiB more anonymous memory at idle than with one arena per
-/// CPU, on a daemon whose whole idle RSS is about 25 MiB (BENCHMARKS.md).
-/// One arena per CPU keeps allocation free of contention between threads
-/// that run at the same time.
-fn cap_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-        // SAFETY: mallopt only sets an allocator parameter; it is called
-        // before the daemon starts any thread, and a refused value (0
-        // returned) leaves glibc's default in place.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, cpus as libc::c_int);
-        }
-    }
-}
-
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    cap_malloc_arenas();
+    crated_core::malloc::cap_arenas();
     let cli = Cli::parse();
     if matches!(cli.command, Some(Command::PluginHost)) {
         plugin_host()?;
