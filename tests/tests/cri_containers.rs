@@ -698,6 +698,41 @@ async fn exec_security_stats_and_bad_input() {
     assert_eq!(snapshots().await, before, "a failed create left a snapshot");
     assert_eq!(std::fs::read_dir(pods.cri_root().join("containers")).unwrap().count(), 6);
 
+    // CRI's TARGET pid mode (kubectl debug's ephemeral containers): a
+    // container joins the pid namespace of another running container of
+    // the pod, here one with a pid namespace of its own.
+    let pid_mode = |pid: k8s_cri::v1::NamespaceMode, target: &str| {
+        security(LinuxContainerSecurityContext {
+            namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                pid: pid as i32,
+                target_id: target.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let mut cfg = config("isolated", &image, "while true; do sleep 1; done");
+    cfg.linux = pid_mode(k8s_cri::v1::NamespaceMode::Container, "");
+    let isolated = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create isolated");
+    let mut cfg = config("debugger", &image, "while true; do sleep 2; done");
+    cfg.linux = pid_mode(k8s_cri::v1::NamespaceMode::Target, &isolated);
+    let err = create(&ch, &sandbox, &sandbox_config, cfg.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "a target not running yet: {err:?}");
+    assert!(err.message().contains("invalid target container"), "{err:?}");
+    start(&ch, &isolated).await;
+    let debugger = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create debugger");
+    start(&ch, &debugger).await;
+    let cmdline = "cat /proc/1/cmdline";
+    let (target_init, _, _) = exec(&ch, &isolated, cmdline, 10).await.unwrap();
+    assert!(target_init.contains("sleep 1;"), "{target_init}");
+    let (seen, err, code) = exec(&ch, &debugger, cmdline, 10).await.unwrap();
+    assert_eq!((seen.as_str(), code), (target_init.as_str(), 0), "{err}");
+    let mut cfg = config("lost-debugger", &image, "true");
+    cfg.linux = pid_mode(k8s_cri::v1::NamespaceMode::Target, "0123456789abcdef");
+    let err = create(&ch, &sandbox, &sandbox_config, cfg).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("invalid target container"), "{err:?}");
+
     // A container of a host-network pod under a cgroup parent: the host's
     // network namespace, the parent in its cgroups path.
     let mut host_pod = sandbox_config.clone();

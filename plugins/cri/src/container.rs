@@ -39,7 +39,7 @@ use crated_plugin_api::{Code, Host, Status};
 use k8s_cri::v1::{
     ContainerAttributes, ContainerConfig, ContainerFilter, ContainerResources, ContainerState, ContainerStats,
     ContainerStatsFilter, CpuUsage, FilesystemIdentifier, FilesystemUsage, LinuxContainerResources, MemoryUsage,
-    UInt64Value,
+    NamespaceMode, UInt64Value,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -408,6 +408,28 @@ impl Containers {
         }
     }
 
+    /// The task pid of `target`, whose pid namespace a container of
+    /// `sandbox` asks to join (CRI's `TARGET` mode, for ephemeral debug
+    /// containers): it must be a running container of the same pod, as
+    /// containerd's `validateTargetContainer` requires.
+    async fn target_pid(&self, sandbox: &str, target: &str) -> Result<u32, Status> {
+        let e = self.get(target).await?;
+        if e.meta.sandbox_id != sandbox {
+            return Err(Status::invalid_argument(format!(
+                "container {target:?} (sandbox {}) does not belong to sandbox {sandbox}",
+                e.meta.sandbox_id
+            )));
+        }
+        let st = e.state();
+        if st.state() != ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {target:?} is not running - in state {}",
+                st.state().as_str_name()
+            )));
+        }
+        Ok(st.pid)
+    }
+
     /// The container a full or unique truncated id names.
     pub async fn get(&self, id: &str) -> Result<Arc<Entry>, Status> {
         self.recover().await?;
@@ -562,10 +584,17 @@ impl Containers {
         let handler =
             if runtime_handler.is_empty() { &self.config.containerd.default_runtime_name } else { runtime_handler };
         let runtime = self.config.containerd.runtimes.get(handler).cloned().unwrap_or_default();
+        let target_pid = match sec.namespace_options.as_ref() {
+            Some(ns) if ns.pid == NamespaceMode::Target as i32 => {
+                self.target_pid(&sandbox.id, &ns.target_id).await.map_err(|s| s.context("invalid target container"))?
+            }
+            _ => sandbox_pid,
+        };
         let spec = container_spec(&SpecInput {
             id,
             sandbox_id: &sandbox.id,
             sandbox_pid,
+            target_pid,
             sandbox: sandbox_config,
             sandbox_dir: &sandbox_dir,
             sandbox_shm: &self.sandboxes.shm(&sandbox.id),

@@ -488,6 +488,9 @@ pub struct SpecInput<'a> {
     pub id: &'a str,
     pub sandbox_id: &'a str,
     pub sandbox_pid: u32,
+    /// The pid whose pid namespace a `TARGET` container joins (the target
+    /// container's task, checked by the caller); the sandbox's otherwise.
+    pub target_pid: u32,
     pub sandbox: &'a PodSandboxConfig,
     /// The sandbox's directory: `hosts`, `hostname`, `resolv.conf`.
     pub sandbox_dir: &'a Path,
@@ -686,9 +689,7 @@ pub fn container_spec(input: &SpecInput) -> Result<Vec<u8>, Status> {
     match NamespaceMode::try_from(ns.pid) {
         Ok(NamespaceMode::Pod) => namespaces.push(json!({"type": "pid", "path": pid_path(input.sandbox_pid, "pid")})),
         Ok(NamespaceMode::Node) => {}
-        Ok(NamespaceMode::Target) => {
-            return Err(Status::invalid_argument("the TARGET pid namespace mode is not supported by crated"))
-        }
+        Ok(NamespaceMode::Target) => namespaces.push(json!({"type": "pid", "path": pid_path(input.target_pid, "pid")})),
         _ => namespaces.push(json!({"type": "pid"})),
     }
 
@@ -969,6 +970,7 @@ mod tests {
             id: "abc",
             sandbox_id: "pod",
             sandbox_pid: 1,
+            target_pid: 1,
             sandbox: &sandbox,
             sandbox_dir: dir.path(),
             sandbox_shm: &dir.path().join("shm"),
