@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         platforms: Platforms::Amd64,
         cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
         user: None,
+        volumes: Vec::new(),
     };
     let layer_bytes = layer.len();
     let archive = oci_archive_of(&options, vec![layer])?;

@@ -88,6 +88,8 @@ pub struct ImageOptions {
     pub cmd: Option<Vec<String>>,
     /// The config's `User`; `None` leaves it out.
     pub user: Option<String>,
+    /// The config's `Volumes`.
+    pub volumes: Vec<String>,
 }
 
 impl Default for ImageOptions {
@@ -99,6 +101,7 @@ impl Default for ImageOptions {
             platforms: Platforms::Amd64,
             cmd: None,
             user: None,
+            volumes: Vec::new(),
         }
     }
 }
@@ -268,6 +271,9 @@ fn config_json(arch: Arch, diff_ids: &[String], options: &ImageOptions) -> Resul
         .working_dir("/");
     if let Some(user) = &options.user {
         process = process.user(user.clone());
+    }
+    if !options.volumes.is_empty() {
+        process = process.volumes(options.volumes.clone());
     }
     let config = ImageConfigurationBuilder::default()
         .created(FIXED_CREATED)
@@ -492,6 +498,7 @@ mod tests {
                         platforms,
                         cmd: None,
                         user: None,
+                        volumes: Vec::new(),
                     });
                 }
             }

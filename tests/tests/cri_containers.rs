@@ -55,17 +55,23 @@ const GROUP: &[u8] = b"root:x:0:\nalice:x:1001:\nwheel:x:10:alice\n";
 fn etc_layer() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data) in [("etc/passwd", PASSWD), ("etc/group", GROUP)] {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(path).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
+        append(&mut b, path, tar::EntryType::Regular, 0o644, (0, 0), data);
     }
     b.into_inner().unwrap()
+}
+
+/// Appends an entry to a layer: its path, type, mode, owner and content.
+fn append(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: tar::EntryType, mode: u32, owner: (u64, u64), data: &[u8]) {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).unwrap();
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_uid(owner.0);
+    h.set_gid(owner.1);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append(&h, data).unwrap();
 }
 
 /// Pushes the app image (busybox and [`etc_layer`]) to the world's
@@ -74,14 +80,19 @@ async fn app_image(pods: &Pods, ch: &Channel) -> String {
     let options = ImageOptions { cmd: Some(vec!["/bin/sh".into()]), ..Default::default() };
     let archive = oci_archive_of(&options, vec![rootfs_layer().unwrap(), etc_layer()]).unwrap();
     let image = pods.push("test/app:1", &archive).await;
+    pull(ch, &image).await;
+    image
+}
+
+/// Pulls `image` (pushed to the world's registry) into `k8s.io`.
+async fn pull(ch: &Channel, image: &str) {
     ImageServiceClient::new(ch.clone())
         .pull_image(PullImageRequest {
-            image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+            image: Some(ImageSpec { image: image.into(), ..Default::default() }),
             ..Default::default()
         })
         .await
-        .expect("pull the app image");
-    image
+        .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
 }
 
 /// Starts the world with a small log line limit, a network, the app image
@@ -1094,4 +1105,76 @@ async fn disable_cgroup_gives_no_cgroups_path_or_resources() {
         .unwrap();
     assert!(stats.memory.as_ref().and_then(|m| m.working_set_bytes).unwrap().value > 0, "{stats:?}");
     drop(pods);
+}
+
+/// A layer with `data/seed` (1000:1001, 0640) in `data/` (1000:1001, 0750).
+fn seeded_data_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    append(&mut b, "data/", tar::EntryType::Directory, 0o750, (1000, 1001), b"");
+    append(&mut b, "data/seed", tar::EntryType::Regular, 0o640, (1000, 1001), b"seeded by the image\n");
+    b.into_inner().unwrap()
+}
+
+/// The image's `Volumes` as containerd 1.6 makes them: each path gets a
+/// directory of its own under the container's root, seeded with what the
+/// image has there (content, owner, mode), and writes land in it rather
+/// than in the writable layer; a path the image lacks is an empty volume;
+/// a CRI mount at the same path wins; the directory goes with the
+/// container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_are_seeded_and_yield_to_cri_mounts() {
+    let (pods, ch, _, sandbox, sandbox_config) = world(9).await;
+    let options = ImageOptions {
+        cmd: Some(vec!["/bin/sh".into()]),
+        volumes: vec!["/data".into(), "/empty".into()],
+        ..Default::default()
+    };
+    let layers = vec![rootfs_layer().unwrap(), etc_layer(), seeded_data_layer()];
+    let archive = oci_archive_of(&options, layers).unwrap();
+    let image = pods.push("test/volumes:1", &archive).await;
+    pull(&ch, &image).await;
+
+    let forever = "while true; do sleep 1; done";
+    let id = create(&ch, &sandbox, &sandbox_config, config("volumes", &image, forever)).await.expect("create");
+    start(&ch, &id).await;
+    let script = "cat /data/seed; stat -c %u:%g:%a /data /data/seed; ls -A /empty; echo written > /data/new";
+    let (out, err, code) = exec(&ch, &id, script, 10).await.unwrap();
+    assert_eq!((out.as_str(), code), ("seeded by the image\n1000:1001:750\n1000:1001:640\n", 0), "{err}");
+    let (mountinfo, _, _) = exec(&ch, &id, "cat /proc/self/mountinfo", 10).await.unwrap();
+    let mounted_at = |target: &str| mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(target));
+    assert!(mounted_at("/data") && mounted_at("/empty"), "{mountinfo}");
+    // The writes are in the volume's directory on the host, under the
+    // container's root; the status lists only the request's mounts.
+    let volumes = pods.cri_root().join("containers").join(&id).join("volumes");
+    let written: Vec<String> = std::fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .filter_map(|v| std::fs::read_to_string(v.path().join("new")).ok())
+        .collect();
+    assert_eq!(written, ["written\n"]);
+    let (st, info) = status(&ch, &id).await;
+    assert!(st.mounts.is_empty(), "{:?}", st.mounts);
+    let spec_mounts: Vec<&str> =
+        info["runtimeSpec"]["mounts"].as_array().unwrap().iter().filter_map(|m| m["destination"].as_str()).collect();
+    assert!(spec_mounts.contains(&"/data") && spec_mounts.contains(&"/empty"), "{spec_mounts:?}");
+
+    // A CRI mount at a volume's path replaces the image's volume.
+    let host = pods.dir.path().join("host-data");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("from-host"), "").unwrap();
+    let mut cfg = config("mounted", &image, forever);
+    cfg.mounts =
+        vec![Mount { container_path: "/data/".into(), host_path: host.display().to_string(), ..Default::default() }];
+    let mounted = create(&ch, &sandbox, &sandbox_config, cfg).await.expect("create mounted");
+    start(&ch, &mounted).await;
+    let (out, err, code) = exec(&ch, &mounted, "ls -A /data", 10).await.unwrap();
+    assert_eq!((out.as_str(), code), ("from-host\n", 0), "{err}");
+    let dirs = std::fs::read_dir(pods.cri_root().join("containers").join(&mounted).join("volumes")).unwrap().count();
+    assert_eq!(dirs, 1, "only /empty gets a volume");
+
+    // Removal takes the volumes with the container's root.
+    let mut rt = Pods::rt(&ch);
+    rt.stop_container(StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.unwrap();
+    rt.remove_container(RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+    assert!(!volumes.exists(), "the volumes outlived their container");
 }

@@ -55,6 +55,7 @@ use crate::{
     images::ImageStore,
     sandbox::{Sandboxes, KIND_LABEL},
     service::NAMESPACE,
+    volumes::{copy_image_contents, image_volumes},
 };
 
 pub const KIND_CONTAINER: &str = "container";
@@ -590,6 +591,14 @@ impl Containers {
             }
             _ => sandbox_pid,
         };
+        // The image's volumes go into the spec as CRI mounts; the record
+        // keeps the request's config (ContainerStatus lists its mounts).
+        let volumes = match self.config.ignore_image_defined_volumes {
+            true => Vec::new(),
+            false => image_volumes(&image.spec, &config.mounts, &dir),
+        };
+        let mut spec_config = config.clone();
+        spec_config.mounts.extend(volumes.iter().cloned());
         let spec = container_spec(&SpecInput {
             id,
             sandbox_id: &sandbox.id,
@@ -598,7 +607,7 @@ impl Containers {
             sandbox: sandbox_config,
             sandbox_dir: &sandbox_dir,
             sandbox_shm: &self.sandboxes.shm(&sandbox.id),
-            config: &config,
+            config: &spec_config,
             image_config: &image.spec,
             image_name: &image_name,
             user: &user,
@@ -608,6 +617,13 @@ impl Containers {
             device_ownership: self.config.device_ownership_from_security_context,
             privileged_without_host_devices: runtime.privileged_without_host_devices,
         })?;
+        // The spec made the volumes' directories; now the image's content.
+        if !volumes.is_empty() {
+            let scratch = dir.clone();
+            tokio::task::spawn_blocking(move || copy_image_contents(&mounts, &volumes, &scratch))
+                .await
+                .map_err(|e| Status::internal(format!("copying image volumes: {e}")))??;
+        }
 
         let log_path = if !sandbox_config.log_directory.is_empty() && !config.log_path.is_empty() {
             Path::new(&sandbox_config.log_directory).join(&config.log_path).display().to_string()

@@ -38,6 +38,7 @@ pub mod reference;
 pub mod sandbox;
 pub mod service;
 pub mod streaming;
+pub mod volumes;
 
 use std::{path::PathBuf, sync::Arc};
 
