@@ -182,6 +182,18 @@ def stop_pid(pid, grace=15):
             pass
 
 
+def stop_child(p, grace=15):
+    """Stops a child process of ours (a Popen): SIGTERM, SIGKILL after
+    `grace` seconds, then reaped (a zombie still answers kill -0)."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def mounts_under(directory):
     prefix = str(directory).rstrip("/") + "/"
     with open("/proc/self/mountinfo") as f:
@@ -279,14 +291,8 @@ class Daemon:
             p = run(["runc", "--root", self.runc_root, "list", "-q"], check=False)
             for cid in p.stdout.split():
                 run(["runc", "--root", self.runc_root, "delete", "--force", cid], check=False)
-        if self.proc is not None and self.proc.poll() is None:
-            # Our child: waited on here (a zombie still answers kill -0).
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_child(self.proc)
         for m in reversed(mounts_under(self.dir)):
             run(["umount", "-l", m], check=False)
 
@@ -517,13 +523,7 @@ class Bench:
             except Exception as e:  # noqa: BLE001 - the rest of the clean-up must run
                 self.log(f"bench: stopping {d.name}: {e}")
         for p in self.others:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_child(p, grace=5)
         for m in reversed(mounts_under(self.tmp)):
             run(["umount", "-l", m], check=False)
         remove_cgroups()

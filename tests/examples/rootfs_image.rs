@@ -4,17 +4,26 @@
 //! `layer_compressed_bytes`, `layer_bytes`, `entries`, `archive_bytes`,
 //! `target`, `diff_id` (`key=value` lines).
 //!
-//! Usage: rootfs_image <rootfs dir> <out.tar> <ref name> [cmd arg...]
-//! (the config's `Cmd`, `/bin/sh` when none is given).
+//! Usage: rootfs_image [--user <user>] <rootfs dir> <out.tar> <ref name> [cmd arg...]
+//! (the config's `Cmd`, `/bin/sh` when none is given; `--user` sets the
+//! config's `User`, as a Dockerfile's `USER`).
 
 use std::path::Path;
 
 use crated_tests::images::{oci_archive_of, Compression, ImageOptions, Layers, Platforms};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let user = match args.get(1).map(String::as_str) {
+        Some("--user") if args.len() > 2 => {
+            let user = args.remove(2);
+            args.remove(1);
+            Some(user)
+        }
+        _ => None,
+    };
     let [_, rootfs, out, ref_name, cmd @ ..] = args.as_slice() else {
-        return Err("usage: rootfs_image <rootfs dir> <out.tar> <ref name> [cmd arg...]".into());
+        return Err("usage: rootfs_image [--user <user>] <rootfs dir> <out.tar> <ref name> [cmd arg...]".into());
     };
     let mut builder = tar::Builder::new(Vec::new());
     // Symlinks stay symlinks; owners, modes and mtimes are kept.
@@ -28,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         layers: Layers::Rootfs,
         platforms: Platforms::Amd64,
         cmd: (!cmd.is_empty()).then(|| cmd.to_vec()),
-        user: None,
+        user,
         volumes: Vec::new(),
     };
     let layer_bytes = layer.len();
