@@ -597,6 +597,29 @@ async fn exec_security_stats_and_bad_input() {
     let mut both = vec![secure.clone(), caps.clone()];
     both.sort();
     assert_eq!(ids, both);
+    // The pod's network counters: a connection attempt from the host to
+    // the pod's IP is received and refused on its eth0; the counters are
+    // what the pod itself reads before the stats are taken, or more.
+    let ip = Pods::rt(&ch)
+        .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest { pod_sandbox_id: sandbox.clone(), verbose: false })
+        .await
+        .expect("sandbox status")
+        .into_inner()
+        .status
+        .and_then(|s| s.network)
+        .map(|n| n.ip)
+        .unwrap();
+    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), 1);
+    let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    let (dev, _, _) = exec(&ch, &caps, "cat /proc/net/dev", 10).await.unwrap();
+    let eth0: Vec<u64> = dev
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+        .expect("eth0 in the pod")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
     let pod = Pods::rt(&ch)
         .pod_sandbox_stats(PodSandboxStatsRequest { pod_sandbox_id: sandbox.clone() })
         .await
@@ -607,6 +630,16 @@ async fn exec_security_stats_and_bad_input() {
     let linux = pod.linux.unwrap();
     assert_eq!(linux.containers.len(), 2);
     assert!(linux.cpu.and_then(|c| c.usage_core_nano_seconds).unwrap().value > 0);
+    let net = linux.network.and_then(|n| n.default_interface).expect("the pod's network stats");
+    assert_eq!(net.name, "eth0");
+    let counter = |c: Option<k8s_cri::v1::UInt64Value>| c.unwrap().value;
+    let (rx, tx) = (counter(net.rx_bytes), counter(net.tx_bytes));
+    assert!(eth0[0] > 0 && rx >= eth0[0] && rx < eth0[0] + 1_000_000, "rx {rx}, the pod read {}", eth0[0]);
+    assert!(eth0[8] > 0 && tx >= eth0[8] && tx < eth0[8] + 1_000_000, "tx {tx}, the pod read {}", eth0[8]);
+    assert_eq!((counter(net.rx_errors), counter(net.tx_errors)), (eth0[2], eth0[10]));
+    // Each running container's shell, at least.
+    let processes = linux.process.and_then(|p| p.process_count).unwrap().value;
+    assert!(processes >= 2, "{processes} processes");
 
     // UpdateContainerResources reaches the cgroup and the status.
     let limit = 64 * 1024 * 1024;

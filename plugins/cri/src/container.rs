@@ -32,8 +32,8 @@ use containerd_client::services::v1::{
     snapshots::{PrepareSnapshotRequest, PrepareSnapshotResponse, UsageRequest, UsageResponse},
     Container, CreateContainerRequest, CreateTaskRequest, CreateTaskResponse, DeleteContainerRequest,
     DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetRequest, GetResponse, KillRequest,
-    ListContainersRequest, ListContainersResponse, MetricsRequest, MetricsResponse, StartRequest, StartResponse,
-    UpdateContainerRequest, UpdateTaskRequest, WaitRequest, WaitResponse,
+    ListContainersRequest, ListContainersResponse, ListPidsRequest, ListPidsResponse, MetricsRequest, MetricsResponse,
+    StartRequest, StartResponse, UpdateContainerRequest, UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use crated_plugin_api::{Code, Host, Status};
 use k8s_cri::v1::{
@@ -1309,6 +1309,20 @@ impl Containers {
             }
         }
         out
+    }
+
+    /// How many processes the sandbox's running containers hold (their
+    /// tasks' ListPids), as containerd counts a pod's `ProcessUsage`.
+    pub async fn sandbox_process_count(&self, sandbox_id: &str) -> Result<u64, Status> {
+        let mut count = 0;
+        for e in self.all() {
+            if e.meta.sandbox_id == sandbox_id && e.state().state() == ContainerState::ContainerRunning {
+                let pids: ListPidsResponse =
+                    calls::tasks(&self.host, "ListPids", &ListPidsRequest { container_id: e.meta.id.clone() }).await?;
+                count += pids.processes.len() as u64;
+            }
+        }
+        Ok(count)
     }
 }
 

@@ -31,10 +31,11 @@ use k8s_cri::v1::{
     ContainerStatsRequest, ContainerStatsResponse, ContainerStatusRequest, ContainerStatusResponse,
     CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, LinuxPodSandboxStats,
     ListContainerStatsRequest, ListContainerStatsResponse, ListContainersRequest, ListContainersResponse,
-    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, PodSandboxAttributes, PodSandboxFilter, PodSandboxStats,
-    PodSandboxStatsRequest, PodSandboxStatsResponse, RemoveContainerRequest, RemoveContainerResponse,
-    ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest, StartContainerResponse,
-    StopContainerRequest, StopContainerResponse, UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes,
+    PodSandboxFilter, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage,
+    RemoveContainerRequest, RemoveContainerResponse, ReopenContainerLogRequest, ReopenContainerLogResponse,
+    StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse,
+    UpdateContainerResourcesRequest, UpdateContainerResourcesResponse,
 };
 use k8s_cri::v1::{
     ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest, PodSandboxStatusResponse,
@@ -386,6 +387,17 @@ impl CriService {
             None => (None, None),
         };
         let containers = self.containers.sandbox_container_stats(&status.id, &metrics).await;
+        let timestamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let (pid, running) = self.sandboxes.task_state(&status.id).await;
+        let network = match (running, self.sandboxes.netns_path(&status.id).await?.is_empty()) {
+            (true, false) => network_usage(pid, timestamp),
+            _ => None,
+        };
+        let process = Some(ProcessUsage {
+            timestamp,
+            process_count: Some(UInt64Value { value: self.containers.sandbox_process_count(&status.id).await? }),
+        });
         Ok(PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
                 id: status.id.clone(),
@@ -393,7 +405,7 @@ impl CriService {
                 labels: status.labels.clone(),
                 annotations: status.annotations.clone(),
             }),
-            linux: Some(LinuxPodSandboxStats { cpu, memory, network: None, process: None, containers }),
+            linux: Some(LinuxPodSandboxStats { cpu, memory, network, process, containers }),
             windows: None,
         })
     }
@@ -579,4 +591,47 @@ pub fn router(svc: CriService) -> ServiceRouter {
         });
     }
     router
+}
+
+/// The pod's `eth0` counters, read from `/proc/<pid>/net/dev` of its
+/// sandbox task (the file shows the reading process's network namespace,
+/// so no setns is needed), as containerd reads them with netlink in the
+/// pod's namespace. `None` when the interface is not there.
+fn network_usage(pid: u32, timestamp: i64) -> Option<NetworkUsage> {
+    let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok()?;
+    let (rx_bytes, rx_errors, tx_bytes, tx_errors) = eth0_counters(&dev)?;
+    let v = |value| Some(UInt64Value { value });
+    Some(NetworkUsage {
+        timestamp,
+        default_interface: Some(NetworkInterfaceUsage {
+            name: "eth0".into(),
+            rx_bytes: v(rx_bytes),
+            rx_errors: v(rx_errors),
+            tx_bytes: v(tx_bytes),
+            tx_errors: v(tx_errors),
+        }),
+        interfaces: Vec::new(),
+    })
+}
+
+/// `eth0`'s received bytes and errors, transmitted bytes and errors, from
+/// the text of `/proc/net/dev` (eight receive columns, then transmit).
+fn eth0_counters(dev: &str) -> Option<(u64, u64, u64, u64)> {
+    let line = dev.lines().find_map(|l| l.trim_start().strip_prefix("eth0:"))?;
+    let f: Vec<u64> = line.split_whitespace().map(|n| n.parse().ok()).collect::<Option<_>>()?;
+    Some((*f.first()?, *f.get(2)?, *f.get(8)?, *f.get(10)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn eth0_counters_come_from_proc_net_dev() {
+        let dev = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
+  eth0:    5120      40    3    0    0     0          0         0     2048      20    7    0    0     0       0          0
+";
+        assert_eq!(super::eth0_counters(dev), Some((5120, 3, 2048, 7)));
+        assert_eq!(super::eth0_counters("  lo: 1 2 3"), None);
+    }
 }
