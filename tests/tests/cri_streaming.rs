@@ -14,8 +14,8 @@
 //! A WebSocket client (tokio-tungstenite, as the kubelet's streaming
 //! server serves one) on the same URLs: stdin through `cat`, stdout and
 //! stderr on their channels, the v4 exit status, base64 channels, a
-//! terminal resized, port-forward to `nc`, refused subprotocols and
-//! spent tokens.
+//! terminal resized, attach, port-forward to `nc`, refused subprotocols
+//! and spent tokens.
 //!
 //! `common::cri`'s guard stops and removes every container and sandbox,
 //! the daemon, the bridge and leftover mounts, even when an assertion
@@ -501,24 +501,9 @@ async fn attach_with_kubectl() {
     let log_dir = world.dir.path().join("pod-logs");
     let mut sandbox_config = pod_config(POD);
     sandbox_config.log_directory = log_dir.display().to_string();
-    let id = rt(&ch)
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox,
-            config: Some(config),
-            sandbox_config: Some(sandbox_config),
-        })
-        .await
-        .expect("create the container")
-        .into_inner()
-        .container_id;
-    rt(&ch).start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let id = start_container(&ch, &sandbox, config, sandbox_config).await;
 
-    let url = rt(&ch)
-        .attach(AttachRequest { container_id: id.clone(), stdin: true, stdout: true, stderr: true, tty: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&ch, &id).await;
     assert!(url.contains("/attach/"), "{url}");
     proxy.route_next("attach", &url);
     let mut c = proxy.kubectl();
@@ -540,6 +525,21 @@ async fn attach_with_kubectl() {
     assert!(printed.contains("stdin-closed"), "the container's stdin was not closed: {out:?}");
     let log = std::fs::read_to_string(log_dir.join("attached.log")).unwrap();
     assert!(log.contains(" stdout F got:world"), "{log}");
+}
+
+/// Creates and starts a container in `sandbox`; its id.
+async fn start_container(ch: &Channel, sandbox: &str, config: ContainerConfig, pod: PodSandboxConfig) -> String {
+    let req =
+        CreateContainerRequest { pod_sandbox_id: sandbox.into(), config: Some(config), sandbox_config: Some(pod) };
+    let id = rt(ch).create_container(req).await.expect("create the container").into_inner().container_id;
+    rt(ch).start_container(StartContainerRequest { container_id: id.clone() }).await.expect("start the container");
+    id
+}
+
+/// The CRI's Attach URL for all three streams, no terminal.
+async fn attach_url(ch: &Channel, id: &str) -> String {
+    let req = AttachRequest { container_id: id.into(), stdin: true, stdout: true, stderr: true, tty: false };
+    rt(ch).attach(req).await.expect("Attach").into_inner().url
 }
 
 /// The sandbox config `run_pod` runs with.
@@ -644,7 +644,13 @@ async fn cri_exec_streams(ch: &Channel, id: &str, cmd: &[&str], stdin: bool, std
     rt(ch).exec(req).await.expect("Exec").into_inner().url
 }
 
-/// Exec, attach's protocol and port-forward over a WebSocket, as the
+/// The CRI's PortForward URL for these ports.
+async fn ws_port_forward_url(ch: &Channel, id: &str, port: Vec<i32>) -> String {
+    let req = PortForwardRequest { pod_sandbox_id: id.into(), port };
+    rt(ch).port_forward(req).await.expect("PortForward").into_inner().url
+}
+
+/// Exec, attach and port-forward over a WebSocket, as the
 /// kubelet's streaming server serves them to the API server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_port_forward_over_websocket() {
@@ -711,6 +717,24 @@ async fn exec_and_port_forward_over_websocket() {
     assert!(resized, "the terminal never took the size: {:?}", text(&seen[1]));
     ws_close(ws).await;
 
+    // Attach to a container echoing its stdin: the same channels.
+    let script = "while read line; do echo got:$line; echo err:$line >&2; done";
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "ws-attached".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: world.sandbox_image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        stdin: true,
+        ..Default::default()
+    };
+    let container = start_container(&ch, &id, config, pod_config(POD)).await;
+    let url = attach_url(&ch, &container).await;
+    let mut ws = ws_open(&url, "", "v4.channel.k8s.io").await.expect("upgrade");
+    let mut seen = Default::default();
+    ws_send(&mut ws, false, 0, b"attached\n").await;
+    assert!(ws_until(&mut ws, 1, "got:attached\n", &mut seen).await, "no echo: {seen:?}");
+    assert!(ws_until(&mut ws, 2, "err:attached\n", &mut seen).await, "no stderr: {seen:?}");
+    ws_close(ws).await;
+
     // Port-forward to an echo server in the pod's network.
     let nc = "/bin/busybox nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &";
     let url = cri_exec_streams(&ch, &id, &["/bin/sh", "-c", nc], false, false, false).await;
@@ -721,12 +745,7 @@ async fn exec_and_port_forward_over_websocket() {
     let mut last = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..50 {
         // A request naming no port: the query's (the one below, its own).
-        let url = rt(&ch)
-            .port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![] })
-            .await
-            .expect("PortForward")
-            .into_inner()
-            .url;
+        let url = ws_port_forward_url(&ch, &id, vec![]).await;
         let mut ws = ws_open(&url, "?ports=8080", "v4.channel.k8s.io").await.expect("upgrade");
         let mut seen: [Vec<u8>; 5] = Default::default();
         // Each channel starts with the port, little-endian.
@@ -749,12 +768,7 @@ async fn exec_and_port_forward_over_websocket() {
     }
     assert!(echoed, "no echo through the forward; the error channel said {:?}", text(&last[1]));
     // A port nothing listens on: the dial's error on the error channel.
-    let url = rt(&ch)
-        .port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![9] })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = ws_port_forward_url(&ch, &id, vec![9]).await;
     let mut ws = ws_open(&url, "", "v4.base64.channel.k8s.io").await.expect("upgrade");
     let got = ws_drain(&mut ws).await;
     assert_eq!(got[1][..2], [9, 0]);
@@ -767,11 +781,6 @@ async fn exec_and_port_forward_over_websocket() {
     assert_eq!(ws_open(&url, "", "v3.channel.k8s.io").await.err(), Some(403));
     assert_eq!(ws_open(&url, "", "v4.channel.k8s.io").await.err(), Some(404), "a spent token was accepted");
     assert_eq!(ws_open(&cat_url, "", "v4.channel.k8s.io").await.err(), Some(404), "a used token was accepted");
-    let url = rt(&ch)
-        .port_forward(PortForwardRequest { pod_sandbox_id: id.clone(), port: vec![8080] })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = ws_port_forward_url(&ch, &id, vec![8080]).await;
     assert_eq!(ws_open(&url, "", "portforward.k8s.io").await.err(), Some(403));
 }

@@ -321,16 +321,12 @@ async fn serve(
         Prefixed { prefix: rest, pos: 0, io: conn },
         crated_spdy::Config { idle_timeout: idle, ..Default::default() },
     );
-    let opts = command_options(&request);
-    match (request, opts) {
-        (Request::Exec(r), Some(opts)) => {
-            remotecommand::serve(spdy, protocol, opts, move |io| runtime.exec(r, io)).await
+    match request {
+        Request::PortForward(r) => portforward::serve(spdy, r, runtime).await,
+        command => {
+            let opts = command_options(&command);
+            remotecommand::serve(spdy, protocol, opts, move |io| run_command(&*runtime, command, io)).await
         }
-        (Request::Attach(r), Some(opts)) => {
-            remotecommand::serve(spdy, protocol, opts, move |io| runtime.attach(r, io)).await
-        }
-        (Request::PortForward(r), _) => portforward::serve(spdy, r, runtime).await,
-        _ => Err("exec and attach have options".into()),
     }
 }
 
@@ -354,33 +350,36 @@ async fn serve_websocket(
             }
         },
         command => {
-            let readable = command_options(command).map(remotecommand::websocket_channels).unwrap_or_default();
-            (websocket::REMOTECOMMAND_PROTOCOLS, readable.to_vec(), Vec::new())
+            let readable = remotecommand::websocket_channels(command_options(command)).to_vec();
+            (websocket::REMOTECOMMAND_PROTOCOLS, readable, Vec::new())
         }
     };
     let protocol = websocket::accept(&mut conn, head, supported).await?;
     let ws = websocket::Connection::new(conn, rest, &protocol, &readable, idle).await;
-    let opts = command_options(&request);
-    match (request, opts) {
-        (Request::Exec(r), Some(opts)) => remotecommand::serve_websocket(ws, opts, move |io| runtime.exec(r, io)).await,
-        (Request::Attach(r), Some(opts)) => {
-            remotecommand::serve_websocket(ws, opts, move |io| runtime.attach(r, io)).await
+    match request {
+        Request::PortForward(r) => portforward::serve_websocket(ws, r, ports, runtime).await,
+        command => {
+            let opts = command_options(&command);
+            remotecommand::serve_websocket(ws, opts, move |io| run_command(&*runtime, command, io)).await
         }
-        (Request::PortForward(r), _) => portforward::serve_websocket(ws, r, ports, runtime).await,
-        _ => Err("exec and attach have options".into()),
     }
 }
 
-/// The streams an exec or attach asked for.
-fn command_options(request: &Request) -> Option<remotecommand::Options> {
+/// The streams an exec or attach asked for (none for a port-forward).
+fn command_options(request: &Request) -> remotecommand::Options {
     match request {
-        Request::Exec(r) => {
-            Some(remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty })
-        }
-        Request::Attach(r) => {
-            Some(remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty })
-        }
-        Request::PortForward(_) => None,
+        Request::Exec(r) => remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty },
+        Request::Attach(r) => remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty },
+        Request::PortForward(_) => remotecommand::Options::default(),
+    }
+}
+
+/// Runs a cached exec or attach on the client's streams.
+fn run_command(runtime: &dyn Runtime, request: Request, io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
+    match request {
+        Request::Exec(r) => runtime.exec(r, io),
+        Request::Attach(r) => runtime.attach(r, io),
+        Request::PortForward(_) => Box::pin(async { Err(ExecError::Failed("a port-forward runs no command".into())) }),
     }
 }
 

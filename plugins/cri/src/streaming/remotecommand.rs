@@ -31,7 +31,7 @@ pub const PROTOCOLS: &[&str] = &[V4, V3, V2, V1];
 const MAX_RESIZE_MESSAGE: usize = 4096;
 
 /// What the cached request asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
     pub stdin: bool,
     pub stdout: bool,
