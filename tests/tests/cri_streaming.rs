@@ -11,6 +11,11 @@
 //! pod's IP, spent and unknown tokens
 //! refused, garbage answered while the server keeps serving, `kubectl
 //! attach -i` to a container reading its stdin, and the RPCs' own checks.
+//! A WebSocket client (tokio-tungstenite, as the kubelet's streaming
+//! server serves one) on the same URLs: stdin through `cat`, stdout and
+//! stderr on their channels, the v4 exit status, base64 channels, a
+//! terminal resized, attach, port-forward to `nc`, refused subprotocols
+//! and spent tokens.
 //!
 //! `common::cri`'s guard stops and removes every container and sandbox,
 //! the daemon, the bridge and leftover mounts, even when an assertion
@@ -496,24 +501,9 @@ async fn attach_with_kubectl() {
     let log_dir = world.dir.path().join("pod-logs");
     let mut sandbox_config = pod_config(POD);
     sandbox_config.log_directory = log_dir.display().to_string();
-    let id = rt(&ch)
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: sandbox,
-            config: Some(config),
-            sandbox_config: Some(sandbox_config),
-        })
-        .await
-        .expect("create the container")
-        .into_inner()
-        .container_id;
-    rt(&ch).start_container(StartContainerRequest { container_id: id.clone() }).await.unwrap();
+    let id = start_container(&ch, &sandbox, config, sandbox_config).await;
 
-    let url = rt(&ch)
-        .attach(AttachRequest { container_id: id.clone(), stdin: true, stdout: true, stderr: true, tty: false })
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
+    let url = attach_url(&ch, &id).await;
     assert!(url.contains("/attach/"), "{url}");
     proxy.route_next("attach", &url);
     let mut c = proxy.kubectl();
@@ -537,9 +527,260 @@ async fn attach_with_kubectl() {
     assert!(log.contains(" stdout F got:world"), "{log}");
 }
 
+/// Creates and starts a container in `sandbox`; its id.
+async fn start_container(ch: &Channel, sandbox: &str, config: ContainerConfig, pod: PodSandboxConfig) -> String {
+    let req =
+        CreateContainerRequest { pod_sandbox_id: sandbox.into(), config: Some(config), sandbox_config: Some(pod) };
+    let id = rt(ch).create_container(req).await.expect("create the container").into_inner().container_id;
+    rt(ch).start_container(StartContainerRequest { container_id: id.clone() }).await.expect("start the container");
+    id
+}
+
+/// The CRI's Attach URL for all three streams, no terminal.
+async fn attach_url(ch: &Channel, id: &str) -> String {
+    let req = AttachRequest { container_id: id.into(), stdin: true, stdout: true, stderr: true, tty: false };
+    rt(ch).attach(req).await.expect("Attach").into_inner().url
+}
+
 /// The sandbox config `run_pod` runs with.
 fn pod_config(name: &str) -> PodSandboxConfig {
     let metadata =
         PodSandboxMetadata { name: name.into(), namespace: "default".into(), uid: format!("uid-{name}"), attempt: 0 };
     PodSandboxConfig { metadata: Some(metadata), ..Default::default() }
+}
+
+/// A WebSocket on the stream server.
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket on a URL the CRI answered (`query` appended),
+/// offering `protocol`; the HTTP status of a refusal otherwise.
+async fn ws_open(url: &str, query: &str, protocol: &str) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    let ws_url = format!("ws://{}{query}", url.strip_prefix("http://").unwrap());
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+    match tokio::time::timeout(Duration::from_secs(30), tokio_tungstenite::connect_async(req)).await {
+        Ok(Ok((ws, resp))) => {
+            assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], protocol, "the subprotocol answered");
+            Ok(ws)
+        }
+        Ok(Err(Error::Http(resp))) => Err(resp.status().as_u16()),
+        Ok(Err(e)) => panic!("websocket to {url}: {e}"),
+        Err(_) => panic!("websocket to {url}: no answer"),
+    }
+}
+
+/// Sends `data` on `channel` (base64 for the base64 protocols).
+async fn ws_send(ws: &mut Ws, base64: bool, channel: u8, data: &[u8]) {
+    use base64::Engine;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let message = if base64 {
+        let mut text = char::from(b'0' + channel).to_string();
+        text.push_str(&base64::engine::general_purpose::STANDARD.encode(data));
+        Message::text(text)
+    } else {
+        Message::binary([&[channel][..], data].concat())
+    };
+    ws.send(message).await.expect("send on the websocket");
+}
+
+/// The next data message, its channel and payload (decoded when the
+/// message is text: base64); `None` once the server closed. A server
+/// silent for 30 s fails the test.
+async fn ws_next(ws: &mut Ws) -> Option<(u8, Vec<u8>)> {
+    use base64::Engine;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("the server went silent");
+        match next? {
+            Ok(Message::Binary(b)) => return Some((b[0], b[1..].to_vec())),
+            Ok(Message::Text(t)) => {
+                let t = t.as_bytes();
+                let data = base64::engine::general_purpose::STANDARD.decode(&t[1..]).expect("base64 from the server");
+                return Some((t[0] - b'0', data));
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Everything until the server closes, by channel.
+async fn ws_drain(ws: &mut Ws) -> [Vec<u8>; 5] {
+    let mut out: [Vec<u8>; 5] = Default::default();
+    while let Some((ch, data)) = ws_next(ws).await {
+        out[usize::from(ch)].extend(data);
+    }
+    out
+}
+
+/// Reads `channel` until its data contains `want` (other channels
+/// kept in `seen`); false if the server closed first.
+async fn ws_until(ws: &mut Ws, channel: u8, want: &str, seen: &mut [Vec<u8>; 5]) -> bool {
+    while !text(&seen[usize::from(channel)]).contains(want) {
+        let Some((ch, data)) = ws_next(ws).await else { return false };
+        seen[usize::from(ch)].extend(data);
+    }
+    true
+}
+
+async fn ws_close(mut ws: Ws) {
+    let _ = ws.close(None).await;
+    while ws_next(&mut ws).await.is_some() {}
+}
+
+/// The CRI's Exec with these streams.
+async fn cri_exec_streams(ch: &Channel, id: &str, cmd: &[&str], stdin: bool, stderr: bool, tty: bool) -> String {
+    let req = ExecRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin,
+        stdout: true,
+        stderr,
+    };
+    rt(ch).exec(req).await.expect("Exec").into_inner().url
+}
+
+/// The CRI's PortForward URL for these ports.
+async fn ws_port_forward_url(ch: &Channel, id: &str, port: Vec<i32>) -> String {
+    let req = PortForwardRequest { pod_sandbox_id: id.into(), port };
+    rt(ch).port_forward(req).await.expect("PortForward").into_inner().url
+}
+
+/// Exec, attach and port-forward over a WebSocket, as the
+/// kubelet's streaming server serves them to the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_port_forward_over_websocket() {
+    let world = world(15).await;
+    let ch = world.channel().await;
+    let id = run_pod(&ch, POD).await;
+
+    // stdin through cat, on base64 channels: what is sent comes back on
+    // stdout; the client closing ends the exec.
+    let cat_url = cri_exec_streams(&ch, &id, &["/bin/cat"], true, true, false).await;
+    let mut ws = ws_open(&cat_url, "", "v4.base64.channel.k8s.io").await.expect("upgrade");
+    let mut seen = Default::default();
+    ws_send(&mut ws, true, 0, b"first line through cat\n").await;
+    assert!(ws_until(&mut ws, 1, "first line through cat\n", &mut seen).await, "no echo: {seen:?}");
+    ws_send(&mut ws, true, 0, b"second\n").await;
+    assert!(ws_until(&mut ws, 1, "second\n", &mut seen).await, "no echo: {seen:?}");
+    assert_eq!(text(&seen[1]), "first line through cat\nsecond\n");
+    ws_close(ws).await;
+    let io_dir = world.d().setup.state().join(CRI).join("io");
+    assert!(eventually(|| std::fs::read_dir(&io_dir).unwrap().count() == 0).await, "the exec outlived its client");
+
+    // stdout and stderr apart, and the v4 status of a failing command
+    // (binary channels).
+    let script = "read line; echo out:$line; echo err:$line >&2; exit 3";
+    let url = cri_exec_streams(&ch, &id, &["/bin/sh", "-c", script], true, true, false).await;
+    let mut ws = ws_open(&url, "", "v4.channel.k8s.io").await.expect("upgrade");
+    ws_send(&mut ws, false, 0, b"hello\n").await;
+    let got = ws_drain(&mut ws).await;
+    assert_eq!(text(&got[1]), "out:hello\n");
+    assert_eq!(text(&got[2]), "err:hello\n");
+    let status: serde_json::Value = serde_json::from_slice(&got[3]).expect("a JSON status");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["reason"], "ExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+    // Before v4 the status is the error's text.
+    let url = cri_exec_streams(&ch, &id, &["/bin/sh", "-c", "exit 5"], false, false, false).await;
+    let mut ws = ws_open(&url, "", "channel.k8s.io").await.expect("upgrade");
+    let got = ws_drain(&mut ws).await;
+    assert_eq!(text(&got[3]), "command terminated with non-zero exit code: exit status 5");
+
+    // A terminal resized by the client: the shell inside sees the size.
+    let shell = "while read x; do /bin/busybox stty size; done";
+    let url = cri_exec_streams(&ch, &id, &["/bin/sh", "-c", shell], true, false, true).await;
+    let mut ws = ws_open(&url, "", "v4.channel.k8s.io").await.expect("upgrade");
+    let mut seen: [Vec<u8>; 5] = Default::default();
+    let mut resized = false;
+    // The size and the line travel apart (ResizePty, the stdin FIFO):
+    // ask again until a line was read after the resize took.
+    for _ in 0..50 {
+        ws_send(&mut ws, false, 4, br#"{"Width":123,"Height":45}"#).await;
+        ws_send(&mut ws, false, 0, b"\n").await;
+        let before = seen[1].len();
+        while seen[1].len() == before || !text(&seen[1]).ends_with('\n') {
+            let Some((c, data)) = ws_next(&mut ws).await else { break };
+            seen[usize::from(c)].extend(data);
+        }
+        if text(&seen[1]).contains("45 123") {
+            resized = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(resized, "the terminal never took the size: {:?}", text(&seen[1]));
+    ws_close(ws).await;
+
+    // Attach to a container echoing its stdin: the same channels.
+    let script = "while read line; do echo got:$line; echo err:$line >&2; done";
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata { name: "ws-attached".into(), attempt: 0 }),
+        image: Some(ImageSpec { image: world.sandbox_image.clone(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        stdin: true,
+        ..Default::default()
+    };
+    let container = start_container(&ch, &id, config, pod_config(POD)).await;
+    let url = attach_url(&ch, &container).await;
+    let mut ws = ws_open(&url, "", "v4.channel.k8s.io").await.expect("upgrade");
+    let mut seen = Default::default();
+    ws_send(&mut ws, false, 0, b"attached\n").await;
+    assert!(ws_until(&mut ws, 1, "got:attached\n", &mut seen).await, "no echo: {seen:?}");
+    assert!(ws_until(&mut ws, 2, "err:attached\n", &mut seen).await, "no stderr: {seen:?}");
+    ws_close(ws).await;
+
+    // Port-forward to an echo server in the pod's network.
+    let nc = "/bin/busybox nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &";
+    let url = cri_exec_streams(&ch, &id, &["/bin/sh", "-c", nc], false, false, false).await;
+    let mut ws = ws_open(&url, "", "v4.channel.k8s.io").await.expect("upgrade");
+    let status: serde_json::Value = serde_json::from_slice(&ws_drain(&mut ws).await[3]).unwrap();
+    assert_eq!(status["status"], "Success", "{status}");
+    let mut echoed = false;
+    let mut last = [Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..50 {
+        // A request naming no port: the query's (the one below, its own).
+        let url = ws_port_forward_url(&ch, &id, vec![]).await;
+        let mut ws = ws_open(&url, "?ports=8080", "v4.channel.k8s.io").await.expect("upgrade");
+        let mut seen: [Vec<u8>; 5] = Default::default();
+        // Each channel starts with the port, little-endian.
+        while seen[0].len() < 2 || seen[1].len() < 2 {
+            let (c, data) = ws_next(&mut ws).await.expect("the ports first");
+            seen[usize::from(c)].extend(data);
+        }
+        assert_eq!(seen[0][..2], [0x90, 0x1f], "port 8080 on the data channel");
+        assert_eq!(seen[1][..2], [0x90, 0x1f], "port 8080 on the error channel");
+        ws_send(&mut ws, false, 0, b"ping through the websocket\n").await;
+        if ws_until(&mut ws, 0, "ping through the websocket\n", &mut seen).await {
+            assert_eq!(text(&seen[0][2..]), "ping through the websocket\n");
+            ws_close(ws).await;
+            echoed = true;
+            break;
+        }
+        // nc not listening yet: the dial's error, then the close.
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(echoed, "no echo through the forward; the error channel said {:?}", text(&last[1]));
+    // A port nothing listens on: the dial's error on the error channel.
+    let url = ws_port_forward_url(&ch, &id, vec![9]).await;
+    let mut ws = ws_open(&url, "", "v4.base64.channel.k8s.io").await.expect("upgrade");
+    let got = ws_drain(&mut ws).await;
+    assert_eq!(got[1][..2], [9, 0]);
+    assert!(text(&got[1][2..]).starts_with("error forwarding port 9 to pod "), "{:?}", text(&got[1]));
+
+    // Refused: a subprotocol the server does not speak (v3 has no
+    // WebSocket form), then the token it spent; SPDY's protocol names
+    // are not WebSocket subprotocols for port-forward.
+    let url = cri_exec_streams(&ch, &id, &["/bin/true"], false, false, false).await;
+    assert_eq!(ws_open(&url, "", "v3.channel.k8s.io").await.err(), Some(403));
+    assert_eq!(ws_open(&url, "", "v4.channel.k8s.io").await.err(), Some(404), "a spent token was accepted");
+    assert_eq!(ws_open(&cat_url, "", "v4.channel.k8s.io").await.err(), Some(404), "a used token was accepted");
+    let url = ws_port_forward_url(&ch, &id, vec![8080]).await;
+    assert_eq!(ws_open(&url, "", "portforward.k8s.io").await.err(), Some(403));
 }

@@ -1464,7 +1464,7 @@ impl crate::streaming::backend::AttachTarget for Containers {
 /// loses what it missed, not the attach.
 async fn forward_output(
     mut from: tokio::sync::broadcast::Receiver<crate::container_io::Chunk>,
-    to: crated_spdy::StreamWriter,
+    to: crate::streaming::Writer,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     loop {

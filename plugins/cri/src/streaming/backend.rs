@@ -129,7 +129,6 @@ fn libc_o_nonblock() -> i32 {
     rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
-/// Copies an output FIFO to a client stream, then half-closes it.
 /// Sends the client's terminal sizes to the pty of the task's process
 /// `exec_id` (`""`: its init) until the client stops sending them.
 pub(crate) fn forward_resizes(
@@ -165,27 +164,34 @@ pub(crate) async fn finish_copies<T>(mut copies: Vec<JoinHandle<T>>, gone: &mut 
     }
 }
 
-async fn copy_out(opened: JoinHandle<io::Result<std::fs::File>>, to: crated_spdy::StreamWriter) {
+/// Copies an output FIFO to the client's stream (`None`: drains it),
+/// then half-closes the stream.
+async fn copy_out(opened: JoinHandle<io::Result<std::fs::File>>, to: Option<super::Writer>) {
+    let close = |to: Option<super::Writer>| async move {
+        if let Some(to) = to {
+            let _ = to.close().await;
+        }
+    };
     let Ok(Ok(file)) = opened.await else {
-        let _ = to.close().await;
-        return;
+        return close(to).await;
     };
     let Ok(mut r) = pipe::Receiver::from_file(file) else {
-        let _ = to.close().await;
-        return;
+        return close(to).await;
     };
     let mut buf = vec![0u8; 32 << 10];
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if to.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                    return;
+                if let Some(to) = &to {
+                    if to.write(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                        return;
+                    }
                 }
             }
         }
     }
-    let _ = to.close().await;
+    close(to).await;
 }
 
 impl CriRuntime {
@@ -214,8 +220,11 @@ impl CriRuntime {
             Ok(p)
         };
         let stdin_path = if io.stdin.is_some() { Some(fifo("stdin")?) } else { None };
-        let stdout_path = if io.stdout.is_some() { Some(fifo("stdout")?) } else { None };
-        let stderr_path = if io.stderr.is_some() && !req.tty { Some(fifo("stderr")?) } else { None };
+        // Both outputs whether the client reads them or not, as
+        // containerd's newExecIO: a shim given stdout alone fails to open
+        // the empty stderr path. What nobody reads is drained.
+        let stdout_path = Some(fifo("stdout")?);
+        let stderr_path = if req.tty { None } else { Some(fifo("stderr")?) };
         // Read-write: the open does not wait for the shim, and what the
         // client sends before the shim reads stays in the pipe.
         let stdin_fifo = match &stdin_path {
@@ -267,7 +276,7 @@ impl CriRuntime {
         // The copies.
         let mut copies = Vec::new();
         let writers = [io.stdout.take(), if req.tty { None } else { io.stderr.take() }];
-        for ((_, opened), to) in outputs.into_iter().zip(writers.into_iter().flatten()) {
+        for ((_, opened), to) in outputs.into_iter().zip(writers) {
             copies.push(tokio::spawn(copy_out(opened, to)));
         }
         // Without a terminal a stderr stream the client opened but the

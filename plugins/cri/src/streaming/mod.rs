@@ -3,18 +3,23 @@
 //! single-use token and answer a URL on this server
 //! (`http://<stream_server_address>:<port>/{exec,attach,portforward}/<token>`);
 //! the client (the kubelet's proxy, or kubectl through the API server)
-//! upgrades an HTTP/1.1 request on that URL to SPDY/3.1 and speaks the
-//! Kubernetes remotecommand ([`remotecommand`]) or portforward
-//! ([`portforward`]) protocol on its streams.
+//! upgrades an HTTP/1.1 request on that URL to SPDY/3.1, or to a
+//! WebSocket ([`websocket`]), and speaks the Kubernetes remotecommand
+//! ([`remotecommand`]) or portforward ([`portforward`]) protocol on its
+//! streams. Both transports hand the protocol code the same
+//! [`Reader`]/[`Writer`] streams ([`channel`]), and the runtime the same
+//! [`StreamIo`].
 //!
 //! The HTTP side is small on purpose: one request per connection, read up
 //! to a bounded head, answered with an error or `101 Switching Protocols`.
-//! TLS streaming and WebSocket clients are not served.
+//! TLS streaming is not served.
 
 pub mod backend;
 pub mod cache;
+pub mod channel;
 pub mod portforward;
 pub mod remotecommand;
+pub mod websocket;
 
 use std::{
     io,
@@ -34,6 +39,7 @@ use tokio::{
 };
 
 pub use cache::{Cache, Request};
+pub use channel::{Reader, Writer};
 
 /// `X-Stream-Protocol-Version`: what the client offers, what we choose.
 pub const PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
@@ -90,9 +96,9 @@ pub fn parse_go_duration(text: &str) -> Result<Option<Duration>, StreamingError>
 /// The standard input and outputs of an exec or attach, as the client
 /// opened them, plus its terminal resizes.
 pub struct StreamIo {
-    pub stdin: Option<crated_spdy::StreamReader>,
-    pub stdout: Option<crated_spdy::StreamWriter>,
-    pub stderr: Option<crated_spdy::StreamWriter>,
+    pub stdin: Option<Reader>,
+    pub stdout: Option<Writer>,
+    pub stderr: Option<Writer>,
     pub tty: bool,
     /// (width, height) as the client's terminal changes.
     pub resize: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
@@ -276,6 +282,9 @@ async fn serve(
             return Err(format!("{path}: unknown or expired token"));
         }
     };
+    if websocket::is_request(&head) {
+        return serve_websocket(conn, &head, rest, request, idle, runtime).await;
+    }
     let supported: &[&str] = match request {
         Request::PortForward(_) => portforward::PROTOCOLS,
         _ => remotecommand::PROTOCOLS,
@@ -313,15 +322,64 @@ async fn serve(
         crated_spdy::Config { idle_timeout: idle, ..Default::default() },
     );
     match request {
-        Request::Exec(r) => {
-            let opts = remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty };
-            remotecommand::serve(spdy, protocol, opts, move |io| runtime.exec(r, io)).await
-        }
-        Request::Attach(r) => {
-            let opts = remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty };
-            remotecommand::serve(spdy, protocol, opts, move |io| runtime.attach(r, io)).await
-        }
         Request::PortForward(r) => portforward::serve(spdy, r, runtime).await,
+        command => {
+            let opts = command_options(&command);
+            remotecommand::serve(spdy, protocol, opts, move |io| run_command(&*runtime, command, io)).await
+        }
+    }
+}
+
+/// Serves a WebSocket upgrade request: its subprotocol, then the
+/// protocol over the connection's channels.
+async fn serve_websocket(
+    mut conn: TcpStream,
+    head: &Head,
+    rest: Vec<u8>,
+    request: Request,
+    idle: Option<Duration>,
+    runtime: Arc<dyn Runtime>,
+) -> Result<(), String> {
+    let query = head.path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let (supported, readable, ports) = match &request {
+        Request::PortForward(r) => match portforward::websocket_ports(r, query) {
+            Ok(ports) => (websocket::PORTFORWARD_PROTOCOLS, portforward::websocket_channels(&ports), ports),
+            Err(e) => {
+                respond(&mut conn, "400 Bad Request", &[], &e).await;
+                return Err(e);
+            }
+        },
+        command => {
+            let readable = remotecommand::websocket_channels(command_options(command)).to_vec();
+            (websocket::REMOTECOMMAND_PROTOCOLS, readable, Vec::new())
+        }
+    };
+    let protocol = websocket::accept(&mut conn, head, supported).await?;
+    let ws = websocket::Connection::new(conn, rest, &protocol, &readable, idle).await;
+    match request {
+        Request::PortForward(r) => portforward::serve_websocket(ws, r, ports, runtime).await,
+        command => {
+            let opts = command_options(&command);
+            remotecommand::serve_websocket(ws, opts, move |io| run_command(&*runtime, command, io)).await
+        }
+    }
+}
+
+/// The streams an exec or attach asked for (none for a port-forward).
+fn command_options(request: &Request) -> remotecommand::Options {
+    match request {
+        Request::Exec(r) => remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty },
+        Request::Attach(r) => remotecommand::Options { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, tty: r.tty },
+        Request::PortForward(_) => remotecommand::Options::default(),
+    }
+}
+
+/// Runs a cached exec or attach on the client's streams.
+fn run_command(runtime: &dyn Runtime, request: Request, io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
+    match request {
+        Request::Exec(r) => runtime.exec(r, io),
+        Request::Attach(r) => runtime.attach(r, io),
+        Request::PortForward(_) => Box::pin(async { Err(ExecError::Failed("a port-forward runs no command".into())) }),
     }
 }
 
@@ -371,18 +429,22 @@ mod tests {
     use crated_spdy::frame::{Decoder, Encoder, Frame, Limits, FLAG_FIN};
     use k8s_cri::v1::PortForwardRequest;
 
-    /// Writes "hi" on stdout, echoes stdin to stdout, writes the first
-    /// terminal size; exits 2 without a terminal.
+    /// Writes "hi" on stdout, echoes stdin to stdout (its first chunk
+    /// only for the command "once"), writes the first terminal size;
+    /// exits 2 without a terminal.
     struct Fake;
 
     impl Runtime for Fake {
-        fn exec(&self, _req: ExecRequest, mut io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
+        fn exec(&self, req: ExecRequest, mut io: StreamIo) -> BoxFuture<'static, Result<(), ExecError>> {
             Box::pin(async move {
                 let out = io.stdout.take().unwrap();
                 out.write(Bytes::from_static(b"hi\n")).await.unwrap();
                 if let Some(mut stdin) = io.stdin.take() {
                     while let Some(chunk) = stdin.read().await {
                         out.write(chunk).await.unwrap();
+                        if req.cmd == ["once"] {
+                            break;
+                        }
                     }
                 }
                 if let Some(mut sizes) = io.resize.take() {
@@ -593,5 +655,179 @@ mod tests {
             }
         }
         assert_eq!(String::from_utf8_lossy(&error), "error forwarding port 80 to pod pod, uid : no");
+    }
+
+    /// A WebSocket client of `path` offering `protocols`.
+    async fn ws_client(
+        server: &StreamServer,
+        path: &str,
+        protocols: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+        if !protocols.is_empty() {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+        }
+        let conn = TcpStream::connect(server.addr).await.unwrap();
+        tokio_tungstenite::client_async(req, conn).await.map(|(ws, _)| ws)
+    }
+
+    /// The next data message as (channel, payload), decoding base64; `None`
+    /// once the server closed.
+    async fn ws_next(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Option<(u8, Vec<u8>)> {
+        use base64::Engine;
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match ws.next().await? {
+                Ok(Message::Binary(b)) => return Some((b[0], b[1..].to_vec())),
+                Ok(Message::Text(t)) => {
+                    let t = t.as_bytes();
+                    let data = base64::engine::general_purpose::STANDARD.decode(&t[1..]).unwrap();
+                    return Some((t[0] - b'0', data));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn websocket_handshakes() {
+        use tokio_tungstenite::tungstenite::Error;
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
+        let status = |r: Result<_, Error>| match r {
+            Err(Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("{e}"),
+            Ok(_) => 101,
+        };
+        let t = server.cache.insert(exec_request(false)).unwrap();
+        assert_eq!(status(ws_client(&server, &format!("/exec/{t}"), "v3.channel.k8s.io").await), 403);
+        assert_eq!(status(ws_client(&server, &format!("/exec/{t}"), websocket::V4_CHANNEL).await), 404, "spent");
+        let t = server.cache.insert(exec_request(false)).unwrap();
+        let offered = format!("v9.x, {}", websocket::BASE64_CHANNEL);
+        let mut ws = ws_client(&server, &format!("/exec/{t}"), &offered).await.unwrap();
+        // Not v4: the exit is the text of the error channel.
+        let mut got = Vec::new();
+        while let Some(m) = ws_next(&mut ws).await {
+            got.push(m);
+        }
+        assert_eq!(got[0], (1, vec![]), "the empty first message on stdout");
+        assert_eq!(got[1], (1, b"hi\n".to_vec()));
+        assert_eq!(got[2].0, 3);
+        assert_eq!(text(&got[2].1), "command terminated with non-zero exit code: exit status 2");
+        // A POST is refused; so is a port-forward naming no port (before
+        // the upgrade is looked at).
+        let t = server.cache.insert(exec_request(false)).unwrap();
+        let ws_head = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        let (_, head) = request_on(&server, &format!("/exec/{t}"), ws_head).await;
+        assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
+        let t = server.cache.insert(Request::PortForward(PortForwardRequest::default())).unwrap();
+        let (_, head) = request_on(&server, &format!("/portforward/{t}"), ws_head).await;
+        assert!(head.starts_with("HTTP/1.1 400 "), "no ports: {head}");
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    #[tokio::test]
+    async fn websocket_exec_v4_base64_stdin_and_status() {
+        use base64::Engine;
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
+        let once = || ExecRequest {
+            container_id: "c".into(),
+            cmd: vec!["once".into()],
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        };
+        let req = once();
+        let t = server.cache.insert(Request::Exec(req)).unwrap();
+        let mut ws = ws_client(&server, &format!("/exec/{t}"), websocket::V4_BASE64_CHANNEL).await.unwrap();
+        let echo = base64::engine::general_purpose::STANDARD.encode(b"echo\n");
+        // A message for no channel, and bad base64, are dropped.
+        ws.send(Message::text("9AAAA")).await.unwrap();
+        ws.send(Message::text("0!!!")).await.unwrap();
+        ws.send(Message::text(format!("0{echo}"))).await.unwrap();
+        let mut stdout = Vec::new();
+        let mut status = Vec::new();
+        while let Some((ch, data)) = ws_next(&mut ws).await {
+            match ch {
+                1 => stdout.extend(data),
+                3 => status.extend(data),
+                other => panic!("channel {other}"),
+            }
+        }
+        assert_eq!(text(&stdout), "hi\necho\n");
+        let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "2");
+
+        // A message over the limit ends the connection unread.
+        let t = server.cache.insert(Request::Exec(once())).unwrap();
+        let mut ws = ws_client(&server, &format!("/exec/{t}"), websocket::V4_CHANNEL).await.unwrap();
+        let mut big = vec![0u8; websocket::MAX_MESSAGE + 1];
+        big[1..4].copy_from_slice(b"big");
+        let _ = ws.send(Message::binary(big)).await;
+        let mut stdout = Vec::new();
+        while let Some((ch, data)) = ws_next(&mut ws).await {
+            if ch == 1 {
+                stdout.extend(data);
+            }
+        }
+        assert_eq!(text(&stdout), "hi\n", "the oversized message was read");
+    }
+
+    #[tokio::test]
+    async fn websocket_terminal_resizes_and_port_forward_errors() {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let server = StreamServer::start("127.0.0.1", "0", None, Arc::new(Fake)).await.unwrap();
+        let tty = ExecRequest { container_id: "c".into(), tty: true, stdout: true, ..Default::default() };
+        let t = server.cache.insert(Request::Exec(tty)).unwrap();
+        let mut ws = ws_client(&server, &format!("/exec/{t}"), websocket::V4_CHANNEL).await.unwrap();
+        ws.send(Message::binary(b"\x04{\"Width\":132,\"Height\":43}".to_vec())).await.unwrap();
+        let mut stdout = Vec::new();
+        let mut status = Vec::new();
+        while let Some((ch, data)) = ws_next(&mut ws).await {
+            if ch == 1 {
+                stdout.extend(data);
+            } else {
+                status.extend(data);
+            }
+        }
+        assert_eq!(text(&stdout), "hi\n132x43\n");
+        let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+        assert_eq!(status["status"], "Success");
+
+        // Port-forward: the ports of the request, each channel starting
+        // with its port; the dial's error on the error channel.
+        let req = PortForwardRequest { pod_sandbox_id: "pod".into(), port: vec![80, 443] };
+        let t = server.cache.insert(Request::PortForward(req)).unwrap();
+        let mut ws = ws_client(&server, &format!("/portforward/{t}?ports=1"), websocket::V4_CHANNEL).await.unwrap();
+        let mut got: Vec<Vec<u8>> = vec![Vec::new(); 4];
+        while let Some((ch, data)) = ws_next(&mut ws).await {
+            got[usize::from(ch)].extend(data);
+        }
+        assert_eq!(got[0], 80u16.to_le_bytes());
+        assert_eq!(got[2], 443u16.to_le_bytes());
+        assert_eq!(got[1][..2], 80u16.to_le_bytes());
+        assert_eq!(text(&got[1][2..]), "error forwarding port 80 to pod pod, uid : no");
+        assert_eq!(text(&got[3][2..]), "error forwarding port 443 to pod pod, uid : no");
+        // Without ports in the request, the query's.
+        let t = server.cache.insert(Request::PortForward(PortForwardRequest::default())).unwrap();
+        let path = format!("/portforward/{t}?x=1&ports=8080,9090");
+        let mut ws = ws_client(&server, &path, "").await.unwrap();
+        let mut channels = Vec::new();
+        while let Some((ch, data)) = ws_next(&mut ws).await {
+            if data.len() == 2 {
+                channels.push((ch, u16::from_le_bytes([data[0], data[1]])));
+            }
+        }
+        channels.sort();
+        assert_eq!(channels, [(0, 8080), (1, 8080), (2, 9090), (3, 9090)]);
     }
 }
