@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::gojson::{self, J};
 use shim_protocol::oci::current_capabilities;
-use shim_protocol::oci::DEFAULT_CAPS;
+use shim_protocol::oci::{DefaultMount, DEFAULT_CAPS, DEFAULT_MOUNTS, MASKED_PATHS, READONLY_PATHS};
 
 /// What can go wrong building a spec; the texts are containerd's.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,12 @@ pub fn default_spec(namespace: &str, id: &str) -> GoSpec {
     let cgroups_path: String =
         [namespace, id].iter().filter(|p| !p.is_empty()).map(|p| format!("/{p}")).collect::<String>();
     let cgroups_path = if cgroups_path.is_empty() { "/".to_string() } else { cgroups_path };
-    let mount = |dest: &str, typ: &str, src: &str, opts: &[&str]| json!({"destination": dest, "type": typ, "source": src, "options": opts});
+    let run: DefaultMount = ("/run", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]);
+    let mounts: Vec<Value> = DEFAULT_MOUNTS
+        .iter()
+        .chain([&run])
+        .map(|(dest, typ, src, opts)| json!({"destination": dest, "type": typ, "source": src, "options": opts}))
+        .collect();
     let doc = json!({
         "ociVersion": "1.0.2-dev",
         "root": {"path": "rootfs"},
@@ -78,24 +83,13 @@ pub fn default_spec(namespace: &str, id: &str) -> GoSpec {
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
         },
         "linux": {
-            "maskedPaths": [
-                "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
-            ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
             "cgroupsPath": cgroups_path,
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
         },
-        "mounts": [
-            mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-            mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-            mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-            mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-            mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-            mount("/run", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        ],
+        "mounts": mounts,
     });
     // The literal above is the default spec; it always decodes.
     let spec: Spec = serde_json::from_value(doc).expect("the default spec decodes");

@@ -1,6 +1,38 @@
 //! Defaults of containerd's OCI specs shared by everything that builds one
 //! (`ctr`'s specs and the CRI plugin's sandboxes).
 
+/// containerd's default masked paths (`oci.populateDefaultUnixSpec`).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+];
+
+/// containerd's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// One mount of a default spec: destination, type, source, options.
+pub type DefaultMount = (&'static str, &'static str, &'static str, &'static [&'static str]);
+
+/// containerd's default mounts of a Linux container, `/sys` read-only (a
+/// privileged CRI container gets it read-write); `ctr`'s default spec adds
+/// a `/run` tmpfs.
+pub const DEFAULT_MOUNTS: &[DefaultMount] = &[
+    ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+    ("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+    ("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
+    ("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+    ("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+    ("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+];
+
 /// containerd's default capability set, in its order.
 pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_CHOWN",

@@ -25,23 +25,8 @@ use k8s_cri::v1::{
     ContainerConfig, LinuxContainerResources, MountPropagation, NamespaceMode, PodSandboxConfig, SecurityProfile,
 };
 use serde_json::{json, Value};
-use shim_protocol::oci::{current_capabilities, DEFAULT_CAPS};
-
-/// containerd's default masked paths (`oci.populateDefaultUnixSpec`).
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-/// containerd's default read-only paths.
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+use shim_protocol::oci::{current_capabilities, DEFAULT_CAPS, DEFAULT_MOUNTS};
+pub use shim_protocol::oci::{MASKED_PATHS, READONLY_PATHS};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -113,21 +98,14 @@ pub fn default_seccomp() -> Value {
 
 /// containerd's default mounts of a spec; sysfs is writable when privileged.
 pub fn default_mounts(privileged: bool) -> Vec<Value> {
-    let sys_opts: &[&str] =
-        if privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] };
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        ),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", sys_opts),
-    ]
+    DEFAULT_MOUNTS
+        .iter()
+        .map(|(dest, typ, src, opts)| {
+            let opts: Vec<&str> =
+                opts.iter().copied().filter(|o| !(privileged && *dest == "/sys" && *o == "ro")).collect();
+            mount(dest, typ, src, &opts)
+        })
+        .collect()
 }
 
 pub fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Value {
