@@ -617,7 +617,13 @@ def main():
         cmd += [f"--ginkgo.focus={f}" for f in args.focus] + [f"--ginkgo.skip={s}" for s in args.skip]
         log(" ".join(map(str, cmd)))
         t0 = time.monotonic()
-        rc = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL).returncode
+        # critest's mount propagation specs bind-mount directories of its
+        # own under $TMPDIR and leave them mounted when a spec is cut
+        # short: under our directory, the cleanup unmounts them.
+        critest_tmp = world.tmp / "critest-tmp"
+        critest_tmp.mkdir()
+        env = dict(os.environ, TMPDIR=str(critest_tmp))
+        rc = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL, env=env).returncode
         elapsed = time.monotonic() - t0
         s = summarize(report)
         print(f"\n{args.daemon}: {len(s['passed'])} passed, {len(s['failed'])} failed, "
