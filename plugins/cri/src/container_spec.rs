@@ -440,7 +440,7 @@ impl Cgroups {
 
 /// A path cleaned lexically as Go's `filepath.Clean`: no empty or `.`
 /// elements, `..` taking the element before it (none above the root).
-fn clean_path(path: &str) -> String {
+pub(crate) fn clean_path(path: &str) -> String {
     let rooted = path.starts_with('/');
     let mut out: Vec<&str> = Vec::new();
     for part in path.split('/') {

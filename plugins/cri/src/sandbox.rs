@@ -913,24 +913,16 @@ mod tests {
         };
         let passed = ["io.example/*".to_string()];
         let files = SandboxFiles { resolv: Path::new("/r/resolv.conf"), shm: Some(Path::new("/s/shm")) };
-        let spec: Value = serde_json::from_slice(
-            &sandbox_spec(
-                "abc",
-                &config,
-                &image,
-                Some(Path::new("/run/ns1")),
-                &files,
-                -998,
-                SandboxSpecOptions {
-                    unprivileged_ports: true,
-                    unprivileged_icmp: true,
-                    pod_annotations: &passed,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let options = SandboxSpecOptions {
+            unprivileged_ports: true,
+            unprivileged_icmp: true,
+            pod_annotations: &passed,
+            ..Default::default()
+        };
+        let spec_of = |config: &PodSandboxConfig, netns: Option<&Path>, oom: i32| -> Value {
+            serde_json::from_slice(&sandbox_spec("abc", config, &image, netns, &files, oom, options).unwrap()).unwrap()
+        };
+        let spec = spec_of(&config, Some(Path::new("/run/ns1")), -998);
         assert_eq!(spec["process"]["args"], json!(["/bin/sleep", "inf"]));
         assert_eq!(spec["process"]["env"], json!(["PATH=/bin"]));
         assert_eq!(spec["hostname"], "pod");
@@ -956,24 +948,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let spec: Value = serde_json::from_slice(
-            &sandbox_spec(
-                "abc",
-                &host,
-                &image,
-                None,
-                &files,
-                0,
-                SandboxSpecOptions {
-                    unprivileged_ports: true,
-                    unprivileged_icmp: true,
-                    pod_annotations: &passed,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let spec = spec_of(&host, None, 0);
         let ns = spec["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network" || n["type"] == "uts"), "{ns:?}");
         assert!(spec.get("hostname").is_none());

@@ -19,13 +19,15 @@
 //! continuity's `RootPath` does: a symlink in the image cannot make the copy
 //! read the host's files.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use containerd_client::types::Mount as SnapshotMount;
 use crated_plugin_api::mount::MountedDir;
 use crated_plugin_api::Status;
 use k8s_cri::v1::Mount;
 use serde_json::Value;
+
+use crate::container_spec::clean_path;
 
 /// The mounts of the image's volumes for a container whose root directory
 /// is `container_root` (`<root>/containers/<id>`): one per path of the
@@ -35,40 +37,19 @@ pub fn image_volumes(image_config: &Value, cri_mounts: &[Mount], container_root:
     let Some(declared) = image_config.pointer("/config/Volumes").and_then(Value::as_object) else {
         return Vec::new();
     };
-    let covered: Vec<PathBuf> = cri_mounts.iter().map(|m| clean(&m.container_path)).collect();
-    let mut paths: Vec<PathBuf> = declared
-        .keys()
-        .filter(|p| !covered.contains(&clean(p)))
-        .map(|p| clean(&format!("/{}", p.trim_start_matches('/'))))
-        .collect();
+    let covered: Vec<String> = cri_mounts.iter().map(|m| clean_path(&m.container_path)).collect();
+    let mut paths: Vec<String> =
+        declared.keys().filter(|p| !covered.contains(&clean_path(p))).map(|p| clean_path(&format!("/{p}"))).collect();
     paths.sort();
     paths
         .into_iter()
         .map(|p| Mount {
-            container_path: p.display().to_string(),
+            container_path: p,
             host_path: container_root.join("volumes").join(crate::calls::generate_id()).display().to_string(),
             selinux_relabel: true,
             ..Default::default()
         })
         .collect()
-}
-
-/// `path` with `.` and repeated separators gone and `..` applied, as Go's
-/// `filepath.Clean` (which containerd compares CRI mount paths with).
-fn clean(path: &str) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::ParentDir => {
-                if !out.pop() && !path.starts_with('/') {
-                    out.push("..");
-                }
-            }
-            Component::CurDir => {}
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// Copies what the image has at each volume's path into the volume's host
